@@ -1,0 +1,27 @@
+"""arraywire: move large numpy arrays over sockets without copies.
+
+The transfer loop runs in compiled code with the GIL released (``BACKEND == "c"``),
+or in a pure-Python twin (``BACKEND == "python"``) where no compiler was found
+or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
+"""
+
+from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
+from arraywire._transport import BACKEND, impl as _impl
+
+__version__ = "0.1.0"
+
+send_from = _impl.send_from
+recv_into = _impl.recv_into
+sendmsg_from = _impl.sendmsg_from
+recvmsg_into = _impl.recvmsg_into
+
+__all__ = [
+    "BACKEND",
+    "BrokenStreamError",
+    "IncompleteTransferError",
+    "ProtocolError",
+    "recv_into",
+    "recvmsg_into",
+    "send_from",
+    "sendmsg_from",
+]

@@ -1,0 +1,107 @@
+"""Rules both transport backends follow: limits, socket and buffer checks, and
+the error messages, kept here once so the two backends cannot drift apart."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+from typing import Any
+
+import numpy as np
+
+try:
+    from ssl import SSLSocket
+except ImportError:  # Python built without ssl
+    SSLSocket = None  # type: ignore[assignment,misc]
+
+# Linux moves at most 0x7ffff000 bytes per call (also the total of an iovec
+# array); Windows takes an int. Cap every call well below both.
+MAX_CHUNK = 1 << 30
+# With a progress callback, blocking calls are kept short enough to report.
+PROGRESS_CHUNK = 4 << 20
+PROGRESS_INTERVAL = 0.1
+# How often a transfer running in the main thread lets Python run signal
+# handlers while data keep flowing (blocked calls are woken by EINTR instead).
+SIGNAL_CHECK_INTERVAL = 0.05
+# msg_iovlen must be 1..IOV_MAX; Linux and macOS both use 1024.
+IOV_MAX = 1024
+
+
+def check_socket(sock: Any) -> tuple[int, float | None]:
+    """Return (fd, timeout) of a socket arraywire may use, or raise."""
+    if SSLSocket is not None and isinstance(sock, SSLSocket):
+        raise TypeError(
+            "arraywire cannot use an ssl.SSLSocket: raw socket I/O would bypass TLS"
+        )
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
+    fd = sock.fileno()
+    if fd == -1:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return fd, sock.gettimeout()
+
+
+def not_a_buffer(obj: object) -> TypeError:
+    return TypeError(
+        f"expected an object exporting a buffer (numpy array, bytes, bytearray, "
+        f"memoryview, array.array, mmap), got {type(obj).__name__}"
+    )
+
+
+def read_only(obj: object) -> TypeError:
+    return TypeError(f"cannot receive into a read-only buffer ({type(obj).__name__})")
+
+
+def not_contiguous(obj: object) -> ValueError:
+    return ValueError(
+        f"{type(obj).__name__} buffer is not contiguous; pass a C- or "
+        "Fortran-contiguous buffer (numpy.ascontiguousarray) or use send_array"
+    )
+
+
+def object_items(obj: object) -> TypeError:
+    return TypeError(
+        f"{type(obj).__name__} holds Python objects (dtype 'O'); their bytes are "
+        "pointers and cannot be transferred"
+    )
+
+
+_FIELD_NAMES = re.compile(r":[^:]*:")
+
+
+def format_has_objects(fmt: str | None) -> bool:
+    """True when a PEP 3118 format string contains an object ('O') item."""
+    if not fmt:
+        return False
+    return "O" in _FIELD_NAMES.sub("", fmt)
+
+
+def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
+    """A flat uint8 view of a contiguous array's memory, in memory order.
+
+    numpy cannot export some dtypes (datetime64, timedelta64) through the
+    buffer protocol, and Fortran-order views cannot be cast to bytes by
+    memoryview; viewing the memory as bytes handles every dtype without a copy.
+    """
+    if arr.dtype.hasobject:
+        raise object_items(arr)
+    if writable and not arr.flags.writeable:
+        raise read_only(arr)
+    if arr.flags.c_contiguous:
+        flat = arr.reshape(-1)
+    elif arr.flags.f_contiguous:
+        flat = arr.reshape(-1, order="F")
+    else:
+        raise not_contiguous(arr)
+    return flat.view(np.uint8)
+
+
+def mark_progress(exc: BaseException, bytes_done: int) -> None:
+    """Record on an exception how many bytes moved before it."""
+    if getattr(exc, "bytes_done", None) is None:
+        try:
+            exc.bytes_done = bytes_done  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass

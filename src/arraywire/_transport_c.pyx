@@ -1,0 +1,399 @@
+# cython: language_level=3
+"""Compiled transport backend: twin of ``_transport_py``.
+
+Buffers are taken with the buffer protocol and the whole partial-transfer loop
+runs with the GIL released, calling send/recv/sendmsg/recvmsg directly. The GIL
+is taken again only to run signal handlers, report progress, or raise.
+Validation, limits and messages come from ``_common`` so both twins share them.
+"""
+
+cimport cython
+from cpython.buffer cimport (
+    PyBUF_FULL_RO,
+    PyBuffer_IsContiguous,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pythread cimport PyThread_get_thread_ident
+from libc.errno cimport EINTR, errno
+from libc.limits cimport INT_MAX
+from libc.math cimport ceil
+from libc.string cimport memset
+
+import os
+import socket
+import threading
+
+import numpy as np
+
+from arraywire._common import (
+    IOV_MAX as _SHARED_IOV_MAX,
+    MAX_CHUNK,
+    PROGRESS_CHUNK,
+    PROGRESS_INTERVAL,
+    SIGNAL_CHECK_INTERVAL,
+    check_socket,
+    format_has_objects,
+    mark_progress,
+    not_a_buffer,
+    not_contiguous,
+    numpy_bytes,
+    object_items,
+    read_only,
+)
+from arraywire._errors import IncompleteTransferError
+
+
+cdef extern from "_transport_c_compat.h" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned long nfds_t
+
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct pollfd:
+        int fd
+        short events
+        short revents
+
+    enum:
+        MSG_NOSIGNAL
+        MSG_WAITALL
+        IOV_MAX
+        POLLIN
+        POLLOUT
+
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    ssize_t recvmsg(int fd, msghdr *msg, int flags)
+    double arraywire_monotonic()
+    bint arraywire_would_block(int err)
+
+
+BACKEND = "c"
+
+cdef size_t max_chunk = MAX_CHUNK
+cdef size_t progress_chunk = PROGRESS_CHUNK
+cdef double progress_interval = PROGRESS_INTERVAL
+cdef double signal_check_interval = SIGNAL_CHECK_INTERVAL
+cdef Py_ssize_t iov_batch = min(_SHARED_IOV_MAX, IOV_MAX)
+cdef unsigned long main_thread_ident = threading.main_thread().ident
+
+
+cdef enum Status:
+    FINISHED
+    CHECK_SIGNALS
+    REPORT_PROGRESS
+    PEER_CLOSED
+    TIMED_OUT
+    FAILED
+
+
+cdef struct Transfer:
+    int fd
+    bint sending
+    bint in_main_thread
+    bint reporting
+    int recv_flags
+    iovec *iov              # non-empty buffers; iov[first] is trimmed as it moves
+    Py_ssize_t niov
+    Py_ssize_t first
+    size_t total
+    size_t done
+    size_t chunk            # most bytes asked of one call
+    double timeout          # < 0 blocking, 0 never wait, > 0 inactivity limit
+    double last_activity
+    double next_report
+    double next_signal_check
+    int err
+
+
+# --- GIL-free part --------------------------------------------------------
+
+cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
+    """One send/recv (last buffer) or sendmsg/recvmsg (batch, like _batch)."""
+    cdef iovec *cur = &t.iov[t.first]
+    cdef size_t budget = t.chunk
+    cdef size_t total = 0
+    cdef size_t saved_len = 0
+    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t trimmed = -1
+    cdef ssize_t moved
+    cdef msghdr msg
+    if t.first == t.niov - 1:
+        wanted[0] = cur.iov_len if cur.iov_len < budget else budget
+        if t.sending:
+            moved = send(t.fd, cur.iov_base, wanted[0], MSG_NOSIGNAL)
+        else:
+            moved = recv(t.fd, cur.iov_base, wanted[0], t.recv_flags)
+        if moved < 0:
+            t.err = errno
+        return moved
+    while t.first + count < t.niov and count < iov_batch:
+        if cur[count].iov_len >= budget:
+            saved_len = cur[count].iov_len
+            trimmed = count
+            cur[count].iov_len = budget
+            total += budget
+            count += 1
+            break
+        total += cur[count].iov_len
+        budget -= cur[count].iov_len
+        count += 1
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = cur
+    msg.msg_iovlen = count
+    if t.sending:
+        moved = sendmsg(t.fd, &msg, MSG_NOSIGNAL)
+    else:
+        moved = recvmsg(t.fd, &msg, t.recv_flags)
+    if moved < 0:
+        t.err = errno
+    if trimmed >= 0:
+        cur[trimmed].iov_len = saved_len
+    wanted[0] = total
+    return moved
+
+
+cdef void advance(Transfer *t, size_t moved) noexcept nogil:
+    cdef iovec *cur
+    t.done += moved
+    while moved:
+        cur = &t.iov[t.first]
+        if moved >= cur.iov_len:
+            moved -= cur.iov_len
+            t.first += 1
+        else:
+            cur.iov_base = <char *>cur.iov_base + moved
+            cur.iov_len -= moved
+            moved = 0
+
+
+cdef int wait_ready(Transfer *t) noexcept nogil:
+    """poll() until the socket is ready or the inactivity limit passes."""
+    cdef pollfd ready
+    cdef double remaining = t.last_activity + t.timeout - arraywire_monotonic()
+    cdef double millis
+    if remaining <= 0:
+        return 0
+    millis = ceil(remaining * 1000.0)
+    ready.fd = t.fd
+    ready.events = POLLOUT if t.sending else POLLIN
+    ready.revents = 0
+    return poll(&ready, 1, INT_MAX if millis > INT_MAX else <int>millis)
+
+
+cdef Status run(Transfer *t) noexcept nogil:
+    """Move bytes until done, or until the GIL is needed."""
+    cdef size_t wanted = 0
+    cdef ssize_t moved
+    cdef double now
+    cdef int ready
+    while t.done < t.total:
+        moved = one_call(t, &wanted)
+        if moved < 0:
+            if t.err == EINTR:
+                return CHECK_SIGNALS
+            if t.timeout > 0 and arraywire_would_block(t.err):
+                # Try first, poll on EAGAIN; a wake-up that still finds
+                # nothing to do just loops (CPython's sock_call_ex).
+                ready = wait_ready(t)
+                if ready > 0:
+                    continue
+                if ready == 0:
+                    return TIMED_OUT
+                t.err = errno
+                if t.err == EINTR:
+                    return CHECK_SIGNALS
+            return FAILED
+        if moved == 0:
+            if t.sending:
+                continue
+            return PEER_CLOSED
+        advance(t, <size_t>moved)
+        if t.timeout > 0 or t.reporting or t.in_main_thread:
+            now = arraywire_monotonic()
+            t.last_activity = now
+            if t.reporting and now >= t.next_report and t.done < t.total:
+                t.next_report = now + progress_interval
+                return REPORT_PROGRESS
+            if t.in_main_thread:
+                # A blocking call cut short was most likely cut by a signal.
+                if now >= t.next_signal_check or (t.timeout < 0 and <size_t>moved < wanted):
+                    t.next_signal_check = now + signal_check_interval
+                    return CHECK_SIGNALS
+    return FINISHED
+
+
+# --- GIL-holding part -------------------------------------------------------
+
+cdef int drive(Transfer *t, object progress) except -1:
+    cdef Status status
+    while True:
+        with nogil:
+            status = run(t)
+        if status == FINISHED:
+            break
+        elif status == CHECK_SIGNALS:
+            PyErr_CheckSignals()
+        elif status == REPORT_PROGRESS:
+            progress(t.done, t.total)
+        elif status == PEER_CLOSED:
+            raise IncompleteTransferError(t.done, t.total)
+        elif status == TIMED_OUT:
+            raise socket.timeout("timed out")
+        else:
+            raise OSError(t.err, os.strerror(t.err))
+    if progress is not None:
+        progress(t.done, t.total)
+    return 0
+
+
+cdef object transfer(
+    iovec *iov, Py_ssize_t niov, size_t total, int fd, object timeout,
+    bint sending, object progress,
+):
+    cdef Transfer t
+    memset(&t, 0, sizeof(t))
+    t.fd = fd
+    t.sending = sending
+    t.iov = iov
+    t.niov = niov
+    t.total = total
+    t.timeout = -1.0 if timeout is None else timeout
+    t.reporting = progress is not None
+    t.chunk = progress_chunk if t.reporting else max_chunk
+    # Blocking receives wait for the whole chunk in one call.
+    t.recv_flags = MSG_WAITALL if t.timeout < 0 else 0
+    t.in_main_thread = PyThread_get_thread_ident() == main_thread_ident
+    t.last_activity = arraywire_monotonic()
+    t.next_report = t.last_activity + progress_interval
+    t.next_signal_check = t.last_activity + signal_check_interval
+    try:
+        drive(&t, progress)
+    except BaseException as exc:
+        mark_progress(exc, t.done)
+        raise
+    return t.total
+
+
+cdef int acquire(object obj, Py_buffer *view, bint writable) except -1:
+    """Take obj's buffer and apply _transport_py._byte_view's checks, in order."""
+    cdef const char *fmt
+    if isinstance(obj, np.ndarray):
+        obj = numpy_bytes(obj, writable)
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_FULL_RO)
+    except TypeError:
+        raise not_a_buffer(obj) from None
+    try:
+        if writable and view.readonly:
+            raise read_only(obj)
+        if not PyBuffer_IsContiguous(view, b"A"):
+            raise not_contiguous(obj)
+        fmt = view.format
+        # One-character formats are the common case and need no parsing.
+        if fmt != NULL and fmt[0] != 0 and (fmt[1] != 0 or fmt[0] == b"O"):
+            if format_has_objects(fmt.decode("ascii", "replace")):
+                raise object_items(obj)
+    except BaseException:
+        PyBuffer_Release(view)
+        raise
+    return 0
+
+
+@cython.final
+cdef class _HeldBuffers:
+    """Buffers of a gather/scatter call, with an iovec for each non-empty one."""
+    cdef Py_buffer *views
+    cdef iovec *iov
+    cdef Py_ssize_t held
+    cdef Py_ssize_t niov
+    cdef size_t total
+
+    def __cinit__(self, Py_ssize_t capacity):
+        if capacity < 1:
+            capacity = 1
+        self.views = <Py_buffer *>PyMem_Malloc(capacity * sizeof(Py_buffer))
+        self.iov = <iovec *>PyMem_Malloc(capacity * sizeof(iovec))
+        if self.views == NULL or self.iov == NULL:
+            raise MemoryError()
+
+    cdef int add(self, object obj, bint writable) except -1:
+        cdef Py_buffer *view = &self.views[self.held]
+        acquire(obj, view, writable)
+        self.held += 1
+        if view.len:
+            self.iov[self.niov].iov_base = view.buf
+            self.iov[self.niov].iov_len = <size_t>view.len
+            self.niov += 1
+            self.total += <size_t>view.len
+        return 0
+
+    cdef void release(self) noexcept:
+        while self.held:
+            self.held -= 1
+            PyBuffer_Release(&self.views[self.held])
+
+    def __dealloc__(self):
+        PyMem_Free(self.views)
+        PyMem_Free(self.iov)
+
+
+cdef object transfer_single(object obj, object sock, bint sending, object progress):
+    cdef Py_buffer view
+    cdef iovec iov
+    fd, timeout = check_socket(sock)
+    acquire(obj, &view, not sending)
+    try:
+        iov.iov_base = view.buf
+        iov.iov_len = <size_t>view.len
+        return transfer(&iov, 1 if view.len else 0, iov.iov_len, fd, timeout, sending, progress)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef object transfer_many(object buffers, object sock, bint sending, object progress):
+    fd, timeout = check_socket(sock)
+    items = buffers if isinstance(buffers, (list, tuple)) else list(buffers)
+    cdef _HeldBuffers held = _HeldBuffers(len(items))
+    try:
+        for obj in items:
+            held.add(obj, not sending)
+        return transfer(held.iov, held.niov, held.total, fd, timeout, sending, progress)
+    finally:
+        held.release()
+
+
+def send_from(obj, sock, *, progress=None):
+    """Send every byte of a contiguous buffer; return the byte count."""
+    return transfer_single(obj, sock, True, progress)
+
+
+def recv_into(obj, sock, *, progress=None):
+    """Fill a writable contiguous buffer completely; return the byte count."""
+    return transfer_single(obj, sock, False, progress)
+
+
+def sendmsg_from(buffers, sock, *, progress=None):
+    """Send a sequence of buffers back to back with gather sendmsg calls."""
+    return transfer_many(buffers, sock, True, progress)
+
+
+def recvmsg_into(buffers, sock, *, progress=None):
+    """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
+    return transfer_many(buffers, sock, False, progress)

@@ -1,0 +1,37 @@
+/* POSIX pieces the compiled transport needs, with the gaps of each platform
+ * filled. Windows never compiles this module (setup.py builds it pure). */
+#ifndef ARRAYWIRE_TRANSPORT_C_COMPAT_H
+#define ARRAYWIRE_TRANSPORT_C_COMPAT_H
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+
+/* macOS has no MSG_NOSIGNAL; CPython ignores SIGPIPE at start-up there too,
+ * so a closed peer still gives EPIPE rather than killing the process. */
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+static inline double arraywire_monotonic(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+static inline int arraywire_would_block(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+#endif

@@ -1,0 +1,148 @@
+"""Pure-Python transport backend: the memoryview recipe, hardened.
+
+Twin of ``_transport_c.pyx``: same functions, same results, same errors.
+Each call goes through the socket object's own methods, so the GIL is taken
+again after every partial send/recv (which is why the compiled twin exists).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from arraywire._common import (
+    IOV_MAX,
+    MAX_CHUNK,
+    PROGRESS_CHUNK,
+    PROGRESS_INTERVAL,
+    check_socket,
+    format_has_objects,
+    mark_progress,
+    not_a_buffer,
+    not_contiguous,
+    numpy_bytes,
+    object_items,
+    read_only,
+)
+from arraywire._errors import IncompleteTransferError
+
+BACKEND = "python"
+
+Progress = Callable[[int, int], object]
+
+
+def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
+    """Send every byte of a contiguous buffer; return the byte count."""
+    check_socket(sock)
+    return _transfer(sock, [_byte_view(obj, writable=False)], True, progress)
+
+
+def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
+    """Fill a writable contiguous buffer completely; return the byte count."""
+    check_socket(sock)
+    return _transfer(sock, [_byte_view(obj, writable=True)], False, progress)
+
+
+def sendmsg_from(
+    buffers: Iterable[Any], sock: Any, *, progress: Progress | None = None
+) -> int:
+    """Send a sequence of buffers back to back with gather sendmsg calls."""
+    check_socket(sock)
+    views = [_byte_view(obj, writable=False) for obj in buffers]
+    return _transfer(sock, views, True, progress)
+
+
+def recvmsg_into(
+    buffers: Iterable[Any], sock: Any, *, progress: Progress | None = None
+) -> int:
+    """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
+    check_socket(sock)
+    views = [_byte_view(obj, writable=True) for obj in buffers]
+    return _transfer(sock, views, False, progress)
+
+
+def _byte_view(obj: Any, *, writable: bool) -> memoryview:
+    if isinstance(obj, np.ndarray):
+        return memoryview(numpy_bytes(obj, writable))
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise not_a_buffer(obj) from None
+    if writable and view.readonly:
+        raise read_only(obj)
+    if not view.contiguous:
+        raise not_contiguous(obj)
+    if format_has_objects(view.format):
+        raise object_items(obj)
+    if view.c_contiguous:
+        try:
+            return view.cast("B")
+        except TypeError:  # a format memoryview cannot cast; numpy can
+            pass
+    return memoryview(numpy_bytes(np.asarray(view), writable))
+
+
+def _transfer(
+    sock: Any, views: list[memoryview], sending: bool, progress: Progress | None
+) -> int:
+    views = [view for view in views if view.nbytes]
+    total = sum(view.nbytes for view in views)
+    chunk = MAX_CHUNK if progress is None else PROGRESS_CHUNK
+    next_report = time.monotonic() + PROGRESS_INTERVAL
+    done = 0
+    first = 0
+    try:
+        while done < total:
+            if first == len(views) - 1:
+                view = views[first]
+                if sending:
+                    moved = sock.send(view[:chunk])
+                else:
+                    moved = sock.recv_into(view, min(len(view), chunk))
+            else:
+                batch = _batch(views, first, chunk)
+                if sending:
+                    moved = sock.sendmsg(batch)
+                else:
+                    moved = sock.recvmsg_into(batch)[0]
+            if moved == 0 and not sending:
+                raise IncompleteTransferError(done, total)
+            done += moved
+            first = _advance(views, first, moved)
+            if progress is not None and done < total:
+                now = time.monotonic()
+                if now >= next_report:
+                    progress(done, total)
+                    next_report = now + PROGRESS_INTERVAL
+        if progress is not None:
+            progress(done, total)
+    except BaseException as exc:
+        mark_progress(exc, done)
+        raise
+    return total
+
+
+def _batch(views: list[memoryview], first: int, budget: int) -> list[memoryview]:
+    batch = []
+    for view in views[first : first + IOV_MAX]:
+        if len(view) >= budget:
+            batch.append(view[:budget])
+            break
+        batch.append(view)
+        budget -= len(view)
+    return batch
+
+
+def _advance(views: list[memoryview], first: int, moved: int) -> int:
+    while moved:
+        size = len(views[first])
+        if moved >= size:
+            moved -= size
+            first += 1
+        else:
+            views[first] = views[first][moved:]
+            moved = 0
+    return first
