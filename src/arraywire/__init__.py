@@ -6,6 +6,8 @@ or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 """
 
 from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
+from arraywire._framing import recv_array, recv_arrays, send_array, send_arrays
+from arraywire._protocol import DEFAULT_MAX_BYTES
 from arraywire._transport import BACKEND, impl as _impl
 
 __version__ = "0.1.0"
@@ -17,11 +19,16 @@ recvmsg_into = _impl.recvmsg_into
 
 __all__ = [
     "BACKEND",
+    "DEFAULT_MAX_BYTES",
     "BrokenStreamError",
     "IncompleteTransferError",
     "ProtocolError",
+    "recv_array",
+    "recv_arrays",
     "recv_into",
     "recvmsg_into",
+    "send_array",
+    "send_arrays",
     "send_from",
     "sendmsg_from",
 ]
