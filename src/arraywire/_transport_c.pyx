@@ -19,7 +19,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport EINTR, errno
 from libc.limits cimport INT_MAX
-from libc.math cimport ceil
+from libc.math cimport INFINITY, ceil
 from libc.string cimport memset
 
 import os
@@ -69,6 +69,7 @@ cdef extern from "_transport_c_compat.h" nogil:
         short revents
 
     enum:
+        MSG_DONTWAIT
         MSG_NOSIGNAL
         MSG_WAITALL
         IOV_MAX
@@ -108,6 +109,8 @@ cdef struct Transfer:
     bint sending
     bint in_main_thread
     bint reporting
+    bint poll_blocking      # a blocking socket driven with MSG_DONTWAIT + poll
+    int send_flags
     int recv_flags
     iovec *iov              # non-empty buffers; iov[first] is trimmed as it moves
     Py_ssize_t niov
@@ -137,7 +140,7 @@ cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
     if t.first == t.niov - 1:
         wanted[0] = cur.iov_len if cur.iov_len < budget else budget
         if t.sending:
-            moved = send(t.fd, cur.iov_base, wanted[0], MSG_NOSIGNAL)
+            moved = send(t.fd, cur.iov_base, wanted[0], t.send_flags)
         else:
             moved = recv(t.fd, cur.iov_base, wanted[0], t.recv_flags)
         if moved < 0:
@@ -158,7 +161,7 @@ cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
     msg.msg_iov = cur
     msg.msg_iovlen = count
     if t.sending:
-        moved = sendmsg(t.fd, &msg, MSG_NOSIGNAL)
+        moved = sendmsg(t.fd, &msg, t.send_flags)
     else:
         moved = recvmsg(t.fd, &msg, t.recv_flags)
     if moved < 0:
@@ -184,13 +187,19 @@ cdef void advance(Transfer *t, size_t moved) noexcept nogil:
 
 
 cdef int wait_ready(Transfer *t) noexcept nogil:
-    """poll() until the socket is ready or the inactivity limit passes."""
+    """poll() until the socket is ready, the inactivity limit passes or a
+    progress report is due; 0 means one of the two deadlines came."""
     cdef pollfd ready
-    cdef double remaining = t.last_activity + t.timeout - arraywire_monotonic()
-    cdef double millis
-    if remaining <= 0:
-        return 0
-    millis = ceil(remaining * 1000.0)
+    cdef double deadline = INFINITY
+    cdef double millis = -1
+    if t.timeout > 0:
+        deadline = t.last_activity + t.timeout
+    if t.reporting and t.next_report < deadline:
+        deadline = t.next_report
+    if deadline != INFINITY:
+        millis = ceil((deadline - arraywire_monotonic()) * 1000.0)
+        if millis <= 0:
+            return 0
     ready.fd = t.fd
     ready.events = POLLOUT if t.sending else POLLIN
     ready.revents = 0
@@ -208,17 +217,22 @@ cdef Status run(Transfer *t) noexcept nogil:
         if moved < 0:
             if t.err == EINTR:
                 return CHECK_SIGNALS
-            if t.timeout > 0 and arraywire_would_block(t.err):
+            if (t.timeout > 0 or t.poll_blocking) and arraywire_would_block(t.err):
                 # Try first, poll on EAGAIN; a wake-up that still finds
                 # nothing to do just loops (CPython's sock_call_ex).
                 ready = wait_ready(t)
                 if ready > 0:
                     continue
-                if ready == 0:
+                if ready < 0:
+                    t.err = errno
+                    return CHECK_SIGNALS if t.err == EINTR else FAILED
+                now = arraywire_monotonic()
+                if t.timeout > 0 and now >= t.last_activity + t.timeout:
                     return TIMED_OUT
-                t.err = errno
-                if t.err == EINTR:
-                    return CHECK_SIGNALS
+                if t.reporting and now >= t.next_report:
+                    t.next_report = now + progress_interval
+                    return REPORT_PROGRESS
+                continue
             return FAILED
         if moved == 0:
             if t.sending:
@@ -233,7 +247,9 @@ cdef Status run(Transfer *t) noexcept nogil:
                 return REPORT_PROGRESS
             if t.in_main_thread:
                 # A blocking call cut short was most likely cut by a signal.
-                if now >= t.next_signal_check or (t.timeout < 0 and <size_t>moved < wanted):
+                if now >= t.next_signal_check or (
+                    t.timeout < 0 and not t.poll_blocking and <size_t>moved < wanted
+                ):
                     t.next_signal_check = now + signal_check_interval
                     return CHECK_SIGNALS
     return FINISHED
@@ -277,8 +293,14 @@ cdef object transfer(
     t.timeout = -1.0 if timeout is None else timeout
     t.reporting = progress is not None
     t.chunk = progress_chunk if t.reporting else max_chunk
-    # Blocking receives wait for the whole chunk in one call.
-    t.recv_flags = MSG_WAITALL if t.timeout < 0 else 0
+    # Blocking receives wait for the whole chunk in one call, unless progress
+    # must be reported while waiting: then poll, which wakes for the report.
+    t.poll_blocking = t.reporting and t.timeout < 0
+    t.send_flags = MSG_NOSIGNAL | (MSG_DONTWAIT if t.poll_blocking else 0)
+    if t.poll_blocking:
+        t.recv_flags = MSG_DONTWAIT
+    else:
+        t.recv_flags = MSG_WAITALL if t.timeout < 0 else 0
     t.in_main_thread = PyThread_get_thread_ident() == main_thread_ident
     t.last_activity = arraywire_monotonic()
     t.next_report = t.last_activity + progress_interval

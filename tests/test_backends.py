@@ -1,0 +1,45 @@
+"""Which backend loads, and that the compiled one did not silently go missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import backend_env
+
+import arraywire
+from arraywire import _transport, _transport_py
+
+
+def test_compiled_backend_loaded() -> None:
+    """Fails when the extension silently did not build or import."""
+    if _transport.NO_EXTENSIONS:
+        pytest.skip("ARRAYWIRE_NO_EXTENSIONS is set: the pure backend is intended")
+    from arraywire import _transport_c  # noqa: F401 - an ImportError here is the failure
+
+    assert arraywire.BACKEND == "c"
+    assert arraywire.send_from is _transport_c.send_from
+
+
+@pytest.mark.parametrize(("name", "expected"), [("python", "python"), ("c", "c")])
+def test_environment_picks_backend(name: str, expected: str) -> None:
+    if expected == "c" and _transport.NO_EXTENSIONS:
+        pytest.skip("the compiled backend is switched off for this run")
+    code = "import arraywire; print(arraywire.BACKEND, arraywire._transport.impl.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=backend_env(name), capture_output=True, text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [expected, f"arraywire._transport_{'c' if expected == 'c' else 'py'}"]
+
+
+def test_both_backends_export_the_same_functions() -> None:
+    names = ["BACKEND", "recv_into", "recvmsg_into", "send_from", "sendmsg_from"]
+    for name in names:
+        assert hasattr(_transport_py, name)
+    if not _transport.NO_EXTENSIONS:
+        from arraywire import _transport_c
+
+        public_c = sorted(n for n in dir(_transport_c) if not n.startswith("_") and n in names)
+        assert public_c == names
