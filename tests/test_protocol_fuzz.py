@@ -3,6 +3,7 @@ ProtocolError, nothing else, and never a large allocation."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import tracemalloc
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from arraywire import ProtocolError
+from arraywire import ProtocolError, send_array
 from arraywire._protocol import (
     ARRAY_FIXED,
     MAGIC,
@@ -172,3 +173,18 @@ def test_header_declaring_two_to_the_62_bytes_allocates_nothing() -> None:
     with pytest.raises(ProtocolError, match="max_bytes"):
         decode(message)
     assert decode(message, max_bytes=None)[0].nbytes == 2**62  # valid, just huge
+
+
+def test_documented_example_bytes() -> None:
+    """The worked example in docs/PROTOCOL.md, byte for byte."""
+    a, b = socket.socketpair()
+    with a, b:
+        send_array(np.arange(3, dtype="<i2"), a)
+        wire = b.recv(1000)
+    assert wire == bytes.fromhex(
+        "41 57 49 52 01 00 00 00 17 00 00 00 01 00 00 00"
+        "06 00 00 00 00 00 00 00 01 43 03 00"
+        "03 00 00 00 00 00 00 00"
+        "3c 69 32"
+        "00 00 01 00 02 00"
+    )
