@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,9 @@ try:
     from ssl import SSLSocket
 except ImportError:  # Python built without ssl
     SSLSocket = None  # type: ignore[assignment,misc]
+
+# progress(bytes_done, bytes_total); the return value is ignored.
+Progress = Callable[[int, int], object]
 
 # Linux moves at most 0x7ffff000 bytes per call (also the total of an iovec
 # array); Windows takes an int. Cap every call well below both.

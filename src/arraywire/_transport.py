@@ -8,19 +8,20 @@ modules stay importable by name.
 from __future__ import annotations
 
 import os
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from arraywire import _transport_py
 
 NO_EXTENSIONS = os.environ.get("ARRAYWIRE_NO_EXTENSIONS", "") not in ("", "0")
 
-impl: ModuleType = _transport_py
-if not NO_EXTENSIONS:
+# Type checkers see the pure twin: the compiled one has the same signatures
+# (_transport_c.pyi, checked against both by tests/test_stub.py).
+if TYPE_CHECKING or NO_EXTENSIONS:
+    impl = _transport_py
+else:
     try:
-        from arraywire import _transport_c
+        from arraywire import _transport_c as impl
     except ImportError:  # built without a compiler: the pure twin serves
-        pass
-    else:
-        impl = _transport_c
+        impl = _transport_py
 
 BACKEND: str = impl.BACKEND

@@ -8,7 +8,7 @@ again after every partial send/recv (which is why the compiled twin exists).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from arraywire._common import (
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
+    Progress,
     check_socket,
     format_has_objects,
     mark_progress,
@@ -30,8 +31,6 @@ from arraywire._common import (
 from arraywire._errors import IncompleteTransferError
 
 BACKEND = "python"
-
-Progress = Callable[[int, int], object]
 
 
 def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
@@ -66,7 +65,7 @@ def recvmsg_into(
 
 def _byte_view(obj: Any, *, writable: bool) -> memoryview:
     if isinstance(obj, np.ndarray):
-        return memoryview(numpy_bytes(obj, writable))
+        return numpy_bytes(obj, writable).data
     try:
         view = memoryview(obj)
     except TypeError:
@@ -82,7 +81,7 @@ def _byte_view(obj: Any, *, writable: bool) -> memoryview:
             return view.cast("B")
         except TypeError:  # a format memoryview cannot cast; numpy can
             pass
-    return memoryview(numpy_bytes(np.asarray(view), writable))
+    return numpy_bytes(np.asarray(view), writable).data
 
 
 def _transfer(

@@ -1,0 +1,122 @@
+"""The compiled backend's stub (_transport_c.pyi, as installed) and the compiled
+module itself have exactly the pure twin's functions and signatures."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable
+from importlib import resources
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from arraywire import _transport_py
+
+try:
+    from arraywire import _transport_c
+except ImportError:  # test_backends.py fails loudly unless this is intended
+    _transport_c = None
+
+
+def public_functions(module: ModuleType) -> dict[str, Callable[..., Any]]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and callable(obj) and obj.__module__ == module.__name__
+    }
+
+
+def load_stub() -> ast.Module:
+    text = resources.files("arraywire").joinpath("_transport_c.pyi").read_text("utf-8")
+    return ast.parse(text)
+
+
+def stub_signature(node: ast.FunctionDef) -> inspect.Signature:
+    """The signature a stub def declares, annotations kept as source text (as
+    ``from __future__ import annotations`` keeps them in the pure module)."""
+    empty = inspect.Parameter.empty
+    args = node.args
+
+    def param(arg: ast.arg, kind: Any, default: ast.expr | None) -> inspect.Parameter:
+        return inspect.Parameter(
+            arg.arg,
+            kind,
+            default=empty if default is None else ast.literal_eval(default),
+            annotation=empty if arg.annotation is None else ast.unparse(arg.annotation),
+        )
+
+    positional = [(arg, inspect.Parameter.POSITIONAL_ONLY) for arg in args.posonlyargs]
+    positional += [(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD) for arg in args.args]
+    # Defaults belong to the last positional parameters.
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+    defaults += args.defaults
+    params = [
+        param(arg, kind, default) for (arg, kind), default in zip(positional, defaults, strict=True)
+    ]
+    if args.vararg is not None:
+        params.append(param(args.vararg, inspect.Parameter.VAR_POSITIONAL, None))
+    params += [
+        param(arg, inspect.Parameter.KEYWORD_ONLY, default)
+        for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+    ]
+    if args.kwarg is not None:
+        params.append(param(args.kwarg, inspect.Parameter.VAR_KEYWORD, None))
+    returns = empty if node.returns is None else ast.unparse(node.returns)
+    return inspect.Signature(params, return_annotation=returns)
+
+
+def stub_functions() -> dict[str, inspect.Signature]:
+    return {
+        node.name: stub_signature(node)
+        for node in load_stub().body
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+def stub_variables() -> dict[str, str]:
+    return {
+        node.target.id: ast.unparse(node.annotation)
+        for node in load_stub().body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def without_annotations(signature: inspect.Signature) -> inspect.Signature:
+    return signature.replace(
+        parameters=[
+            p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()
+        ],
+        return_annotation=inspect.Signature.empty,
+    )
+
+
+PURE = public_functions(_transport_py)
+
+
+def test_stub_declares_the_pure_functions() -> None:
+    assert sorted(stub_functions()) == sorted(PURE)
+
+
+@pytest.mark.parametrize("name", sorted(PURE))
+def test_stub_signature_matches_pure(name: str) -> None:
+    assert stub_functions()[name] == inspect.signature(PURE[name])
+
+
+def test_stub_variables_exist_in_both_backends() -> None:
+    variables = stub_variables()
+    assert "BACKEND" in variables
+    modules = [_transport_py] if _transport_c is None else [_transport_py, _transport_c]
+    for module in modules:
+        for name, annotation in variables.items():
+            assert type(getattr(module, name)).__name__ == annotation
+
+
+@pytest.mark.c_extension
+@pytest.mark.skipif(_transport_c is None, reason="the compiled backend was not built")
+@pytest.mark.parametrize("name", sorted(PURE))
+def test_compiled_signature_matches_pure(name: str) -> None:
+    assert sorted(public_functions(_transport_c)) == sorted(PURE)
+    compiled = inspect.signature(getattr(_transport_c, name))
+    assert compiled == without_annotations(inspect.signature(PURE[name]))
