@@ -34,8 +34,12 @@ def _extensions() -> list[Extension]:
     if _flag("ARRAYWIRE_DEBUG"):
         compile_args = ["-O0", "-g3"]
     if _flag("ARRAYWIRE_SANITIZE"):
-        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        compile_args = ["-O1", "-g"] + sanitize
+        sanitize = [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+        ]
+        compile_args = ["-O1", "-g", *sanitize]
         link_args = sanitize
     try:
         from Cython.Build import cythonize
