@@ -391,7 +391,9 @@ cdef object transfer_single(object obj, object sock, bint sending, object progre
 
 cdef object transfer_many(object buffers, object sock, bint sending, object progress):
     fd, timeout = check_socket(sock)
-    items = buffers if isinstance(buffers, (list, tuple)) else list(buffers)
+    # A snapshot: a live list could grow (or lie about its length) while its
+    # items are taken, past the capacity allocated for them.
+    items = tuple(buffers)
     cdef _HeldBuffers held = _HeldBuffers(len(items))
     try:
         for obj in items:

@@ -7,6 +7,7 @@ again after every partial send/recv (which is why the compiled twin exists).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,10 @@ from arraywire._errors import IncompleteTransferError
 
 BACKEND = "python"
 
+# Like the compiled twin: a closed peer gives EPIPE even where SIGPIPE's
+# default action (killing the process) was restored.
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
 
 def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
     """Send every byte of a contiguous buffer; return the byte count."""
@@ -50,7 +55,7 @@ def sendmsg_from(
 ) -> int:
     """Send a sequence of buffers back to back with gather sendmsg calls."""
     check_socket(sock)
-    views = [_byte_view(obj, writable=False) for obj in buffers]
+    views = [_byte_view(obj, writable=False) for obj in tuple(buffers)]
     return _transfer(sock, views, True, progress)
 
 
@@ -59,7 +64,7 @@ def recvmsg_into(
 ) -> int:
     """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
     check_socket(sock)
-    views = [_byte_view(obj, writable=True) for obj in buffers]
+    views = [_byte_view(obj, writable=True) for obj in tuple(buffers)]
     return _transfer(sock, views, False, progress)
 
 
@@ -98,13 +103,13 @@ def _transfer(
             if first == len(views) - 1:
                 view = views[first]
                 if sending:
-                    moved = sock.send(view[:chunk])
+                    moved = sock.send(view[:chunk], _SEND_FLAGS)
                 else:
                     moved = sock.recv_into(view, min(len(view), chunk))
             else:
                 batch = _batch(views, first, chunk)
                 if sending:
-                    moved = sock.sendmsg(batch)
+                    moved = sock.sendmsg(batch, (), _SEND_FLAGS)
                 else:
                     moved = sock.recvmsg_into(batch)[0]
             if moved == 0 and not sending:
