@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Static checks, with the tools of the `lint` extra on PATH and arraywire
 # installed: pip install '.[lint]' && scripts/lint.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# Every check runs even when an earlier one fails.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
 
-ruff check .
-cython-lint src/arraywire/_transport_c.pyx
-mypy
-check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+failed=()
+ruff check . || failed+=("ruff")
+cython-lint src/arraywire/_transport_c.pyx || failed+=("cython-lint")
+mypy || failed+=("mypy")  # strict, as set in pyproject.toml
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml \
+    || failed+=("check-jsonschema")
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "lint failed: ${failed[*]}" >&2
+    exit 1
+fi
