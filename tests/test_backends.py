@@ -16,7 +16,7 @@ def test_compiled_backend_loaded() -> None:
     """Fails when the extension silently did not build or import."""
     if _transport.NO_EXTENSIONS:
         pytest.skip("ARRAYWIRE_NO_EXTENSIONS is set: the pure backend is intended")
-    from arraywire import _transport_c  # noqa: F401 - an ImportError here is the failure
+    from arraywire import _transport_c  # an ImportError here is the failure
 
     assert arraywire.BACKEND == "c"
     assert arraywire.send_from is _transport_c.send_from

@@ -7,8 +7,7 @@ import socket
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from sockets import Peer
 
 from arraywire import _transport, _transport_py

@@ -13,7 +13,7 @@ from sockets import KINDS, Peer, connected_pair
 
 import arraywire
 from arraywire import _framing
-from arraywire._protocol import PREAMBLE, encode_header, ArraySpec
+from arraywire._protocol import PREAMBLE, ArraySpec, encode_header
 
 
 @pytest.fixture(params=KINDS)
