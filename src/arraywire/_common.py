@@ -24,7 +24,7 @@ Progress = Callable[[int, int], object]
 # array); Windows takes an int. Cap every call well below both.
 MAX_CHUNK = 1 << 30
 # With a progress callback, blocking calls are kept short enough to report.
-PROGRESS_CHUNK = 4 << 20
+PROGRESS_CHUNK = 1 << 20
 PROGRESS_INTERVAL = 0.1
 # How often a transfer running in the main thread lets Python run signal
 # handlers while data keep flowing (blocked calls are woken by EINTR instead).
