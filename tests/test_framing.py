@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_non_contiguous_arrays(backend: Backend, pair, make) -> None:
 
 def test_strided_runs_are_sent_without_packing(monkeypatch) -> None:
     array = np.zeros((10, 2, 40_000))[:, 1]  # 10 runs of 320 kB
-    _, segments, total = _framing.plan_message([array])
+    _, segments, _total = _framing.plan_message([array])
     assert len(segments) == 10
     assert all(isinstance(s, np.ndarray) and s.flags.c_contiguous for s in segments)
     assert all(np.shares_memory(s, array) for s in segments)
@@ -134,7 +135,7 @@ def test_several_arrays_in_one_message(backend: Backend, pair) -> None:
     received = arraywire.recv_arrays(b)
     sender.result()
     assert len(received) == len(sent)
-    for got, want in zip(received, sent):
+    for got, want in zip(received, sent, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
     sender = Peer(arraywire.send_arrays, [], a)
@@ -151,7 +152,7 @@ def test_received_arrays_are_owned_writable_aligned(backend: Backend, pair) -> N
     for array in received:
         assert array.flags.owndata and array.flags.writeable and array.flags.aligned
         assert array.base is None
-    for first, second in zip(received, received[1:]):
+    for first, second in itertools.pairwise(received):
         assert not np.shares_memory(first, second)
 
 

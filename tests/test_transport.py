@@ -110,7 +110,7 @@ def test_gather_scatter_many_buffers(backend: Backend, pair) -> None:
     sender = Peer(backend.module.sendmsg_from, sources, a)
     assert backend.module.recvmsg_into(targets, b) == sum(sizes)
     assert sender.result() == sum(sizes)
-    for source, target in zip(sources, targets):
+    for source, target in zip(sources, targets, strict=True):
         assert np.array_equal(source, target)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -43,12 +43,13 @@ class _Packed:
         self.nbytes = array.nbytes
 
 
-Segment = Union[Any, _Packed]
+Segment = Any | _Packed
 
 
 def describe(array: np.ndarray) -> tuple[ArraySpec, list[Segment]]:
     """The header entry for an array and the segments carrying its bytes."""
     check_transferable(array.dtype)
+    segments: list[Segment]
     if array.flags.c_contiguous:
         order, segments = "C", [array]
     elif array.flags.f_contiguous:

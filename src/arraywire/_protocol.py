@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import struct
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.format import descr_to_dtype, dtype_to_descr
@@ -156,7 +156,7 @@ def _decode_one(block: bytes, offset: int, index: int) -> tuple[ArraySpec, int]:
 def _parse_dtype(text: bytes) -> np.dtype:
     try:
         source = text.decode("utf-8")
-        descr = ast.literal_eval(source) if source.startswith("[") else source
+        descr: Any = ast.literal_eval(source) if source.startswith("[") else source
         dtype = descr_to_dtype(descr)
     except Exception as exc:  # noqa: BLE001 - any failure means a bad header
         raise ProtocolError(f"unusable dtype {text[:80]!r} ({exc})") from None
