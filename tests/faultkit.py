@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 from conftest import backend_env
+from sockets import connected_pair
 
 # Payload bytes are never SENTINEL, so a receive buffer prefilled with it shows
 # exactly how many bytes were written into it.
@@ -140,3 +141,19 @@ def drain(sock: socket.socket) -> bytes:
     finally:
         sock.settimeout(previous)
     return b"".join(chunks)
+
+
+class Pairs:
+    """Makes connected socket pairs and closes them all at the end of a test."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+
+    def __call__(self, kind: str = "socketpair") -> tuple[socket.socket, socket.socket]:
+        a, b = connected_pair(kind)
+        self.sockets += [a, b]
+        return a, b
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()

@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from textwrap import dedent
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from conftest import Backend
 from faultkit import (
     Child,
+    Pairs,
     assert_exact_prefix,
     connect_code,
     drain,
@@ -25,11 +27,18 @@ from faultkit import (
     sentinel_buffer,
     wait_for_stall,
 )
-from sockets import Peer, connected_pair
+from sockets import Peer
 
 import arraywire
 
 MB = 1 << 20
+
+
+@pytest.fixture
+def pairs() -> Iterator[Pairs]:
+    made = Pairs()
+    yield made
+    made.close()
 
 
 def _payload_code(nbytes: int, seed: int) -> str:
@@ -118,8 +127,8 @@ def _abort(sock: socket.socket) -> None:
 
 
 @pytest.mark.parametrize("scatter", [False, True], ids=["recv_into", "recvmsg_into"])
-def test_reset_while_receiving(backend: Backend, scatter: bool) -> None:
-    a, b = connected_pair("tcp")
+def test_reset_while_receiving(backend: Backend, pairs: Pairs, scatter: bool) -> None:
+    a, b = pairs("tcp")
     sent = payload(MB, 3)
 
     def send_then_reset() -> None:
@@ -142,8 +151,8 @@ def test_reset_while_receiving(backend: Backend, scatter: bool) -> None:
 
 
 @pytest.mark.parametrize("gather", [False, True], ids=["send_from", "sendmsg_from"])
-def test_reset_while_sending(backend: Backend, gather: bool) -> None:
-    a, b = connected_pair("tcp")
+def test_reset_while_sending(backend: Backend, pairs: Pairs, gather: bool) -> None:
+    a, b = pairs("tcp")
     sent = payload(64 * MB, 4)
 
     def read_then_reset() -> int:
@@ -202,9 +211,9 @@ def test_send_to_closed_peer_raises_broken_pipe_even_with_default_sigpipe(
 
 @pytest.mark.parametrize("kind", ["socketpair", "tcp"])
 @pytest.mark.parametrize("gather", [False, True], ids=["send_from", "sendmsg_from"])
-def test_stalled_reader_times_out_sender(backend: Backend, kind: str, gather: bool) -> None:
+def test_stalled_reader_times_out_sender(backend: Backend, pairs: Pairs, kind: str, gather: bool) -> None:
     """bytes_done on a send timeout is exactly what the peer can then read."""
-    a, b = connected_pair(kind)
+    a, b = pairs(kind)
     sent = payload(64 * MB, 5)
     a.settimeout(0.3)
     started = time.monotonic()
@@ -228,8 +237,8 @@ def test_stalled_reader_times_out_sender(backend: Backend, kind: str, gather: bo
     assert received == sent[:done].tobytes()
 
 
-def test_stalled_sender_times_out_scatter_receive(backend: Backend) -> None:
-    a, b = connected_pair("tcp")
+def test_stalled_sender_times_out_scatter_receive(backend: Backend, pairs: Pairs) -> None:
+    a, b = pairs("tcp")
     sent = payload(3 * MB, 6)
     a.sendall(sent[: MB + MB // 2])
     b.settimeout(0.3)
@@ -241,14 +250,12 @@ def test_stalled_sender_times_out_scatter_receive(backend: Backend) -> None:
     assert 0.3 <= time.monotonic() - started < 3
     assert info.value.bytes_done == MB + MB // 2
     assert_exact_prefix(target, sent, MB + MB // 2)
-    a.close()
-    b.close()
 
 
-def test_steady_reader_never_times_out_sender(backend: Backend) -> None:
+def test_steady_reader_never_times_out_sender(backend: Backend, pairs: Pairs) -> None:
     """The reader takes 1 MB every 0.1 s; a 0.5 s timeout bounds inactivity,
     not the 1.6 s the whole send takes."""
-    a, b = socket.socketpair()
+    a, b = pairs()
     sent = payload(16 * MB, 7)
     received = bytearray(sent.nbytes)
 
@@ -265,12 +272,10 @@ def test_steady_reader_never_times_out_sender(backend: Backend) -> None:
     assert time.monotonic() - started > 1.0
     reader.result()
     assert received == sent.tobytes()
-    a.close()
-    b.close()
 
 
-def test_steady_sender_never_times_out_scatter_receive(backend: Backend) -> None:
-    a, b = connected_pair("tcp")
+def test_steady_sender_never_times_out_scatter_receive(backend: Backend, pairs: Pairs) -> None:
+    a, b = pairs("tcp")
     sent = payload(10 * MB, 8)
 
     def steady_sender() -> None:
@@ -287,8 +292,6 @@ def test_steady_sender_never_times_out_scatter_receive(backend: Backend) -> None
     assert time.monotonic() - started > 0.8
     feeder.result()
     assert np.array_equal(target, sent)
-    a.close()
-    b.close()
 
 
 # --- non-blocking sockets -------------------------------------------------------
@@ -297,9 +300,9 @@ def test_steady_sender_never_times_out_scatter_receive(backend: Backend) -> None
 @pytest.mark.parametrize("kind", ["socketpair", "tcp"])
 @pytest.mark.parametrize("gather", [False, True], ids=["send_from", "sendmsg_from"])
 def test_non_blocking_send_stops_at_a_full_buffer(
-    backend: Backend, kind: str, gather: bool
+    backend: Backend, pairs: Pairs, kind: str, gather: bool
 ) -> None:
-    a, b = connected_pair(kind)
+    a, b = pairs(kind)
     sent = payload(64 * MB, 9)
     a.setblocking(False)
     started = time.monotonic()
@@ -321,8 +324,8 @@ def test_non_blocking_send_stops_at_a_full_buffer(
     assert received == sent[:done].tobytes()
 
 
-def test_non_blocking_scatter_receive_reports_what_it_got(backend: Backend) -> None:
-    a, b = socket.socketpair()
+def test_non_blocking_scatter_receive_reports_what_it_got(backend: Backend, pairs: Pairs) -> None:
+    a, b = pairs()
     sent = payload(5000, 10)
     a.sendall(sent[:2500])
     b.setblocking(False)
@@ -336,18 +339,14 @@ def test_non_blocking_scatter_receive_reports_what_it_got(backend: Backend) -> N
     b.setblocking(True)
     assert backend.module.recv_into(target[2500:], b) == 2500
     assert np.array_equal(target, sent)
-    a.close()
-    b.close()
 
 
-def test_non_blocking_with_nothing_ready(backend: Backend) -> None:
-    a, b = socket.socketpair()
+def test_non_blocking_with_nothing_ready(backend: Backend, pairs: Pairs) -> None:
+    _, b = pairs()
     b.setblocking(False)
     with pytest.raises(BlockingIOError) as info:
         backend.module.recv_into(bytearray(10), b)
     assert info.value.bytes_done == 0
-    a.close()
-    b.close()
 
 
 # --- hostile buffer sequences ---------------------------------------------------
@@ -371,8 +370,8 @@ class _Growing(np.ndarray):
 
 
 @pytest.mark.parametrize("direction", ["send", "receive"])
-def test_buffer_list_that_lies_about_its_length(backend: Backend, direction: str) -> None:
-    a, b = socket.socketpair()
+def test_buffer_list_that_lies_about_its_length(backend: Backend, pairs: Pairs, direction: str) -> None:
+    a, b = pairs()
     sources = [payload(10, seed) for seed in range(3000)]
     expected = np.concatenate(sources)
     if direction == "send":
@@ -386,13 +385,11 @@ def test_buffer_list_that_lies_about_its_length(backend: Backend, direction: str
         sender.result()
         target = np.concatenate(list(parts))
     assert np.array_equal(target, expected)
-    a.close()
-    b.close()
 
 
-def test_buffer_list_growing_while_it_is_read(backend: Backend) -> None:
+def test_buffer_list_growing_while_it_is_read(backend: Backend, pairs: Pairs) -> None:
     """The buffers are those in the list when the call starts."""
-    a, b = socket.socketpair()
+    a, b = pairs()
     first = np.arange(64, dtype=np.uint8).view(_Growing)
     buffers: list[object] = [first, np.ones(16, np.uint8)]
     _Growing.grows = buffers
@@ -403,8 +400,6 @@ def test_buffer_list_growing_while_it_is_read(backend: Backend) -> None:
     assert len(buffers) > 2
     got = drain(b)
     assert got == bytes(range(64)) + bytes([1] * 16)
-    a.close()
-    b.close()
 
 
 # --- more than 2 GiB in one call --------------------------------------------------
@@ -419,13 +414,11 @@ def huge() -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_more_than_2_gib_in_one_call(backend: Backend, huge: np.ndarray) -> None:
-    a, b = socket.socketpair()
+def test_more_than_2_gib_in_one_call(backend: Backend, pairs: Pairs, huge: np.ndarray) -> None:
+    a, b = pairs()
     target = np.empty_like(huge)
     receiver = Peer(backend.module.recv_into, target, b)
     assert backend.module.send_from(huge, a) == HUGE
     assert receiver.result(300) == HUGE
     assert np.array_equal(target, huge)
-    a.close()
-    b.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -55,8 +56,10 @@ def sendmsg_from(
 ) -> int:
     """Send a sequence of buffers back to back with gather sendmsg calls."""
     check_socket(sock)
-    views = [_byte_view(obj, writable=False) for obj in tuple(buffers)]
-    return _transfer(sock, views, True, progress)
+    # no local holds the views: a traceback would keep the buffers exported
+    return _transfer(
+        sock, [_byte_view(obj, writable=False) for obj in tuple(buffers)], True, progress
+    )
 
 
 def recvmsg_into(
@@ -64,8 +67,10 @@ def recvmsg_into(
 ) -> int:
     """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
     check_socket(sock)
-    views = [_byte_view(obj, writable=True) for obj in tuple(buffers)]
-    return _transfer(sock, views, False, progress)
+    # no local holds the views: a traceback would keep the buffers exported
+    return _transfer(
+        sock, [_byte_view(obj, writable=True) for obj in tuple(buffers)], False, progress
+    )
 
 
 def _byte_view(obj: Any, *, writable: bool) -> memoryview:
@@ -98,24 +103,28 @@ def _transfer(
     next_report = time.monotonic() + PROGRESS_INTERVAL
     done = 0
     first = 0
+    # Each call's count is stored by C code (list.extend over map) before a
+    # signal handler can run: Python runs handlers when a call returns, and one
+    # that raised there would lose the count of a partial send or receive.
+    moved: list[int] = []
     try:
         while done < total:
             if first == len(views) - 1:
-                view = views[first]
                 if sending:
-                    moved = sock.send(view[:chunk], _SEND_FLAGS)
+                    moved.extend(map(sock.send, (views[first][:chunk],), (_SEND_FLAGS,)))
                 else:
-                    moved = sock.recv_into(view, min(len(view), chunk))
+                    size = min(len(views[first]), chunk)
+                    moved.extend(map(sock.recv_into, (views[first],), (size,)))
+            elif sending:
+                batch = _batch(views, first, chunk)
+                moved.extend(map(sock.sendmsg, (batch,), ((),), (_SEND_FLAGS,)))
             else:
                 batch = _batch(views, first, chunk)
-                if sending:
-                    moved = sock.sendmsg(batch, (), _SEND_FLAGS)
-                else:
-                    moved = sock.recvmsg_into(batch)[0]
-            if moved == 0 and not sending:
+                moved.extend(map(itemgetter(0), map(sock.recvmsg_into, (batch,))))
+            if moved[0] == 0 and not sending:
                 raise IncompleteTransferError(done, total)
-            done += moved
-            first = _advance(views, first, moved)
+            done += moved[0]
+            first = _advance(views, first, moved.pop())
             if progress is not None and done < total:
                 now = time.monotonic()
                 if now >= next_report:
@@ -124,7 +133,11 @@ def _transfer(
         if progress is not None:
             progress(done, total)
     except BaseException as exc:
-        mark_progress(exc, done)
+        mark_progress(exc, done + sum(moved))
+        # The traceback keeps this frame alive: drop its views so the buffers
+        # are released now, as the compiled twin releases them.
+        views.clear()
+        batch = []
         raise
     return total
 
