@@ -1,0 +1,164 @@
+"""A hostile or broken peer cannot make recv_array hang, allocate much, or
+return garbage: it gets ProtocolError or IncompleteTransferError at once.
+
+The peer writes raw bytes into a real TCP connection; the receiver's socket
+has a timeout only so that a regression fails instead of hanging."""
+
+from __future__ import annotations
+
+import socket
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from conftest import Backend
+from faultkit import Pairs
+from sockets import Peer
+
+import arraywire
+from arraywire import _protocol
+
+MB = 1 << 20
+# nothing beyond the header (at most 1 MiB) and small bookkeeping
+ALLOCATION_LIMIT = 2 * MB
+
+
+@pytest.fixture
+def pairs() -> Iterator[Pairs]:
+    made = Pairs()
+    yield made
+    made.close()
+
+
+def _descriptor(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    text = dtype.encode()
+    return (
+        _protocol.ARRAY_FIXED.pack(nbytes, len(shape), b"C", len(text))
+        + b"".join(_protocol.DIM.pack(dim) for dim in shape)
+        + text
+    )
+
+
+def _header(*descriptors: bytes) -> bytes:
+    block = b"".join(descriptors)
+    return _protocol.PREAMBLE.pack(b"AWIR", 1, bytes(3), len(block), len(descriptors)) + block
+
+
+VALID = _header(_descriptor("<f8", (1000,), 8000))
+
+
+def _receive(
+    backend: Backend, pairs: Pairs, hostile: bytes, close: bool,
+    call: Callable[[socket.socket], object] = arraywire.recv_array,
+) -> tuple[BaseException, float, int]:
+    """Feed `hostile` to a receiver; return its error, the time it took and
+    the most memory it held at once."""
+    a, b = pairs("tcp")
+
+    def feed() -> None:
+        try:
+            a.sendall(hostile)
+            if close:
+                a.close()
+        except OSError:  # the receiver gave up first
+            pass
+
+    b.settimeout(2)
+    tracemalloc.start()
+    started = time.monotonic()
+    feeder = Peer(feed)
+    try:
+        call(b)
+    except (ValueError, OSError, EOFError) as exc:
+        error: BaseException = exc
+    else:
+        raise AssertionError("the hostile message was accepted")
+    finally:
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        b.close()
+        feeder.result()
+    return error, elapsed, peak
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        np.random.default_rng(0).integers(0, 256, MB, dtype=np.uint8).tobytes(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        _header(_descriptor("<f8", (1 << 59,), 1 << 62)),
+        _header(*[_descriptor("<f8", (1 << 26,), 1 << 29)] * 3),
+        _header(_descriptor("|O", (10,), 80)),
+        _header(_descriptor("<f8", (1 << 40, 1 << 40), 0)),
+    ],
+    ids=["random-bytes", "http-request", "2^62-bytes", "3x512MiB", "object-dtype", "shape-overflow"],
+)
+def test_bad_header_on_an_open_connection(backend: Backend, pairs: Pairs, hostile: bytes) -> None:
+    """The peer keeps the connection open: the receiver must not wait for more."""
+    error, elapsed, peak = _receive(backend, pairs, hostile, close=False)
+    assert isinstance(error, arraywire.ProtocolError), repr(error)
+    assert elapsed < 1
+    assert peak < ALLOCATION_LIMIT
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_protocol accepts zero-itemsize dtypes ('|S0', '<U0'): nbytes 0 passes "
+    "max_bytes, then numpy allocates the array as itemsize 1 (or 4)",
+)
+@pytest.mark.parametrize("dtype", ["|S0", "<U0"])
+def test_zero_itemsize_dtype_with_a_huge_shape(backend: Backend, pairs: Pairs, dtype: str) -> None:
+    hostile = _header(_descriptor(dtype, (1 << 34,), 0))
+    error, elapsed, peak = _receive(backend, pairs, hostile, close=False)
+    assert isinstance(error, arraywire.ProtocolError), repr(error)
+    assert elapsed < 1
+    assert peak < ALLOCATION_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("sent", "bytes_done", "bytes_expected"),
+    [
+        (VALID[:10], 10, 16),
+        (VALID[:20], 20, None),
+        (VALID, len(VALID), len(VALID) + 8000),
+        (VALID + bytes(4000), len(VALID) + 4000, len(VALID) + 8000),
+    ],
+    ids=["in-preamble", "in-descriptors", "after-header", "in-payload"],
+)
+def test_close_mid_message(
+    backend: Backend, pairs: Pairs, sent: bytes, bytes_done: int, bytes_expected: int | None
+) -> None:
+    error, elapsed, peak = _receive(backend, pairs, sent, close=True)
+    assert isinstance(error, arraywire.IncompleteTransferError), repr(error)
+    assert error.bytes_done == bytes_done
+    if bytes_expected is not None:
+        assert error.bytes_expected == bytes_expected
+    assert elapsed < 1
+    assert peak < ALLOCATION_LIMIT
+
+
+def test_close_mid_message_of_several_arrays(backend: Backend, pairs: Pairs) -> None:
+    two = _header(_descriptor("<i4", (10,), 40), _descriptor("|u1", (3, 3), 9))
+    error, elapsed, _ = _receive(backend, pairs, two + bytes(45), True, arraywire.recv_arrays)
+    assert isinstance(error, arraywire.IncompleteTransferError), repr(error)
+    assert (error.bytes_done, error.bytes_expected) == (len(two) + 45, len(two) + 49)
+    assert elapsed < 1
+
+
+def test_header_announcing_a_large_block_then_stalling(backend: Backend, pairs: Pairs) -> None:
+    """The descriptor block may be up to 1 MiB; a peer that never sends it
+    costs that much, and the socket's timeout, no more."""
+    stall = _protocol.PREAMBLE.pack(b"AWIR", 1, bytes(3), 1 << 20, 1) + bytes(100)
+
+    def receive(sock: socket.socket) -> object:
+        sock.settimeout(0.5)
+        return arraywire.recv_array(sock)
+
+    error, elapsed, peak = _receive(backend, pairs, stall, False, receive)
+    assert isinstance(error, TimeoutError), repr(error)
+    assert error.bytes_done == 16 + 100  # type: ignore[attr-defined]
+    assert 0.5 <= elapsed < 2
+    assert peak < ALLOCATION_LIMIT
