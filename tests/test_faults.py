@@ -422,3 +422,15 @@ def test_more_than_2_gib_in_one_call(backend: Backend, pairs: Pairs, huge: np.nd
     assert receiver.result(300) == HUGE
     assert np.array_equal(target, huge)
 
+
+
+@pytest.mark.slow
+def test_more_than_2_gib_in_one_message(backend: Backend, pairs: Pairs, huge: np.ndarray) -> None:
+    """send_array gathers header and payload in sendmsg calls whose iovec total
+    must stay under Linux's silent 2 GiB cap; recv_array fills `out`."""
+    a, b = pairs()
+    target = np.empty_like(huge)
+    receiver = Peer(lambda: arraywire.recv_array(b, out=target, max_bytes=None))
+    assert arraywire.send_array(huge, a) > HUGE
+    assert receiver.result(300) is target
+    assert np.array_equal(target, huge)
