@@ -164,4 +164,11 @@ def _parse_dtype(text: bytes) -> np.dtype:
         check_transferable(dtype)
     except TypeError as exc:
         raise ProtocolError(str(exc)) from None
+    # numpy stores 'S0' and 'U0' items as 'S1' and 'U1': the sizes checked
+    # against max_bytes would not be the sizes allocated.
+    allocated = np.empty(0, dtype).dtype
+    if allocated != dtype:
+        raise ProtocolError(
+            f"dtype {dtype} cannot be allocated as declared (numpy makes it {allocated})"
+        )
     return dtype
