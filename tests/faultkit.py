@@ -61,13 +61,14 @@ def connect_code(kind: str, address: str) -> str:
 class Child:
     """A Python child process on the chosen backend, talking through stdout lines.
 
-    The code is run as given (build it from unindented lines).
+    The code is run as given (build it from unindented lines), after the
+    command `prefix` if one is given (such as `ip netns exec NAME`).
     """
 
-    def __init__(self, backend: str, code: str) -> None:
+    def __init__(self, backend: str, code: str, prefix: tuple[str, ...] = ()) -> None:
         prelude = "import os, signal, socket, sys, time\nimport numpy as np\nimport arraywire\n"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", prelude + code],
+            [*prefix, sys.executable, "-c", prelude + code],
             env=backend_env(backend),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
