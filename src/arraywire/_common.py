@@ -35,7 +35,7 @@ IOV_MAX = 1024
 
 def check_socket(sock: Any) -> tuple[int, float | None]:
     """Return (fd, timeout) of a socket arraywire may use, or raise."""
-    if SSLSocket is not None and isinstance(sock, SSLSocket):
+    if type(sock) is not socket.socket and SSLSocket is not None and isinstance(sock, SSLSocket):
         raise TypeError(
             "arraywire cannot use an ssl.SSLSocket: raw socket I/O would bypass TLS"
         )
@@ -89,8 +89,8 @@ def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
     buffer protocol, and Fortran-order views cannot be cast to bytes by
     memoryview; viewing the memory as bytes handles every dtype without a copy.
     """
-    if arr.dtype.hasobject:
-        raise object_items(arr)
+    # the checks and their order are those of a buffer export (acquire in
+    # _transport_c.pyx, _byte_view in _transport_py.py)
     if writable and not arr.flags.writeable:
         raise read_only(arr)
     if arr.flags.c_contiguous:
@@ -99,6 +99,8 @@ def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
         flat = arr.reshape(-1, order="F")
     else:
         raise not_contiguous(arr)
+    if arr.dtype.hasobject:
+        raise object_items(arr)
     return flat.view(np.uint8)
 
 

@@ -59,6 +59,12 @@ def dtype_text(dtype: np.dtype) -> bytes:
 
 
 def encode_header(specs: list[ArraySpec]) -> bytes:
+    return _encode_header(tuple(specs))
+
+
+# Pipelines send the same few layouts over and over.
+@lru_cache(maxsize=1024)
+def _encode_header(specs: tuple[ArraySpec, ...]) -> bytes:
     parts = []
     for spec in specs:
         text = dtype_text(spec.dtype)
@@ -99,20 +105,37 @@ def decode_preamble(data: bytes) -> tuple[int, int]:
 def decode_descriptors(block: bytes, count: int, max_bytes: int | None) -> list[ArraySpec]:
     """Parse a descriptor block; the payloads together may not exceed max_bytes."""
     limit = _NUMPY_LIMIT if max_bytes is None else min(max_bytes, _NUMPY_LIMIT)
-    specs = []
+    if len(block) <= _CACHED_BLOCK_BYTES:
+        specs = _decode_cached(bytes(block), count)
+    else:
+        specs = _decode_all(block, count)
     total = 0
-    offset = 0
-    for index in range(count):
-        spec, offset = _decode_one(block, offset, index)
+    for spec in specs:
         total += spec.nbytes
         if total > limit:
             raise ProtocolError(
                 f"message declares at least {total} payload bytes, over max_bytes={limit}"
             )
+    return list(specs)
+
+
+# Small headers repeat (the same layouts, message after message); caching
+# them by their bytes keeps at most 1024 x 512 bytes.
+_CACHED_BLOCK_BYTES = 512
+
+
+def _decode_all(block: bytes, count: int) -> tuple[ArraySpec, ...]:
+    specs = []
+    offset = 0
+    for index in range(count):
+        spec, offset = _decode_one(block, offset, index)
         specs.append(spec)
     if offset != len(block):
         raise ProtocolError(f"{len(block) - offset} stray bytes after the last descriptor")
-    return specs
+    return tuple(specs)
+
+
+_decode_cached = lru_cache(maxsize=1024)(_decode_all)
 
 
 def _decode_one(block: bytes, offset: int, index: int) -> tuple[ArraySpec, int]:
