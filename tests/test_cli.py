@@ -1,0 +1,415 @@
+"""`arraywire send` / `arraywire recv` end to end: real processes on loopback,
+both backends (chosen in each child's environment)."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Backend, backend_env
+
+from arraywire._framing import plan_message
+from arraywire._transfer_cli import ACK, parse_size
+
+TIMEOUT = 60
+
+
+_running: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+    """A failed test leaves no child process or pipe behind."""
+    yield
+    while _running:
+        proc = _running.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+class Cli:
+    """One `python -m arraywire ...` child process."""
+
+    def __init__(self, backend: Backend, *args: str, limit_data: int | None = None,
+                 limit_file: int | None = None) -> None:
+        def limits() -> None:
+            if limit_data is not None:
+                resource.setrlimit(resource.RLIMIT_DATA, (limit_data, limit_data))
+            if limit_file is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file, limit_file))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "arraywire", *args],
+            env=backend_env(backend.name), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=limits if limit_data or limit_file else None,
+        )
+        _running.append(self.proc)
+        self.early = b""
+
+    def port(self) -> int:
+        """The port from the 'listening on' line (the child listens on port 0)."""
+        assert self.proc.stderr is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stderr, selectors.EVENT_READ)
+            deadline = time.monotonic() + TIMEOUT
+            while b"\n" not in self.early:
+                assert selector.select(deadline - time.monotonic()), "no listening line"
+                chunk = os.read(self.proc.stderr.fileno(), 4096)
+                assert chunk, f"exited early: {self.early.decode()}"
+                self.early += chunk
+        match = re.search(rb"listening on \S*:(\d+)", self.early)
+        assert match, self.early.decode()
+        return int(match[1])
+
+    def finish(self) -> tuple[int, str]:
+        try:
+            _, err = self.proc.communicate(timeout=TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode, (self.early + err).decode()
+
+
+def quiet_lines(stderr: str) -> list[str]:
+    """A quiet run's output, less the listening line it always prints."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith("arraywire: listening on ")]
+
+
+def one_error_line(stderr: str, command: str) -> str:
+    """The whole output of a failed quiet run: one line, no traceback."""
+    lines = quiet_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"arraywire {command}: error: "), stderr
+    return lines[0]
+
+
+def transfer(backend: Backend, source: Path, output: Path, *extra: str,
+             swap: bool = False) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Run a receiver and a sender; return both (status, stderr)."""
+    if swap:
+        sender = Cli(backend, "send", str(source), "127.0.0.1:0", "--listen", *extra)
+        receiver = Cli(backend, "recv", f"127.0.0.1:{sender.port()}", "-o", str(output),
+                       "--connect", *extra)
+    else:
+        receiver = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), *extra)
+        sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", *extra)
+    return sender.finish(), receiver.finish()
+
+
+def same_file_contents(output: Path, source: Path) -> None:
+    got = np.load(output)
+    want = np.load(source)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.flags.f_contiguous == want.flags.f_contiguous
+    assert got.tobytes(order="A") == want.tobytes(order="A")
+
+
+ARRAYS = {
+    "fortran-2d": lambda: np.asfortranarray(np.arange(600_000, dtype=">f8").reshape(600, 1000)),
+    "scalar": lambda: np.array(-3, dtype="<i2"),
+    "empty": lambda: np.zeros((0, 3), dtype="<c16"),
+    "structured": lambda: np.array([(1, b"ab", 2.5)] * 1000,
+                                   dtype=[("a", "<u4"), ("b", "S2"), ("c", "<f4")]),
+}
+
+
+@pytest.mark.parametrize("kind", list(ARRAYS))
+def test_send_to_a_listening_receiver(backend: Backend, tmp_path: Path, kind: str) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, ARRAYS[kind]())
+    (send_status, send_err), (recv_status, recv_err) = transfer(backend, source, output)
+    assert (send_status, recv_status) == (0, 0), send_err + recv_err
+    same_file_contents(output, source)
+    assert set(os.listdir(tmp_path)) == {"in.npy", "out.npy"}
+    assert "Traceback" not in send_err + recv_err
+    # a tqdm bar on each side (tqdm shows no percentage of 0 bytes), then a summary
+    assert "100%" in send_err
+    assert ("100%" if kind != "empty" else "0.00B") in recv_err
+    assert re.search(r"arraywire recv: wrote \S+out\.npy", recv_err)
+    assert "arraywire send: sent" in send_err
+
+
+def test_roles_swapped_and_quiet(backend: Backend, tmp_path: Path) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.random.default_rng(0).standard_normal((300, 70)))
+    # the listening sender prints its port even with --quiet on the receiver
+    sender = Cli(backend, "send", str(source), "127.0.0.1:0", "--listen")
+    receiver = Cli(backend, "recv", f"127.0.0.1:{sender.port()}", "-o", str(output),
+                   "--connect", "--quiet")
+    (send_status, send_err), (recv_status, recv_err) = sender.finish(), receiver.finish()
+    assert (send_status, recv_status) == (0, 0)
+    assert recv_err == ""
+    same_file_contents(output, source)
+    assert "Traceback" not in send_err and "100%" in send_err
+
+
+def test_array_larger_than_the_memory_limit(backend: Backend, tmp_path: Path) -> None:
+    """256 MB through processes whose heap may not grow past 128 MB: the file is
+    memory-mapped on both sides, never copied into memory."""
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    array = np.lib.format.open_memmap(source, mode="w+", dtype="<f8", shape=(32 << 20,))
+    array[:] = 1.25
+    array[::4096] = np.arange(len(array[::4096]))
+    array.flush()
+    del array
+    limit = 128 << 20
+    receiver = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), "-q", limit_data=limit)
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", "-q",
+                 limit_data=limit)
+    assert sender.finish() == (0, "")
+    status, err = receiver.finish()
+    assert (status, quiet_lines(err)) == (0, [])
+    same_file_contents(output, source)
+
+
+# --- bad input: one line, no traceback, non-zero exit ----------------------------
+
+
+def test_missing_file_not_npy_and_object_dtype(backend: Backend, tmp_path: Path) -> None:
+    text = tmp_path / "notes.npy"
+    text.write_text("hello, not an array\n")
+    archive = tmp_path / "pair.npz"
+    np.savez(archive, a=np.zeros(3))
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([1, "two", None], dtype=object), allow_pickle=True)
+    cases = {
+        str(tmp_path / "missing.npy"): "no such file",
+        str(text): "is not a .npy file",
+        str(archive): "is not a .npy file",
+        str(objects): "holds Python objects",
+        str(tmp_path): "is a directory",
+    }
+    for path, message in cases.items():
+        status, err = Cli(backend, "send", path, "127.0.0.1:9", "-q").finish()
+        assert status == 1
+        assert message in one_error_line(err, "send")
+
+
+def test_port_in_use_and_connection_refused(backend: Backend, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status, err = Cli(backend, "recv", f"127.0.0.1:{port}", "-o",
+                          str(tmp_path / "out.npy"), "-q").finish()
+        assert status == 1
+        assert "the port is in use" in one_error_line(err, "recv")
+    # the port is free now and nothing listens there
+    np.save(tmp_path / "in.npy", np.zeros(3))
+    status, err = Cli(backend, "send", str(tmp_path / "in.npy"), f"127.0.0.1:{port}",
+                      "-q").finish()
+    assert status == 1
+    assert "connection refused" in one_error_line(err, "send")
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_bad_arguments(backend: Backend, tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", np.zeros(3))
+    status, err = Cli(backend, "send", str(tmp_path / "in.npy"), "5000", "-q").finish()
+    assert status == 1
+    assert "expected HOST:PORT" in one_error_line(err, "send")
+    (tmp_path / "out.npy").write_bytes(b"precious")
+    status, err = Cli(backend, "recv", "0", "-o", str(tmp_path / "out.npy"), "-q").finish()
+    assert status == 1
+    assert "exists (use --force" in one_error_line(err, "recv")
+    assert (tmp_path / "out.npy").read_bytes() == b"precious"
+    status, err = Cli(backend, "recv", "0", "-o", str(tmp_path / "out.npy"),
+                      "--max-bytes", "lots").finish()
+    assert status == 2 and "not a size" in err
+
+
+def test_parse_size() -> None:
+    assert parse_size("123") == 123
+    assert parse_size("4K") == 4096
+    assert parse_size("60G") == 60 << 30
+    assert parse_size("2TiB") == 2 << 40
+    assert parse_size("5MB") == 5 << 20
+
+
+class FakeSender:
+    """The test itself plays the sender: a real header, then what it likes."""
+
+    def __init__(self, port: int, array: np.ndarray) -> None:
+        self.header, _, self.total = plan_message([array])
+        self.payload = array.tobytes()
+        self.sock = socket.create_connection(("127.0.0.1", port))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def receiver_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    # whatever happened, no partial file is left behind
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+
+
+def start_receiver(backend: Backend, output: Path, *extra: str, **limits: Any) -> Cli:
+    return Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), *extra, **limits)
+
+
+def test_sender_vanishes_mid_array(backend: Backend, receiver_dir: Path) -> None:
+    output = receiver_dir / "out.npy"
+    receiver = start_receiver(backend, output)
+    fake = FakeSender(receiver.port(), np.ones(1_000_000))
+    fake.sock.sendall(fake.header + fake.payload[:300_000])
+    fake.close()
+    status, err = receiver.finish()
+    assert status == 1 and "Traceback" not in err
+    assert err.rstrip().splitlines()[-1] == (
+        "arraywire recv: error: the sender closed the connection after 300,000 of "
+        "8,000,000 bytes of the array"
+    )
+    assert not output.exists()
+
+
+def test_terminated_receiver_removes_its_partial_file(
+    backend: Backend, receiver_dir: Path
+) -> None:
+    output = receiver_dir / "out.npy"
+    receiver = start_receiver(backend, output, "-q")
+    fake = FakeSender(receiver.port(), np.ones(1_000_000))
+    fake.sock.sendall(fake.header + fake.payload[:300_000])
+    deadline = time.monotonic() + TIMEOUT
+    while not (receiver_dir / "out.npy.partial").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    receiver.proc.send_signal(signal.SIGTERM)
+    status, err = receiver.finish()
+    fake.close()
+    assert status == 130
+    assert "interrupted" in one_error_line(err, "recv")
+    assert not output.exists()
+
+
+def test_receiver_refuses_bad_or_oversized_messages(
+    backend: Backend, receiver_dir: Path
+) -> None:
+    output = receiver_dir / "out.npy"
+    receiver = start_receiver(backend, output, "-q", "--max-bytes", "1M")
+    fake = FakeSender(receiver.port(), np.ones(1_000_000))
+    fake.sock.sendall(fake.header)
+    status, err = receiver.finish()
+    fake.close()
+    assert status == 1
+    assert "over max_bytes=1048576" in one_error_line(err, "recv")
+
+    receiver = start_receiver(backend, output, "-q")
+    with socket.create_connection(("127.0.0.1", receiver.port())) as http:
+        http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, err = receiver.finish()
+    assert status == 1
+    assert "not an arraywire message" in one_error_line(err, "recv")
+    assert not output.exists()
+
+
+def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:
+    """The test plays a receiver that reads a little and hangs up."""
+    source = tmp_path / "in.npy"
+    np.save(source, np.ones(4_000_000))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = Cli(backend, "send", str(source), f"127.0.0.1:{server.getsockname()[1]}",
+                     "-q")
+        conn, _ = server.accept()
+        conn.recv(100_000)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # with unread data: a reset
+        status, err = sender.finish()
+    assert status == 1
+    line = one_error_line(err, "send")
+    total = plan_message([np.ones(4_000_000)])[2]
+    assert re.search(rf"the receiver closed the connection (after [\d,]+ of {total:,} bytes|"
+                     r"without confirming)", line), line
+
+
+def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Path) -> None:
+    """A receiver that takes every byte but does not confirm the write is a failure."""
+    source = tmp_path / "in.npy"
+    np.save(source, np.arange(1000))
+    total = plan_message([np.arange(1000)])[2]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = Cli(backend, "send", str(source), f"127.0.0.1:{server.getsockname()[1]}",
+                     "-q")
+        conn, _ = server.accept()
+        with conn:
+            got = b""
+            while len(got) < total:
+                got += conn.recv(total - len(got))
+            conn.shutdown(socket.SHUT_WR)
+            status, err = sender.finish()
+        assert status == 1
+        assert "without confirming" in one_error_line(err, "send")
+        # and one that confirms is a success
+        sender = Cli(backend, "send", str(source), f"127.0.0.1:{server.getsockname()[1]}",
+                     "-q")
+        conn, _ = server.accept()
+        with conn:
+            got = b""
+            while len(got) < total:
+                got += conn.recv(total - len(got))
+            conn.sendall(ACK)
+            assert sender.finish() == (0, "")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full(backend: Backend, small_disk: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.npy"
+    np.save(source, np.ones(2_000_000))  # 16 MB for a 2 MiB disk
+    output = small_disk / "out.npy"
+    receiver = start_receiver(backend, output, "-q")
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", "-q")
+    status, err = receiver.finish()
+    assert status == 1
+    assert re.search(r"not enough disk space in \S+: the array needs 16,000,000 bytes, "
+                     r"[\d,]+ are free", one_error_line(err, "recv"))
+    assert os.listdir(small_disk) == []
+    status, err = sender.finish()
+    assert status == 1
+    assert "the receiver closed the connection" in one_error_line(err, "send")
+
+
+def test_file_size_limit_while_creating_the_output(
+    backend: Backend, receiver_dir: Path, tmp_path: Path
+) -> None:
+    """Space that runs out after the free-space check (here RLIMIT_FSIZE makes
+    the allocation fail) is reported, and nothing is left behind."""
+    source = tmp_path / "in.npy"
+    np.save(source, np.ones(500_000))
+    output = receiver_dir / "out.npy"
+    receiver = start_receiver(backend, output, "-q", limit_file=1 << 20)
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", "-q")
+    status, err = receiver.finish()
+    assert status == 1
+    assert "cannot create" in one_error_line(err, "recv")
+    assert "File too large" in err
+    assert sender.finish()[0] == 1
+    assert not output.exists()
