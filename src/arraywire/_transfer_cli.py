@@ -222,7 +222,10 @@ def _recv(args: argparse.Namespace) -> str:
         except BaseException:
             _remove(partial)
             raise
-        sock.sendall(ACK)
+        try:
+            sock.sendall(ACK)
+        except OSError:  # the file is complete; the sender reports its own failure
+            pass
     return f"wrote {output} ({_describe(spec.dtype, spec.shape)})"
 
 
@@ -256,14 +259,25 @@ def _create_partial(path: str, spec: Any) -> np.memmap:
             fortran_order=spec.order == "F",
         )
         del created
-        if hasattr(os, "posix_fallocate"):
-            with open(path, "r+b") as file:
-                os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        _preallocate(path)
         return npy_format.open_memmap(path, mode="r+")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise no_space from None
         raise Failure(f"cannot create {path}: {exc.strerror or exc}") from None
+
+
+def _preallocate(path: str) -> None:
+    """Give every block of the file disk space now: a write through a mapping
+    into a hole of a full disk is a SIGBUS, not an error."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the mapped writes must do
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
 
 
 def _receive(sock: socket.socket, target: np.ndarray, nbytes: int, progress: Progress) -> None:
