@@ -1,0 +1,303 @@
+"""Turn the scenario results into latest.md, PNG plots and the README block."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from arraywire._bench import FAMILIES, FAMILY_NAMES, markdown_table
+
+COMPILED, PURE = "arraywire compiled", "arraywire pure"
+README_BLOCK = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
+
+
+def size_label(size: int) -> str:
+    if size % 1_000_000 == 0:
+        return f"{size // 1_000_000} MB"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def pick(rows: Iterable[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _grid(rows: list[dict[str, Any]], row_keys: tuple[str, ...], column: str, value: Callable[[dict[str, Any]], str]) -> tuple[list[str], list[list[str]]]:
+    """Pivot rows: one line per distinct row_keys, one column per distinct column value."""
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    lines: dict[tuple[Any, ...], dict[Any, str]] = {}
+    for r in rows:
+        lines.setdefault(tuple(r[k] for k in row_keys), {})[r[column]] = value(r)
+    table = [
+        [FAMILY_NAMES.get(k, k) for k in key] + [cells.get(c, "") for c in columns]
+        for key, cells in lines.items()
+    ]
+    return columns, table
+
+
+# --- targets -------------------------------------------------------------------
+
+
+def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """[target, measured, met?] for each target of issue 4 that has results."""
+    checks: list[list[str]] = []
+
+    def add(target: str, measured: float | None, ok: Callable[[float], bool], unit: str = "x") -> None:
+        if measured is None:
+            checks.append([target, "not measured", "-"])
+        else:
+            checks.append([target, f"{measured:.2f}{unit}", "met" if ok(measured) else "**missed**"])
+
+    def ratio(rows: list[dict[str, Any]], field: str, top: dict[str, Any], bottom: list[dict[str, Any]]) -> float | None:
+        a = pick(rows, **top)
+        bs = [b for b in (pick(rows, **m) for m in bottom) if b]
+        return a[field] / max(b[field] for b in bs) if a and bs else None
+
+    if "throughput" in data:
+        rows = data["throughput"]["rows"]
+        for family in FAMILIES:
+            name = FAMILY_NAMES[family]
+            at = {"family": family, "size": 400_000_000}
+            me = {"contender": COMPILED, **at}
+            add(f"400 MB, {name}: compiled / sendall >= 0.95",
+                ratio(rows, "gbps", me, [{"contender": "sendall + recv_into", **at}]), lambda x: x >= 0.95)
+            add(f"400 MB, {name}: compiled / best pyzmq >= 1.5",
+                ratio(rows, "gbps", me, [{"contender": c, **at} for c in ("pyzmq PUSH/PULL", "pyzmq REQ/REP")]),
+                lambda x: x >= 1.5)
+            add(f"400 MB, {name}: compiled / pickle >= 5",
+                ratio(rows, "gbps", me, [{"contender": "pickle 5 + sendall", **at}]), lambda x: x >= 5)
+    if "contention" in data:
+        rows = data["contention"]["rows"]
+        for family, floor in (("tcp", 4), ("unix", 30)):
+            name = FAMILY_NAMES[family]
+            busy = {"family": family, "busy": "receiver"}
+            add(f"busy receiver, {name}: compiled / pure >= {floor}",
+                ratio(rows, "gbps", {"contender": COMPILED, **busy}, [{"contender": PURE, **busy}]),
+                lambda x, floor=floor: x >= floor)
+        for family in FAMILIES:
+            add(f"busy receiver, {FAMILY_NAMES[family]}: compiled / its own idle >= 0.65",
+                ratio(rows, "gbps", {"contender": COMPILED, "family": family, "busy": "receiver"},
+                      [{"contender": COMPILED, "family": family, "busy": "none"}]),
+                lambda x: x >= 0.65)
+    if "threads" in data:
+        rows = data["threads"]["rows"]
+        for family in FAMILIES:
+            for contender, wanted, ok in ((COMPILED, ">= 1.5", lambda x: x >= 1.5), (PURE, "< 1.5", lambda x: x < 1.5)):
+                add(f"2 connections / 1, {FAMILY_NAMES[family]}, {contender.split()[1]}: {wanted}",
+                    ratio(rows, "gbps", {"contender": contender, "family": family, "connections": 2},
+                          [{"contender": contender, "family": family, "connections": 1}]), ok)
+    if "latency" in data:
+        for placement in dict.fromkeys(r["placement"] for r in data["latency"]["rtt"]):
+            rows = [r for r in data["latency"]["rtt"] if r["size"] == 64 and r["placement"] == placement]
+            for family in FAMILIES:
+                name = f"{FAMILY_NAMES[family]}, {placement}"
+                me = {"contender": COMPILED, "family": family}
+                zmq = [r for r in rows if r["family"] == family and r["contender"].startswith("pyzmq")]
+                mine = pick(rows, **me)
+                add(f"64 B round trip, {name}: compiled / fastest pyzmq REQ/REP <= 0.6",
+                    mine["us"] / min(r["us"] for r in zmq) if mine and zmq else None, lambda x: x <= 0.6)
+                add(f"64 B round trip, {name}: compiled / pure <= 1",
+                    ratio(rows, "us", me, [{"contender": PURE, "family": family}]), lambda x: x <= 1)
+    if "memory" in data:
+        for r in data["memory"]["rows"]:
+            if r["contender"] == COMPILED:
+                add(f"peak RSS added by recv_array of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
+                    r["added_bytes"] / r["payload"], lambda x: x <= 1.05)
+    return checks
+
+
+# --- tables ----------------------------------------------------------------------
+
+
+def sections(data: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    if "throughput" in data:
+        rows = data["throughput"]["rows"]
+        columns, table = _grid(rows, ("family", "contender"), "size", lambda r: f"{r['gbps']:.3g}")
+        out.append("### 1. Throughput vs message size (GB/s, 1 GB = 10^9 bytes)\n\n"
+                   + markdown_table(["socket", "contender", *map(size_label, columns)], table))
+    if "contention" in data:
+        rows = data["contention"]["rows"]
+        columns, table = _grid(rows, ("family", "contender"), "busy", lambda r: f"{r['gbps']:.3g}")
+        out.append("### 2. One CPU-bound Python thread in the receiving or sending process "
+                   "(400 MB, GB/s)\n\n"
+                   + markdown_table(["socket", "contender", *(f"busy: {c}" for c in columns)], table))
+    if "threads" in data:
+        rows = data["threads"]["rows"]
+        size = size_label(data["threads"]["bytes_per_connection"])
+        columns, table = _grid(rows, ("family", "contender"), "connections", lambda r: f"{r['gbps']:.3g}")
+        out.append(f"### 3. Connections in threads of one process ({size} each, total GB/s)\n\n"
+                   + markdown_table(["socket", "contender", *(f"{c} conn." for c in columns)], table))
+    if "latency" in data:
+        rtt = data["latency"]["rtt"]
+        columns, table = _grid(rtt, ("placement", "family", "contender"), "size", lambda r: f"{r['us']:.1f}")
+        rate = data["latency"]["rate"]
+        out.append("### 4. Framed ping-pong round trip (µs, median)\n\n"
+                   "*any CPU*: the processes run where the scheduler puts them; *one CPU*: both "
+                   "are pinned to one CPU, which leaves out the cost of waking an idle CPU "
+                   "(large in virtual machines) and shows the software's own.\n\n"
+                   + markdown_table(["processes on", "socket", "contender", *map(size_label, columns)], table)
+                   + "\n\nOne-way rate of framed 64 B arrays (messages/s):\n\n"
+                   + markdown_table(["socket", "contender", "messages/s"],
+                                    [[FAMILY_NAMES[r["family"]], r["contender"], f"{r['per_s']:,.0f}"] for r in rate]))
+    if "memory" in data:
+        rows = data["memory"]["rows"]
+        out.append("### 5. Peak RSS added by receiving a 400 MB array with recv_array\n\n"
+                   + markdown_table(["socket", "contender", "added MB", "x payload"],
+                                    [[FAMILY_NAMES[r["family"]], r["contender"], f"{r['added_bytes'] / 1e6:.1f}",
+                                      f"{r['added_bytes'] / r['payload']:.3f}"] for r in rows]))
+    if "asyncio" in data:
+        title = "### 6. asyncio vs blocking (arraywire.aio, GB/s)\n\n"
+        rows = data["asyncio"]["rows"]
+        if rows:
+            columns, table = _grid(rows, ("family", "contender"), "size", lambda r: f"{r['gbps']:.3g}")
+            out.append(title + markdown_table(["socket", "contender", *map(size_label, columns)], table))
+        else:
+            out.append(title + f"Not measured: {data['asyncio']['skipped']}.")
+    return out
+
+
+def environment(meta: dict[str, Any]) -> str:
+    return (f"{meta['cpus']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
+            f"Python {meta['python']}, numpy {meta['numpy']}, pyzmq {meta['pyzmq']}, "
+            f"arraywire {meta['arraywire']}")
+
+
+def runs(data: dict[str, dict[str, Any]]) -> str:
+    """When and on what each scenario ran, with the machine's load around it
+    (other work on the machine makes the figures noisier)."""
+    rows = [
+        [name, d["meta"]["date"], f"{d['meta']['seconds']:.0f} s",
+         "{:.2f} / {:.2f}".format(*d["meta"]["load"])]
+        for name, d in data.items()
+    ]
+    machines = "; ".join(dict.fromkeys(environment(d["meta"]) for d in data.values()))
+    return (f"Machine: {machines}.\n\n"
+            + markdown_table(["scenario", "date", "took", "load average before / after"], rows))
+
+
+def latest_markdown(data: dict[str, dict[str, Any]], command: str, images: list[str]) -> str:
+    parts = [
+        "# arraywire benchmark results",
+        f"Command: `{command}`. Sender and receiver are separate processes; every figure is "
+        "the median of all repetitions in all rounds, and ratios compare figures of one run.",
+        runs(data),
+        "## Targets (issue 4)\n\n" + markdown_table(["target", "measured", "met?"], targets(data)),
+        "## Results",
+        *sections(data),
+        *(f"![{name}]({name})" for name in images),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def readme_block(data: dict[str, dict[str, Any]], results_link: str) -> str:
+    newest = max((d["meta"] for d in data.values()), key=lambda m: m["date"])
+    parts = [
+        "## Benchmarks",
+        f"Latest run of `python benchmarks/run.py` ([full results]({results_link}/latest.md), "
+        f"[how to run](benchmarks/README.md)): {newest['date']}, {environment(newest)}.",
+    ]
+    if "throughput" in data:
+        rows = [r for r in data["throughput"]["rows"] if r["size"] == 400_000_000]
+        columns, table = _grid(rows, ("contender",), "family", lambda r: f"{r['gbps']:.2f}")
+        parts.append("One 400 MB array between two processes (GB/s, median):\n\n"
+                     + markdown_table(["contender", *(FAMILY_NAMES[c] for c in columns)], table))
+    parts.append(markdown_table(["target", "measured", "met?"], targets(data)))
+    if "throughput" in data:
+        parts.append(f"![throughput vs message size]({results_link}/throughput.png)")
+    return "\n\n".join(parts) + "\n"
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text()
+    if not README_BLOCK.search(text):
+        raise SystemExit(f"{readme} has no <!-- bench:start --> / <!-- bench:end --> block")
+    readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + block + m.group(2), text, count=1))
+
+
+# --- plots -----------------------------------------------------------------------
+
+def _bars(ax: Any, groups: list[str], series: dict[str, list[float]]) -> None:
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+
+
+def plots(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """Write a PNG for each scenario that has a plot; return their names."""
+    written = []
+    if "throughput" in data:
+        rows = data["throughput"]["rows"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+        for ax, family in zip(axes, FAMILIES, strict=True):
+            for contender in dict.fromkeys(r["contender"] for r in rows if r["contender"] != "iperf3"):
+                points = [(r["size"], r["gbps"]) for r in rows if r["family"] == family and r["contender"] == contender]
+                ax.plot(*zip(*points, strict=True), marker="o", label=contender,
+                        linewidth=2.5 if contender.startswith("arraywire") else 1.2)
+            ceiling = pick(rows, family=family, contender="iperf3")
+            if ceiling:
+                ax.axhline(ceiling["gbps"], color="grey", linestyle="--", label="iperf3 (kernel ceiling)")
+            ax.set(xscale="log", yscale="log", title=FAMILY_NAMES[family], xlabel="message size (bytes)")
+            ax.grid(True, which="major", alpha=0.3)
+        axes[0].set_ylabel("GB/s")
+        axes[1].legend(fontsize=8)
+        _save(fig, out / "throughput.png")
+        written.append("throughput.png")
+    if "contention" in data:
+        rows = data["contention"]["rows"]
+        groups = list(dict.fromkeys((r["family"], r["busy"]) for r in rows))
+        series = {c: [pick(rows, contender=c, family=f, busy=b)["gbps"] for f, b in groups]
+                  for c in dict.fromkeys(r["contender"] for r in rows)}
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        _bars(ax, [f"{FAMILY_NAMES[f]}\nbusy: {b}" for f, b in groups], series)
+        ax.set(ylabel="GB/s", title="400 MB with one CPU-bound Python thread")
+        ax.legend()
+        _save(fig, out / "contention.png")
+        written.append("contention.png")
+    if "threads" in data:
+        rows = data["threads"]["rows"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for family in FAMILIES:
+            for contender in dict.fromkeys(r["contender"] for r in rows):
+                points = [(r["connections"], r["gbps"]) for r in rows
+                          if r["family"] == family and r["contender"] == contender]
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"{contender}, {FAMILY_NAMES[family]}")
+        ax.set(xlabel="connections (one thread each)", ylabel="total GB/s", xticks=[1, 2, 4],
+               title="Thread scaling in one process")
+        ax.legend(fontsize=8)
+        _save(fig, out / "threads.png")
+        written.append("threads.png")
+    if "latency" in data:
+        rows = data["latency"]["rtt"]
+        placements = list(dict.fromkeys(r["placement"] for r in rows))
+        fig, axes = plt.subplots(len(placements), 2, figsize=(12, 4 * len(placements)),
+                                 sharey=True, squeeze=False)
+        for placement, line in zip(placements, axes, strict=True):
+            for ax, family in zip(line, FAMILIES, strict=True):
+                mine = [r for r in rows if r["family"] == family and r["placement"] == placement]
+                sizes = list(dict.fromkeys(r["size"] for r in mine))
+                series = {c: [pick(mine, contender=c, size=s)["us"] for s in sizes]
+                          for c in dict.fromkeys(r["contender"] for r in mine)}
+                _bars(ax, [size_label(s) for s in sizes], series)
+                ax.set(title=f"{FAMILY_NAMES[family]}, processes on {placement}")
+            line[0].set_ylabel("round trip, µs (median)")
+        axes[0][1].legend(fontsize=8)
+        _save(fig, out / "latency.png")
+        written.append("latency.png")
+    return written
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

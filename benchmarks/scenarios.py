@@ -1,0 +1,267 @@
+"""The benchmark scenarios of issue 4. Each returns a JSON-able dict of rows
+with the measured medians; report.py turns them into tables, plots and the
+target check.
+
+Every case runs in fresh sender/receiver process pairs from
+``arraywire._bench.run_pair``. The cases of one scenario are run in
+interleaved rounds (each case once per round, a new process pair each time)
+and the repetitions of all rounds pooled, so a slow moment of the machine or
+an unlucky placement of one process pair does not decide a ratio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arraywire._bench import FAMILIES, median_gbps, median_seconds, run_pair
+
+HERE = str(Path(__file__).resolve().parent)
+MB = 1_000_000
+ARRAY_400MB = 400 * MB  # the seed scenario's 50,000,000 float64 values
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+@dataclass
+class Settings:
+    rounds: int = 4
+    repeats: int = 3
+    sizes: tuple[int, ...] = (64, KiB, 16 * KiB, 256 * KiB, 4 * MiB, 64 * MiB, ARRAY_400MB, GiB)
+    thread_bytes: int = 200 * MB
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(rounds=1, repeats=2, sizes=(64, 64 * KiB, 4 * MiB, ARRAY_400MB),
+                   thread_bytes=100 * MB)
+
+
+# label -> (contender, backend, extra job keys)
+STREAM_CONTENDERS = {
+    "arraywire compiled": ("arraywire._bench:Raw", "c", {}),
+    "arraywire pure": ("arraywire._bench:Raw", "python", {}),
+    "memoryview recipe": ("contenders:Recipe", "c", {}),
+    "sendall + recv_into": ("contenders:Sendall", "c", {}),
+    "pickle 5 + sendall": ("contenders:Pickle", "c", {}),
+    "pyzmq PUSH/PULL": ("contenders:ZmqPushPull", "c", {"copy": False}),
+    "pyzmq REQ/REP": ("contenders:ZmqReqRep", "c", {"copy": False}),
+    "multiprocessing.connection": ("contenders:MpConnection", "c", {}),
+}
+ARRAYWIRE = {label: STREAM_CONTENDERS[label] for label in ("arraywire compiled", "arraywire pure")}
+FRAMED = {
+    "arraywire compiled": ("arraywire._bench:Framed", "c", {}),
+    "arraywire pure": ("arraywire._bench:Framed", "python", {}),
+}
+PINGPONG_CONTENDERS = {
+    **FRAMED,
+    "pyzmq REQ/REP copy=False": ("contenders:ZmqReqRep", "c", {"copy": False}),
+    "pyzmq REQ/REP copy=True": ("contenders:ZmqReqRep", "c", {"copy": True}),
+}
+RATE_CONTENDERS = {
+    **FRAMED,
+    "pyzmq PUSH/PULL copy=False": ("contenders:ZmqPushPull", "c", {"copy": False}),
+    "pyzmq PUSH/PULL copy=True": ("contenders:ZmqPushPull", "c", {"copy": True}),
+}
+ASYNCIO_CONTENDERS = {
+    "arraywire compiled, blocking": STREAM_CONTENDERS["arraywire compiled"],
+    "arraywire.aio, compiled": ("contenders:Aio", "c", {}),
+}
+PLACEMENTS = {"any CPU": None, "one CPU": [0]}
+# The copying contenders take seconds per GiB; 400 MB shows them well enough.
+NO_GIB = {"pickle 5 + sendall", "pyzmq REQ/REP", "multiprocessing.connection"}
+BUSY = {None: "none", "recv": "receiver", "send": "sender"}
+
+
+def job(contender: tuple[str, str, dict[str, Any]], **keys: Any) -> dict[str, Any]:
+    spec, backend, extra = contender
+    return {"contender": spec, "backend": backend, "path": [HERE], "kind": "stream", **extra, **keys}
+
+
+def run_rounds(cases: dict[Any, dict[str, Any]], settings: Settings) -> dict[Any, dict[str, Any]]:
+    """Run every case once per round; pool each case's repetitions."""
+    pooled: dict[Any, dict[str, Any]] = {}
+    for _ in range(settings.rounds):
+        for key, case in cases.items():
+            result = run_pair({"repeats": settings.repeats, **case})
+            if key not in pooled:
+                pooled[key] = result
+            else:
+                for size, times in result["seconds"].items():
+                    pooled[key]["seconds"][size] += times
+    return pooled
+
+
+def throughput(settings: Settings) -> dict[str, Any]:
+    """1. Throughput vs message size, every contender, TCP and AF_UNIX."""
+    cases = {
+        (family, label): job(
+            contender, family=family,
+            sizes=[s for s in settings.sizes if s <= ARRAY_400MB or label not in NO_GIB],
+        )
+        for family in FAMILIES
+        for label, contender in STREAM_CONTENDERS.items()
+    }
+    results = run_rounds(cases, settings)
+    rows = [
+        {"family": family, "contender": label, "size": int(size), "gbps": median_gbps(result, int(size))}
+        for (family, label), result in results.items()
+        for size in result["seconds"]
+    ]
+    rows += iperf3(settings)
+    return {"rows": rows}
+
+
+def iperf3(settings: Settings) -> list[dict[str, Any]]:
+    """The kernel's TCP loopback ceiling, where iperf3 is installed."""
+    if shutil.which("iperf3") is None:
+        return []
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = str(probe.getsockname()[1])
+    server = subprocess.Popen(
+        ["iperf3", "--server", "--bind", "127.0.0.1", "--port", port],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    speeds = []
+    try:
+        time.sleep(0.5)  # the server's first client must not find it still starting
+        for _ in range(settings.rounds * settings.repeats):
+            report = subprocess.run(
+                ["iperf3", "--client", "127.0.0.1", "--port", port,
+                 "--bytes", str(ARRAY_400MB), "--length", "1M", "--json"],  # its largest writes
+                capture_output=True, text=True, check=True,
+            )
+            speeds.append(json.loads(report.stdout)["end"]["sum_received"]["bits_per_second"] / 8e9)
+    finally:
+        server.terminate()
+        server.wait()
+    row = {"family": "tcp", "contender": "iperf3", "size": ARRAY_400MB, "gbps": statistics.median(speeds)}
+    return [row]
+
+
+def contention(settings: Settings) -> dict[str, Any]:
+    """2. One CPU-bound Python thread in the receiving or the sending process."""
+    cases = {
+        (family, label, busy): job(contender, family=family, sizes=[ARRAY_400MB], busy=busy)
+        for family in FAMILIES
+        for label, contender in ARRAYWIRE.items()
+        for busy in BUSY
+    }
+    results = run_rounds(cases, settings)
+    rows = [
+        {"family": family, "contender": label, "busy": BUSY[busy], "gbps": median_gbps(result, ARRAY_400MB)}
+        for (family, label, busy), result in results.items()
+    ]
+    return {"rows": rows}
+
+
+def threads(settings: Settings) -> dict[str, Any]:
+    """3. 1, 2 and 4 connections, one thread each, in one process per side."""
+    size = settings.thread_bytes
+    cases = {
+        (family, label, count): job(contender, family=family, sizes=[size], connections=count)
+        for family in FAMILIES
+        for label, contender in ARRAYWIRE.items()
+        for count in (1, 2, 4)
+    }
+    results = run_rounds(cases, settings)
+    rows = [
+        {"family": family, "contender": label, "connections": count, "gbps": median_gbps(result, size)}
+        for (family, label, count), result in results.items()
+    ]
+    return {"rows": rows, "bytes_per_connection": size}
+
+
+def latency(settings: Settings) -> dict[str, Any]:
+    """4. Ping-pong round trips of framed arrays, and a one-way message rate.
+
+    Round trips are measured twice: with the processes where the scheduler
+    puts them, and with both on one CPU, which takes the cost of waking an
+    idle CPU (large in virtual machines) out and leaves the software's own.
+    """
+    sizes = [64, 4 * KiB, 64 * KiB]
+    cases = {
+        ("rtt", placement, family, label): job(
+            contender, family=family, sizes=sizes, kind="pingpong", cpus=cpus
+        )
+        for placement, cpus in PLACEMENTS.items()
+        for family in FAMILIES
+        for label, contender in PINGPONG_CONTENDERS.items()
+    }
+    cases.update(
+        {
+            ("rate", None, family, label): job(contender, family=family, sizes=[64])
+            for family in FAMILIES
+            for label, contender in RATE_CONTENDERS.items()
+        }
+    )
+    results = run_rounds(cases, settings)
+    rtt = [
+        {"placement": placement, "family": family, "contender": label, "size": size,
+         "us": median_seconds(result, size) * 1e6}
+        for (kind, placement, family, label), result in results.items()
+        if kind == "rtt"
+        for size in sizes
+    ]
+    rate = [
+        {"family": family, "contender": label, "per_s": 1 / median_seconds(result, 64)}
+        for (kind, _, family, label), result in results.items()
+        if kind == "rate"
+    ]
+    return {"rtt": rtt, "rate": rate}
+
+
+def memory(settings: Settings) -> dict[str, Any]:
+    """5. Peak RSS added by receiving a 400 MB array with recv_array."""
+    cases = {
+        (family, label): job(contender, family=family, sizes=[ARRAY_400MB], repeats=1)
+        for family in FAMILIES
+        for label, contender in FRAMED.items()
+    }
+    results = run_rounds(cases, Settings(rounds=1))
+    rows = [
+        {
+            "family": family,
+            "contender": label,
+            "baseline_bytes": result["rss_before_kib"] * 1024,
+            "added_bytes": (result["max_rss_after_kib"] - result["rss_before_kib"]) * 1024,
+            "payload": ARRAY_400MB,
+        }
+        for (family, label), result in results.items()
+    ]
+    return {"rows": rows}
+
+
+def asyncio_vs_blocking(settings: Settings) -> dict[str, Any]:
+    """arraywire.aio's awaitable send_from / recv_into against the blocking calls."""
+    if importlib.util.find_spec("arraywire.aio") is None:
+        return {"rows": [], "skipped": "arraywire.aio is not available"}
+    sizes = [64, 64 * KiB, MiB, 4 * MiB, 64 * MiB, ARRAY_400MB]
+    cases = {
+        (family, label): job(contender, family=family, sizes=sizes)
+        for family in FAMILIES
+        for label, contender in ASYNCIO_CONTENDERS.items()
+    }
+    results = run_rounds(cases, settings)
+    rows = [
+        {"family": family, "contender": label, "size": size, "gbps": median_gbps(result, size)}
+        for (family, label), result in results.items()
+        for size in sizes
+    ]
+    return {"rows": rows}
+
+
+SCENARIOS = {
+    "throughput": throughput,
+    "contention": contention,
+    "threads": threads,
+    "latency": latency,
+    "memory": memory,
+    "asyncio": asyncio_vs_blocking,
+}

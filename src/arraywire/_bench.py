@@ -1,0 +1,436 @@
+"""``arraywire bench``: loopback throughput between two processes.
+
+The seed scenario sends 50,000,000 float64 values (400 MB) from a sender
+process to a receiver process, on both backends, with and without one
+CPU-bound Python thread in the receiver. The process-pair harness here is
+also what ``benchmarks/run.py`` drives for its contenders and scenarios.
+
+A benchmark is a *job* (a JSON-able dict) run by two child processes, each
+started with ``python -m arraywire._bench JOB`` and the backend chosen by
+``ARRAYWIRE_NO_EXTENSIONS`` in its environment. The parent connects the
+sockets and passes their descriptors down, so both children use the very
+socket type being measured; a second socket pair carries the "go" signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+import arraywire
+
+DEFAULT_SIZE = 50_000_000  # float64 values: 400 MB
+DEFAULT_REPEATS = 5
+FAMILIES = ("tcp", "unix")
+FAMILY_NAMES = {"tcp": "TCP", "unix": "AF_UNIX"}
+# Small messages are timed in batches: a warm-up batch of at most
+# WARMUP_MESSAGES and WARMUP_BYTES, then batches sized to last REP_SECONDS.
+WARMUP_MESSAGES = 1000
+WARMUP_BYTES = 64 << 20
+REP_SECONDS = 0.1
+MAX_MESSAGES = 100_000
+
+
+# --- parent side -------------------------------------------------------------
+
+
+def compiled_available() -> bool:
+    return importlib.util.find_spec("arraywire._transport_c") is not None
+
+
+def connected_pair(family: str) -> tuple[socket.socket, socket.socket]:
+    """Two connected stream sockets over loopback TCP or AF_UNIX."""
+    if family == "unix":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    for sock in (client, server):
+        # As pyzmq does: small messages go out at once, not after an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
+def child_env(backend: str, path: Sequence[str] = ()) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("ARRAYWIRE_NO_EXTENSIONS", None)
+    if backend == "python":
+        env["ARRAYWIRE_NO_EXTENSIONS"] = "1"
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_pair(job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Run a job's two roles in two child processes; return the measuring
+    role's result (the receiver of a stream, the client of a ping-pong).
+
+    job keys: kind ("stream" or "pingpong"), contender ("module:Class"),
+    family, backend, sizes (bytes, multiples of 8), repeats; optional:
+    connections, busy ("send"/"recv": that process runs one CPU-bound
+    thread), cpus (pin both processes to these CPUs), path (directories the
+    contender's module is imported from), and any key the contender reads.
+    """
+    job = {"connections": 1, "busy": None, **job}
+    ctl_a, ctl_b = socket.socketpair()
+    pairs = [connected_pair(job["family"]) for _ in range(job["connections"])]
+    procs = []
+    try:
+        for role, ctl, side in (("measure", ctl_a, 0), ("peer", ctl_b, 1)):
+            fds = [ctl.fileno()] + [pair[side].fileno() for pair in pairs]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "arraywire._bench", json.dumps(job), role]
+                    + [str(fd) for fd in fds],
+                    pass_fds=fds,
+                    env=child_env(job["backend"], job.get("path", ())),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+    finally:
+        # Only the children hold the sockets now: if one dies, the other sees EOF.
+        for sock in (ctl_a, ctl_b, *(s for pair in pairs for s in pair)):
+            sock.close()
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    failed = [err for proc, (_, err) in zip(procs, outputs, strict=True) if proc.returncode]
+    if failed:
+        raise RuntimeError(f"benchmark child failed ({job['contender']}):\n" + "\n".join(failed))
+    result: dict[str, Any] = json.loads(outputs[0][0])
+    return result
+
+
+def median_seconds(result: dict[str, Any], size: int) -> float:
+    """Median time of one message (stream) or one round trip (ping-pong)."""
+    return float(statistics.median(result["seconds"][str(size)]))
+
+
+def median_gbps(result: dict[str, Any], size: int) -> float:
+    """Median throughput in GB/s (1e9 bytes) of a stream result at one size."""
+    return float(size * result["connections"] / median_seconds(result, size) / 1e9)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
+# --- the seed scenario: ``arraywire bench`` ----------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--size", type=int, default=DEFAULT_SIZE,
+        help=f"number of float64 values per transfer (default {DEFAULT_SIZE:,})",
+    )
+    parser.add_argument("--family", choices=("tcp", "unix", "both"), default="both")
+    parser.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS,
+        help=f"timed transfers per case, after one warm-up (default {DEFAULT_REPEATS})",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.size < 1 or args.repeats < 1:
+        print("arraywire bench: --size and --repeats must be at least 1", file=sys.stderr)
+        return 2
+    nbytes = args.size * 8
+    families = FAMILIES if args.family == "both" else (args.family,)
+    backends = ("c", "python") if compiled_available() else ("python",)
+    print(
+        f"{args.size:,} float64 values ({nbytes / 1e6:,.1f} MB) from one process to "
+        f"another over loopback; GB/s is the median of {args.repeats}."
+    )
+    if "c" not in backends:
+        print("The compiled backend is not built: measuring the pure backend only.")
+    print(markdown_table(_SEED_HEADER, []), flush=True)
+    for family in families:
+        for busy in (None, "recv"):
+            speeds = {}
+            for backend in backends:
+                job = {
+                    "kind": "stream", "contender": "arraywire._bench:Raw",
+                    "family": family, "backend": backend, "sizes": [nbytes],
+                    "repeats": args.repeats, "busy": busy,
+                }
+                speeds[backend] = median_gbps(run_pair(job), nbytes)
+            cells = [f"{speeds[b]:.2f}" if b in speeds else "-" for b in ("c", "python")]
+            ratio = f"{speeds['c'] / speeds['python']:.1f}x" if "c" in speeds else "-"
+            receiver = "1 busy thread" if busy else "idle"
+            row = [FAMILY_NAMES[family], receiver, *cells, ratio]
+            print(markdown_table(_SEED_HEADER, [row]).splitlines()[-1], flush=True)
+    return 0
+
+
+_SEED_HEADER = ["socket", "receiver", "compiled GB/s", "pure GB/s", "compiled/pure"]
+
+
+# --- child side ----------------------------------------------------------------
+
+
+class Contender:
+    """A way to move arrays, built in both child processes as
+    ``Class(sock, ctl, job, role)``; role "measure" is the side that times
+    (the receiver of a stream, the client of a ping-pong). Streams call
+    send_many / recv_many, ping-pongs send / recv."""
+
+    def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
+        self.sock = sock
+
+    def send(self, array: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def recv(self, out: np.ndarray) -> Any:
+        """Receive one message (into out where the contender can); return it."""
+        raise NotImplementedError
+
+    def send_many(self, array: np.ndarray, count: int) -> None:
+        for _ in range(count):
+            self.send(array)
+
+    def recv_many(self, out: np.ndarray, count: int) -> Any:
+        received = None
+        for _ in range(count):
+            received = None  # free a received message before the next
+            received = self.recv(out)
+        return received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Raw(Contender):
+    """arraywire.send_from / recv_into."""
+
+    def send(self, array: np.ndarray) -> None:
+        arraywire.send_from(array, self.sock)
+
+    def recv(self, out: np.ndarray) -> np.ndarray:
+        arraywire.recv_into(out, self.sock)
+        return out
+
+
+class Framed(Contender):
+    """Self-describing messages: send_array / recv_array (a new array each)."""
+
+    def send(self, array: np.ndarray) -> None:
+        arraywire.send_array(array, self.sock)
+
+    def recv(self, out: np.ndarray) -> np.ndarray:
+        return arraywire.recv_array(self.sock, max_bytes=None)
+
+
+def send_line(ctl: socket.socket, text: str) -> None:
+    ctl.sendall(text.encode() + b"\n")
+
+
+def recv_line(ctl: socket.socket) -> str:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        byte = ctl.recv(1)
+        if not byte:
+            raise EOFError("benchmark peer closed the control socket")
+        data += byte
+    return data[:-1].decode()
+
+
+def pattern(nbytes: int) -> np.ndarray:
+    """The payload: consecutive float64 values (sizes are multiples of 8)."""
+    return np.arange(nbytes // 8, dtype=np.float64)
+
+
+def check(received: Any, size: int) -> None:
+    got = np.frombuffer(received, np.float64)
+    head = min(got.size, 512)
+    if got.nbytes != size or not np.array_equal(got[:head], pattern(head * 8)):
+        raise AssertionError(f"received {size} bytes that differ from what was sent")
+
+
+def rss_kib() -> tuple[int, int]:
+    """(current, peak) resident set size in KiB (Linux).
+
+    The peak is ru_maxrss. Linux carries it over from the parent through
+    fork and exec, so a baseline must be the current size, not the peak.
+    """
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@contextmanager
+def busy_thread(enabled: bool) -> Iterator[None]:
+    """One CPU-bound pure-Python thread, as an application's compute would be."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _repetitions(
+    job: dict[str, Any], role: str, ctl: socket.socket, size: int, run: Callable[[int], None]
+) -> list[float]:
+    """Seconds per message of each timed repetition of run(count) at one size.
+
+    The measuring side starts each repetition with a "go COUNT" line; the
+    warm-up's speed sets COUNT so that a repetition lasts about REP_SECONDS.
+    """
+    count = max(1, min(WARMUP_MESSAGES, WARMUP_BYTES // size))
+    per_message = []
+    for repetition in range(job["repeats"] + 1):
+        if role != "measure":
+            run(int(recv_line(ctl).removeprefix("go ")))
+            continue
+        start = time.perf_counter()
+        send_line(ctl, f"go {count}")
+        run(count)
+        seconds = (time.perf_counter() - start) / count
+        if repetition:
+            per_message.append(seconds)
+        else:
+            count = max(1, min(MAX_MESSAGES, round(REP_SECONDS / seconds)))
+    return per_message
+
+
+def _stream(job: dict[str, Any], role: str, ctl: socket.socket, contenders: list[Any]) -> dict[str, Any]:
+    """The receiver times each repetition from its "go" to its last byte.
+
+    One connection runs in the main thread, as most programs would run it;
+    several run in one thread each.
+    """
+    sizes = job["sizes"]
+    receiving = role == "measure"
+    rss_before, _ = rss_kib()
+    # Receive buffers are only touched (and counted in RSS) by contenders
+    # that receive into them.
+    buffers = [
+        np.empty(max(sizes) // 8) if receiving else pattern(max(sizes)) for _ in contenders
+    ]
+    seconds = {}
+    with ThreadPoolExecutor(len(contenders)) as pool:
+        for size in sizes:
+            seconds[str(size)] = _repetitions(
+                job, role, ctl, size, _mover(contenders, buffers, size, receiving, pool)
+            )
+    return {
+        "seconds": seconds,
+        "connections": len(contenders),
+        "rss_before_kib": rss_before,
+        "max_rss_after_kib": rss_kib()[1],
+    }
+
+
+def _mover(
+    contenders: list[Any], buffers: list[np.ndarray], size: int, receiving: bool,
+    pool: ThreadPoolExecutor,
+) -> Callable[[int], None]:
+    """run(count): move count messages of size bytes on every connection."""
+
+    def move(index: int, count: int) -> Any:
+        array = buffers[index][: size // 8]
+        if receiving:
+            return contenders[index].recv_many(array, count)
+        contenders[index].send_many(array, count)
+        return None
+
+    def run(count: int) -> None:
+        if len(contenders) == 1:
+            results = [move(0, count)]
+        else:
+            results = list(pool.map(move, range(len(contenders)), [count] * len(contenders)))
+        if receiving:
+            for received in results:
+                check(received, size)
+
+    return run
+
+
+def _pingpong(job: dict[str, Any], role: str, ctl: socket.socket, contenders: list[Any]) -> dict[str, Any]:
+    """The client times round trips: it sends, the peer echoes what it got."""
+    (contender,) = contenders
+    seconds = {}
+    for size in job["sizes"]:
+        array = pattern(size)
+        out = np.empty_like(array)
+
+        def run(count: int) -> None:
+            if role != "measure":
+                for _ in range(count):
+                    contender.send(contender.recv(out))
+                return
+            for _ in range(count):
+                contender.send(array)
+                received = contender.recv(out)
+            check(received, size)
+
+        seconds[str(size)] = _repetitions(job, role, ctl, size, run)
+    return {"seconds": seconds, "connections": 1}
+
+
+def _load(spec: str) -> Any:
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def child_main(argv: Sequence[str]) -> int:
+    job, role = json.loads(argv[0]), argv[1]
+    ctl, *socks = (socket.socket(fileno=int(fd)) for fd in argv[2:])
+    if arraywire.BACKEND != job["backend"]:
+        raise RuntimeError(f"asked for the {job['backend']!r} backend, got {arraywire.BACKEND!r}")
+    if job.get("cpus"):
+        os.sched_setaffinity(0, job["cpus"])  # before a contender starts threads
+    factory = _load(job["contender"])
+    contenders = [factory(sock, ctl, job, role) for sock in socks]
+    with busy_thread(job["busy"] == ("recv" if role == "measure" else "send")):
+        result = (_pingpong if job["kind"] == "pingpong" else _stream)(job, role, ctl, contenders)
+    # Queued sends (pyzmq's) are lost if the sender closes before they arrive.
+    if role == "measure":
+        send_line(ctl, "done")
+    elif recv_line(ctl) != "done":
+        raise RuntimeError("benchmark peer out of step")
+    for contender in contenders:
+        contender.close()
+    if role == "measure":
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main(sys.argv[1:]))
