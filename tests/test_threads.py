@@ -3,6 +3,7 @@ from another thread. Every thread is joined with a time limit."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import socket
 import threading
@@ -119,3 +120,35 @@ def test_shutdown_from_another_thread_stops_a_transfer(
         assert 0 < info.value.bytes_done < 64 * MB
     stopper.join()
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["blocking", "timeout"])
+def test_socket_closed_by_another_thread_mid_transfer(
+    backend: Backend, pairs: Pairs, timeout: float | None
+) -> None:
+    """close() does not wake the call in progress, but the transfer's next call
+    fails with EBADF, as Python's socket methods do: it never reaches the
+    unrelated connection that gets the closed descriptor's number."""
+    a, b = pairs("tcp")
+    b.settimeout(timeout)
+    target = bytearray(12)
+    receiver = Peer(backend.module.recv_into, target, b)
+    a.sendall(b"public")
+    time.sleep(0.2)
+    number = b.fileno()
+    b.close()
+    c, d = pairs()
+    reused, other = (c, d) if c.fileno() == number else (d, c)
+    assert reused.fileno() == number
+    other.sendall(b"SECRET")
+    try:  # wakes a call still blocked on the closed socket, if one is
+        a.sendall(b"abc")
+        a.shutdown(socket.SHUT_WR)
+    except OSError:  # none was: the close was final and the peer got a reset
+        pass
+    with pytest.raises(OSError) as info:
+        receiver.result(10)
+    assert info.value.errno == errno.EBADF
+    assert 6 <= info.value.bytes_done < 12  # type: ignore[attr-defined]
+    assert bytes(target[6:]) != b"SECRET"
+    assert reused.recv(6) == b"SECRET"

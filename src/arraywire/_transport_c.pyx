@@ -16,6 +16,7 @@ from cpython.buffer cimport (
 )
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport EINTR, errno
 from libc.limits cimport INT_MAX
@@ -83,6 +84,8 @@ cdef extern from "_transport_c_compat.h" nogil:
     ssize_t recvmsg(int fd, msghdr *msg, int flags)
     double arraywire_monotonic()
     bint arraywire_would_block(int err)
+    const int *arraywire_socket_fd_field(PyObject *sock)
+    int arraywire_load_fd(const int *field)
 
 
 BACKEND = "c"
@@ -95,6 +98,17 @@ cdef Py_ssize_t iov_batch = min(_SHARED_IOV_MAX, IOV_MAX)
 cdef unsigned long main_thread_ident = threading.main_thread().ident
 
 
+cdef bint socket_fd_field_found():
+    """Whether socket objects keep their descriptor where the header says."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    found = arraywire_load_fd(arraywire_socket_fd_field(<PyObject *>probe)) == probe.fileno()
+    probe.close()
+    return found and arraywire_load_fd(arraywire_socket_fd_field(<PyObject *>probe)) == -1
+
+
+cdef bint fd_field_found = socket_fd_field_found()
+
+
 cdef enum Status:
     FINISHED
     CHECK_SIGNALS
@@ -105,7 +119,8 @@ cdef enum Status:
 
 
 cdef struct Transfer:
-    int fd
+    int fd                  # the descriptor at the start: fd_field's fallback
+    const int *fd_field     # the socket object's descriptor, read before each call
     bint sending
     bint in_main_thread
     bint reporting
@@ -137,12 +152,13 @@ cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
     cdef Py_ssize_t trimmed = -1
     cdef ssize_t moved
     cdef msghdr msg
+    cdef int fd = arraywire_load_fd(t.fd_field)
     if t.first == t.niov - 1:
         wanted[0] = cur.iov_len if cur.iov_len < budget else budget
         if t.sending:
-            moved = send(t.fd, cur.iov_base, wanted[0], t.send_flags)
+            moved = send(fd, cur.iov_base, wanted[0], t.send_flags)
         else:
-            moved = recv(t.fd, cur.iov_base, wanted[0], t.recv_flags)
+            moved = recv(fd, cur.iov_base, wanted[0], t.recv_flags)
         if moved < 0:
             t.err = errno
         return moved
@@ -161,9 +177,9 @@ cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
     msg.msg_iov = cur
     msg.msg_iovlen = count
     if t.sending:
-        moved = sendmsg(t.fd, &msg, t.send_flags)
+        moved = sendmsg(fd, &msg, t.send_flags)
     else:
-        moved = recvmsg(t.fd, &msg, t.recv_flags)
+        moved = recvmsg(fd, &msg, t.recv_flags)
     if moved < 0:
         t.err = errno
     if trimmed >= 0:
@@ -200,7 +216,9 @@ cdef int wait_ready(Transfer *t) noexcept nogil:
         millis = ceil((deadline - arraywire_monotonic()) * 1000.0)
         if millis <= 0:
             return 0
-    ready.fd = t.fd
+    ready.fd = arraywire_load_fd(t.fd_field)
+    if ready.fd < 0:
+        return 1  # closed meanwhile: the next call reports EBADF
     ready.events = POLLOUT if t.sending else POLLIN
     ready.revents = 0
     return poll(&ready, 1, INT_MAX if millis > INT_MAX else <int>millis)
@@ -280,12 +298,14 @@ cdef int drive(Transfer *t, object progress) except -1:
 
 
 cdef object transfer(
-    iovec *iov, Py_ssize_t niov, size_t total, int fd, object timeout,
+    iovec *iov, Py_ssize_t niov, size_t total, object sock, int fd, object timeout,
     bint sending, object progress,
 ):
     cdef Transfer t
     memset(&t, 0, sizeof(t))
     t.fd = fd
+    # sock is the caller's argument, so it outlives the transfer
+    t.fd_field = arraywire_socket_fd_field(<PyObject *>sock) if fd_field_found else &t.fd
     t.sending = sending
     t.iov = iov
     t.niov = niov
@@ -384,7 +404,9 @@ cdef object transfer_single(object obj, object sock, bint sending, object progre
     try:
         iov.iov_base = view.buf
         iov.iov_len = <size_t>view.len
-        return transfer(&iov, 1 if view.len else 0, iov.iov_len, fd, timeout, sending, progress)
+        return transfer(
+            &iov, 1 if view.len else 0, iov.iov_len, sock, fd, timeout, sending, progress
+        )
     finally:
         PyBuffer_Release(&view)
 
@@ -398,7 +420,9 @@ cdef object transfer_many(object buffers, object sock, bint sending, object prog
     try:
         for obj in items:
             held.add(obj, not sending)
-        return transfer(held.iov, held.niov, held.total, fd, timeout, sending, progress)
+        return transfer(
+            held.iov, held.niov, held.total, sock, fd, timeout, sending, progress
+        )
     finally:
         held.release()
 

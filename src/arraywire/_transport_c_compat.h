@@ -3,6 +3,8 @@
 #ifndef ARRAYWIRE_TRANSPORT_C_COMPAT_H
 #define ARRAYWIRE_TRANSPORT_C_COMPAT_H
 
+#include <Python.h>
+
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -32,6 +34,27 @@ static inline double arraywire_monotonic(void)
 static inline int arraywire_would_block(int err)
 {
     return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+/* CPython's socket object begins with the descriptor it owns, set to -1 when
+ * it is closed (Modules/socketmodule.h, unchanged since Python 2; checked at
+ * import). The transfer loop re-reads it before every call, as CPython's own
+ * socket methods do, so a socket closed by another thread gives EBADF instead
+ * of reaching whatever the descriptor number is reused for. */
+typedef struct {
+    PyObject_HEAD
+    int sock_fd;
+} arraywire_socket_head;
+
+static inline const int *arraywire_socket_fd_field(PyObject *sock)
+{
+    return &((arraywire_socket_head *)sock)->sock_fd;
+}
+
+/* Read without the GIL while another thread may be closing the socket. */
+static inline int arraywire_load_fd(const int *field)
+{
+    return __atomic_load_n(field, __ATOMIC_RELAXED);
 }
 
 #endif
