@@ -159,6 +159,10 @@ def test_roles_swapped_and_quiet(backend: Backend, tmp_path: Path) -> None:
     assert "Traceback" not in send_err and "100%" in send_err
 
 
+@pytest.mark.skipif(
+    "libasan" in os.environ.get("LD_PRELOAD", ""),
+    reason="AddressSanitizer's shadow memory counts against RLIMIT_DATA",
+)
 def test_array_larger_than_the_memory_limit(backend: Backend, tmp_path: Path) -> None:
     """256 MB through processes whose heap may not grow past 128 MB: the file is
     memory-mapped on both sides, never copied into memory."""

@@ -87,8 +87,8 @@ class _Transfer:
     threaded paths, and the broken-stream bookkeeping when it stops part-way."""
 
     def __init__(self, sock: Any, name: str, sending: bool, total: int | None = None) -> None:
-        check_socket(sock)
-        if sock.gettimeout() != 0:
+        _, timeout = check_socket(sock)
+        if timeout != 0:
             raise ValueError(
                 "the socket must be non-blocking (sock.setblocking(False)) to be used "
                 "with asyncio"
