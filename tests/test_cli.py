@@ -417,3 +417,19 @@ def test_file_size_limit_while_creating_the_output(
     assert "File too large" in err
     assert sender.finish()[0] == 1
     assert not output.exists()
+
+
+def test_timeouts(backend: Backend, receiver_dir: Path) -> None:
+    output = receiver_dir / "out.npy"
+    status, err = start_receiver(backend, output, "-q", "--timeout", "0.3").finish()
+    assert status == 1
+    assert "nobody connected within 0.3 s" in one_error_line(err, "recv")
+    # a sender that stalls part-way
+    receiver = start_receiver(backend, output, "-q", "--timeout", "0.3")
+    fake = FakeSender(receiver.port(), np.ones(1_000_000))
+    fake.sock.sendall(fake.header + fake.payload[:300_000])
+    status, err = receiver.finish()
+    fake.close()
+    assert status == 1
+    assert "nothing moved for 0.3 s" in one_error_line(err, "recv")
+    assert not output.exists()
