@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from textwrap import dedent
 
 import numpy as np
 import pytest
@@ -279,3 +280,56 @@ def test_handler_that_records_while_a_thread_transfers(backend: Backend, pairs: 
     assert fired[0] > 0
     assert np.array_equal(target, sent)
     assert threading.current_thread() is threading.main_thread()
+
+
+def test_ctrl_c_in_a_child_forked_from_a_thread(backend: Backend) -> None:
+    """The thread that forked is the child's main thread: its transfers must
+    still answer Ctrl-C, here after part of the data arrived."""
+    child = Child(
+        backend.name,
+        dedent(
+            """
+            import threading, warnings
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            a, b = socket.socketpair()
+            forked = []
+
+            def fork_and_receive():
+                pid = os.fork()
+                if pid == 0:
+                    a.close()
+                    try:
+                        arraywire.recv_into(bytearray(1000), b)
+                        os.write(1, b"finished\\n")
+                    except KeyboardInterrupt as exc:
+                        os.write(1, f"interrupted {time.monotonic()} {exc.bytes_done}\\n".encode())
+                    os._exit(0)
+                forked.append(pid)
+
+            thread = threading.Thread(target=fork_and_receive)
+            thread.start()
+            thread.join()
+            b.close()
+            a.sendall(b"x" * 10)
+            time.sleep(0.3)
+            print("sent", time.monotonic(), flush=True)
+            os.kill(forked[0], signal.SIGINT)
+            for _ in range(30):
+                if os.waitpid(forked[0], os.WNOHANG)[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(forked[0], signal.SIGKILL)
+                print("stuck", flush=True)
+            """
+        ),
+    )
+    try:
+        sent_at = float(child.line().split()[1])
+        words = child.line(10).split()
+        assert child.wait() == 0, child.stderr()
+    finally:
+        child.kill()
+    assert words[0] == "interrupted"
+    assert float(words[1]) - sent_at < 0.5
+    assert int(words[2]) == 10

@@ -98,6 +98,16 @@ cdef Py_ssize_t iov_batch = min(_SHARED_IOV_MAX, IOV_MAX)
 cdef unsigned long main_thread_ident = threading.main_thread().ident
 
 
+def _after_fork_in_child():
+    # The thread that forked is the child's main thread: signal handlers run
+    # there, so its transfers must check for them.
+    global main_thread_ident
+    main_thread_ident = PyThread_get_thread_ident()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef bint socket_fd_field_found():
     """Whether socket objects keep their descriptor where the header says."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
