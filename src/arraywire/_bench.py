@@ -148,7 +148,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=int, default=DEFAULT_SIZE,
         help=f"number of float64 values per transfer (default {DEFAULT_SIZE:,})",
     )
-    parser.add_argument("--family", choices=("tcp", "unix", "both"), default="both")
+    parser.add_argument(
+        "--family", choices=("tcp", "unix", "both"), default="both",
+        help="loopback TCP, AF_UNIX stream sockets, or both (default)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=DEFAULT_REPEATS,
         help=f"timed transfers per case, after one warm-up (default {DEFAULT_REPEATS})",
