@@ -203,11 +203,14 @@ def recv_arrays(
     ProtocolError before anything is allocated.
     """
     specs, header_size = recv_header(sock, max_bytes)
+    total = header_size + sum(spec.nbytes for spec in specs)
     arrays = [new_array(spec) for spec in specs]
     try:
-        _transport.impl.recvmsg_into(arrays, sock, progress=progress)
+        _transport.impl.recvmsg_into(
+            arrays, sock, progress=message_progress(progress, header_size, total)
+        )
     except BaseException as exc:
-        rebase(exc, header_size, header_size + sum(spec.nbytes for spec in specs))
+        rebase(exc, header_size, total)
         raise
     return arrays
 
@@ -227,19 +230,33 @@ def recv_array(
     """
     specs, header_size = recv_header(sock, max_bytes)
     payload = sum(spec.nbytes for spec in specs)
+    total = header_size + payload
     problem = _mismatch(specs, out)
     try:
         if problem:
             drain(sock, payload)
         else:
             target = new_array(specs[0]) if out is None else out
-            _transport.impl.recv_into(target, sock, progress=progress)
+            _transport.impl.recv_into(
+                target, sock, progress=message_progress(progress, header_size, total)
+            )
     except BaseException as exc:
-        rebase(exc, header_size, header_size + payload)
+        rebase(exc, header_size, total)
         raise
     if problem:
         raise ValueError(problem)
     return target
+
+
+def message_progress(
+    progress: Progress | None, header_size: int, total: int
+) -> Progress | None:
+    """Progress of a payload reported as bytes of the whole message, as senders do."""
+    if progress is None:
+        return None
+    throttle = _Throttle(progress, total)
+    throttle.base = header_size
+    return throttle
 
 def _mismatch(specs: list[ArraySpec], out: np.ndarray | None) -> str:
     if len(specs) != 1:

@@ -346,12 +346,16 @@ cdef object transfer(
 cdef int acquire(object obj, Py_buffer *view, bint writable) except -1:
     """Take obj's buffer and apply _transport_py._byte_view's checks, in order."""
     cdef const char *fmt
-    if isinstance(obj, np.ndarray):
-        obj = numpy_bytes(obj, writable)
     try:
         PyObject_GetBuffer(obj, view, PyBUF_FULL_RO)
     except TypeError:
         raise not_a_buffer(obj) from None
+    except (ValueError, BufferError):
+        if not isinstance(obj, np.ndarray):
+            raise
+        # dtypes numpy will not export (datetime64, timedelta64): their bytes
+        obj = numpy_bytes(obj, writable)
+        PyObject_GetBuffer(obj, view, PyBUF_FULL_RO)
     try:
         if writable and view.readonly:
             raise read_only(obj)

@@ -383,7 +383,8 @@ async def recv_arrays(
     """Receive one message; return its arrays (each with memory of its own).
 
     A header declaring more than max_bytes of payload (None: no limit) raises
-    ProtocolError before anything is allocated. Progress counts payload bytes.
+    ProtocolError before anything is allocated. Progress counts message bytes
+    (header included), as the sender's does.
     """
     async with _Transfer(sock, "recv_arrays", False) as transfer:
         specs, header_size = await transfer.recv_header(max_bytes)
@@ -420,6 +421,7 @@ async def _recv_payload(
 ) -> None:
     payload = sum(array.nbytes for array in arrays)
     transfer.total = header_size + payload
+    progress = _framing.message_progress(progress, header_size, transfer.total)
     if payload <= NATIVE_BYTES:
         views = [_byte_view(array, writable=True) for array in arrays]
         await transfer.native(views, transfer.total, progress)
