@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 # Payloads up to this size move in the event loop's thread; larger ones in a
-# worker thread (benchmarks/aio_throughput.py measures both sides of it).
+# worker thread (`python benchmarks/run.py --only asyncio` measures both sides).
 NATIVE_BYTES = 1 << 20
 # The worker's socket needs a timeout to stay non-blocking; this one (23 days,
 # under poll()'s INT_MAX milliseconds) only ends a peer that is silent that long.
