@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
 import pytest
+from sockets import KINDS, connected_pair
 
 from arraywire import _transport, _transport_py
 
@@ -51,6 +54,15 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         pytest.skip("--no-c-extensions")
     monkeypatch.setattr(_transport, "impl", chosen.module)
     return chosen
+
+
+@pytest.fixture(params=KINDS)
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two connected sockets: a socketpair, TCP loopback and AF_UNIX in turn."""
+    a, b = connected_pair(request.param)
+    yield a, b
+    a.close()
+    b.close()
 
 
 def backend_env(name: str) -> dict[str, str]:

@@ -10,20 +10,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import Backend, backend_env
-from sockets import KINDS, Peer, connected_pair
+from sockets import Peer
 
 import arraywire
 from arraywire import _framing
 from arraywire._protocol import PREAMBLE, ArraySpec, encode_header
-
-
-@pytest.fixture(params=KINDS)
-def pair(request: pytest.FixtureRequest):
-    a, b = connected_pair(request.param)
-    yield a, b
-    a.close()
-    b.close()
-
 
 DTYPES = [
     "?", "i1", "u1", "<i2", ">i2", "<u2", "<i4", ">i4", "<u4", "<i8", ">u8",

@@ -14,17 +14,9 @@ import time
 import numpy as np
 import pytest
 from conftest import Backend, backend_env
-from sockets import KINDS, Peer, connected_pair
+from sockets import Peer
 
 import arraywire
-
-
-@pytest.fixture(params=KINDS)
-def pair(request: pytest.FixtureRequest):
-    a, b = connected_pair(request.param)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

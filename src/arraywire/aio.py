@@ -309,31 +309,26 @@ class _Forward:
 
 async def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
     """Send every byte of a contiguous buffer; return the byte count."""
-    view = _byte_view(obj, writable=False)
-    total = view.nbytes
-    async with _Transfer(sock, "send_from", True, total) as transfer:
-        if total <= NATIVE_BYTES:
-            await transfer.native([view], total, progress)
-        else:
-            await transfer.ready()
-            await transfer.threaded(
-                lambda dup, report: _transport.impl.send_from(obj, dup, progress=report),
-                total, total, progress,
-            )
-    return total
+    return await _raw(obj, sock, progress, sending=True)
 
 
 async def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
     """Fill a writable contiguous buffer completely; return the byte count."""
-    view = _byte_view(obj, writable=True)
+    return await _raw(obj, sock, progress, sending=False)
+
+
+async def _raw(obj: Any, sock: Any, progress: Progress | None, *, sending: bool) -> int:
+    view = _byte_view(obj, writable=not sending)
     total = view.nbytes
-    async with _Transfer(sock, "recv_into", False, total) as transfer:
+    name = "send_from" if sending else "recv_into"
+    blocking = getattr(_transport.impl, name)
+    async with _Transfer(sock, name, sending, total) as transfer:
         if total <= NATIVE_BYTES:
             await transfer.native([view], total, progress)
         else:
             await transfer.ready()
             await transfer.threaded(
-                lambda dup, report: _transport.impl.recv_into(obj, dup, progress=report),
+                lambda dup, report: blocking(obj, dup, progress=report),
                 total, total, progress,
             )
     return total
