@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,7 +42,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from arraywire import _framing, _transport
-from arraywire._common import MAX_CHUNK, Progress, check_socket, mark_progress
+from arraywire._common import (
+    MAX_CHUNK,
+    PROGRESS_INTERVAL,
+    Progress,
+    check_socket,
+    mark_progress,
+)
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import _mismatch, _Packed, _Throttle, new_array, plan_message, rebase
 from arraywire._protocol import (
@@ -293,6 +300,7 @@ class _Forward:
         self.loop = loop
         self.progress = progress
         self.error: Exception | None = None
+        self.next_report = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         if self.error is not None:
@@ -300,11 +308,17 @@ class _Forward:
         self.loop.call_soon_threadsafe(self._deliver, done, total)
 
     def _deliver(self, done: int, total: int) -> None:
-        if self.error is None:
-            try:
-                self.progress(done, total)
-            except Exception as exc:  # noqa: BLE001 - re-raised by the transfer
-                self.error = exc
+        if self.error is not None:
+            return
+        # Reports queued behind a busy loop arrive together: pass on one.
+        now = time.monotonic()
+        if done < total and now < self.next_report:
+            return
+        self.next_report = now + PROGRESS_INTERVAL
+        try:
+            self.progress(done, total)
+        except Exception as exc:  # noqa: BLE001 - re-raised by the transfer
+            self.error = exc
 
 
 async def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
