@@ -65,6 +65,16 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
     b.close()
 
 
+@pytest.fixture
+def pairs() -> Iterator[object]:
+    """Connected pairs made on demand (faultkit.Pairs), all closed afterwards."""
+    from faultkit import Pairs  # faultkit imports this module
+
+    made = Pairs()
+    yield made
+    made.close()
+
+
 def backend_env(name: str) -> dict[str, str]:
     """Environment for a child process that must pick the named backend."""
     env = dict(os.environ)

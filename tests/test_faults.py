@@ -10,7 +10,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from textwrap import dedent
 
 import numpy as np
@@ -34,11 +33,6 @@ import arraywire
 MB = 1 << 20
 
 
-@pytest.fixture
-def pairs() -> Iterator[Pairs]:
-    made = Pairs()
-    yield made
-    made.close()
 
 
 def _payload_code(nbytes: int, seed: int) -> str:

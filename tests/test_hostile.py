@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,11 +25,6 @@ MB = 1 << 20
 ALLOCATION_LIMIT = 2 * MB
 
 
-@pytest.fixture
-def pairs() -> Iterator[Pairs]:
-    made = Pairs()
-    yield made
-    made.close()
 
 
 def _descriptor(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:

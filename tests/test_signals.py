@@ -20,13 +20,6 @@ from faultkit import Child, Pairs, connect_code, listener, wait_for_stall
 from sockets import Peer
 
 MB = 1 << 20
-
-
-@pytest.fixture
-def pairs() -> Iterator[Pairs]:
-    made = Pairs()
-    yield made
-    made.close()
 GIB = 1 << 30
 
 

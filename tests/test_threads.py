@@ -8,7 +8,6 @@ import hashlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,11 +21,6 @@ MB = 1 << 20
 DTYPES = ["<f8", ">i4", "|u1", "<c16", "<f2", "|b1", "<M8[ms]", "|S7", "<i2,<f4"]
 
 
-@pytest.fixture
-def pairs() -> Iterator[Pairs]:
-    made = Pairs()
-    yield made
-    made.close()
 
 
 def _digest(array: np.ndarray) -> str:
