@@ -341,6 +341,13 @@ def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:
                      r"without confirming)", line), line
 
 
+def _read_exactly(conn: socket.socket, nbytes: int) -> None:
+    while nbytes:
+        chunk = conn.recv(nbytes)
+        assert chunk, "the sender closed before the whole message"
+        nbytes -= len(chunk)
+
+
 def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Path) -> None:
     """A receiver that takes every byte but does not confirm the write is a failure."""
     source = tmp_path / "in.npy"
@@ -351,9 +358,7 @@ def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Pat
                      "-q")
         conn, _ = server.accept()
         with conn:
-            got = b""
-            while len(got) < total:
-                got += conn.recv(total - len(got))
+            _read_exactly(conn, total)
             conn.shutdown(socket.SHUT_WR)
             status, err = sender.finish()
         assert status == 1
@@ -363,9 +368,7 @@ def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Pat
                      "-q")
         conn, _ = server.accept()
         with conn:
-            got = b""
-            while len(got) < total:
-                got += conn.recv(total - len(got))
+            _read_exactly(conn, total)
             conn.sendall(ACK)
             assert sender.finish() == (0, "")
 
