@@ -1,5 +1,5 @@
-"""The other ways to move the same bytes, run by ``arraywire._bench``'s harness
-(see its ``Contender``; arraywire's own ``Raw`` and ``Framed`` live there)."""
+"""The other ways to move the same bytes, run by ``harness.py`` (see its
+``Contender``; arraywire's own ``Raw`` and ``Framed`` live there)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import zmq
+from harness import Contender
 
-from arraywire._bench import Contender, recv_line, send_line
+from arraywire._bench import recv_line, send_line
 
 LENGTH = struct.Struct("!Q")
 

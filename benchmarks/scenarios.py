@@ -3,7 +3,7 @@ with the measured medians; report.py turns them into tables, plots and the
 target check.
 
 Every case runs in fresh sender/receiver process pairs from
-``arraywire._bench.run_pair``. The cases of one scenario are run in
+``harness.run_pair``. The cases of one scenario are run in
 interleaved rounds (each case once per round, a new process pair each time)
 and the repetitions of all rounds pooled, so a slow moment of the machine or
 an unlucky placement of one process pair does not decide a ratio.
@@ -19,12 +19,12 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from arraywire._bench import FAMILIES, median_gbps, median_seconds, run_pair
+from harness import HERE, run_pair
 
-HERE = str(Path(__file__).resolve().parent)
+from arraywire._bench import FAMILIES, median_gbps, median_seconds
+
 MB = 1_000_000
 ARRAY_400MB = 400 * MB  # the seed scenario's 50,000,000 float64 values
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -45,8 +45,8 @@ class Settings:
 
 # label -> (contender, backend, extra job keys)
 STREAM_CONTENDERS = {
-    "arraywire compiled": ("arraywire._bench:Raw", "c", {}),
-    "arraywire pure": ("arraywire._bench:Raw", "python", {}),
+    "arraywire compiled": ("harness:Raw", "c", {}),
+    "arraywire pure": ("harness:Raw", "python", {}),
     "memoryview recipe": ("contenders:Recipe", "c", {}),
     "sendall + recv_into": ("contenders:Sendall", "c", {}),
     "pickle 5 + sendall": ("contenders:Pickle", "c", {}),
@@ -56,8 +56,8 @@ STREAM_CONTENDERS = {
 }
 ARRAYWIRE = {label: STREAM_CONTENDERS[label] for label in ("arraywire compiled", "arraywire pure")}
 FRAMED = {
-    "arraywire compiled": ("arraywire._bench:Framed", "c", {}),
-    "arraywire pure": ("arraywire._bench:Framed", "python", {}),
+    "arraywire compiled": ("harness:Framed", "c", {}),
+    "arraywire pure": ("harness:Framed", "python", {}),
 }
 PINGPONG_CONTENDERS = {
     **FRAMED,

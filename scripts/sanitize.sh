@@ -14,13 +14,8 @@ cd "$(dirname "$0")/.."
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/arraywire-sanitize.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-mkdir "$work/src"
-git ls-files -z --cached --others --exclude-standard \
-    | tar --null --files-from=- --ignore-failed-read -cf - \
-    | tar -xf - -C "$work/src"
-
-python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet --upgrade pip
+# shellcheck source=scripts/tree-copy.sh
+. scripts/tree-copy.sh
 ARRAYWIRE_SANITIZE=1 CIBUILDWHEEL=1 \
     "$work/venv/bin/python" -m pip install --quiet --no-cache-dir "$work/src[test]"
 

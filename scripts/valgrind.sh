@@ -10,13 +10,8 @@ cd "$(dirname "$0")/.."
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/arraywire-valgrind.XXXXXX")"
 trap 'rm -rf "$work/src" "$work/venv"' EXIT
-mkdir "$work/src"
-git ls-files -z --cached --others --exclude-standard \
-    | tar --null --files-from=- --ignore-failed-read -cf - \
-    | tar -xf - -C "$work/src"
-
-python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet --upgrade pip
+# shellcheck source=scripts/tree-copy.sh
+. scripts/tree-copy.sh
 ARRAYWIRE_DEBUG=1 CIBUILDWHEEL=1 "$work/venv/bin/python" -m pip install --quiet --no-cache-dir "$work/src"
 
 log="$work/valgrind.log"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from types import ModuleType
 
 import pytest
+from backends import Backend
+from faultkit import Pairs
 from sockets import KINDS, connected_pair
 
 from arraywire import _transport, _transport_py
@@ -18,15 +16,6 @@ try:
     from arraywire import _transport_c
 except ImportError:  # test_backends.py fails loudly unless this is intended
     _transport_c = None
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    module: ModuleType
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,24 +55,8 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
 
 
 @pytest.fixture
-def pairs() -> Iterator[object]:
-    """Connected pairs made on demand (faultkit.Pairs), all closed afterwards."""
-    from faultkit import Pairs  # faultkit imports this module
-
+def pairs() -> Iterator[Pairs]:
+    """Connected pairs made on demand, all closed afterwards."""
     made = Pairs()
     yield made
     made.close()
-
-
-def backend_env(name: str) -> dict[str, str]:
-    """Environment for a child process that must pick the named backend."""
-    env = dict(os.environ)
-    if name == "python":
-        env["ARRAYWIRE_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("ARRAYWIRE_NO_EXTENSIONS", None)
-    return env
-
-
-def load_backend(name: str) -> ModuleType:
-    return importlib.import_module(f"arraywire._transport_{'c' if name == 'c' else 'py'}")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from conftest import backend_env
+from backends import backend_env
 from sockets import connected_pair
 
 # Payload bytes are never SENTINEL, so a receive buffer prefilled with it shows

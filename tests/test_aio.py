@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,12 +15,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend, backend_env
 from sockets import connected_pair
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, ProtocolError, aio
-from arraywire._framing import plan_message
+from arraywire._engine import plan_send
 
 T = TypeVar("T")
 
@@ -46,7 +48,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
 
 
 def header_size(array: np.ndarray) -> int:
-    return len(plan_message([array])[0])
+    return len(plan_send([array]).header)
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -168,7 +170,8 @@ def test_truncated_message_fails_as_in_the_blocking_api(
 ) -> None:
     """Same error type, byte counts and message, then the socket is marked broken."""
     message = np.arange(values, dtype=np.float64)
-    header, _, total = plan_message([message])
+    plan = plan_send([message])
+    header, total = plan.header, plan.total
     cut = len(header) + message.nbytes // 2
 
     def truncated_peer() -> tuple[socket.socket, socket.socket]:
@@ -394,7 +397,8 @@ def test_cancelled_receive_mid_payload_says_how_much_arrived(
 ) -> None:
     a, b = pair
     message = np.arange(values, dtype=np.float64)
-    header, _, total = plan_message([message])
+    plan = plan_send([message])
+    header, total = plan.header, plan.total
     part = len(header) + 4000  # fits in the socket buffer at once
 
     async def body() -> None:
@@ -419,11 +423,12 @@ def test_cancelled_receive_mid_payload_says_how_much_arrived(
 def test_timeout_on_a_stalled_peer_breaks_the_stream(backend: Backend, pair) -> None:
     a, b = pair
     message = np.zeros(LARGE)
-    header, _, total = plan_message([message])
+    plan = plan_send([message])
+    header, total = plan.header, plan.total
 
     async def body() -> None:
         await aio.send_from(header + bytes(100), a)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(aio.recv_array(b), 0.2)
         with pytest.raises(BrokenStreamError, match=f"after {len(header) + 100:,} of {total:,}"):
             await aio.recv_array(b)
@@ -471,3 +476,38 @@ def test_many_concurrent_transfers_on_different_sockets(backend: Backend) -> Non
         np.testing.assert_array_equal(got_back[0], back[i])
         np.testing.assert_array_equal(got_back[1], back[i][::2])
     assert len(threading.enumerate()) == before
+
+
+SIGPIPE_AT_DEFAULT = """
+import asyncio, signal, socket
+import numpy as np
+from arraywire import aio
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+a, b = socket.socketpair()
+b.close()
+a.setblocking(False)
+
+async def main():
+    try:
+        await aio.{call}(np.zeros({values}), a)
+    except BrokenPipeError as exc:
+        print("BrokenPipeError", exc.bytes_done)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("values", [SMALL, LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("call", ["send_from", "send_array"])
+def test_send_to_a_closed_peer_raises_where_sigpipe_would_kill(
+    backend: Backend, call: str, values: int
+) -> None:
+    """Sends pass MSG_NOSIGNAL on every path: EPIPE, not death by SIGPIPE."""
+    code = SIGPIPE_AT_DEFAULT.format(call=call, values=values)
+    child = subprocess.run(
+        [sys.executable, "-c", code], env=backend_env(backend.name),
+        capture_output=True, text=True, timeout=LIMIT,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr)
+    assert child.stdout.split() == ["BrokenPipeError", "0"]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import backend_env
+from backends import backend_env
 
 import arraywire
 from arraywire import _transport, _transport_py

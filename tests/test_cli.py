@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Backend, backend_env
+from backends import Backend, backend_env
 
-from arraywire._framing import plan_message
+from arraywire._engine import plan_send
 from arraywire._transfer_cli import ACK, parse_size
 
 TIMEOUT = 60
@@ -248,7 +248,8 @@ class FakeSender:
     """The test itself plays the sender: a real header, then what it likes."""
 
     def __init__(self, port: int, array: np.ndarray) -> None:
-        self.header, _, self.total = plan_message([array])
+        plan = plan_send([array])
+        self.header, self.total = plan.header, plan.total
         self.payload = array.tobytes()
         self.sock = socket.create_connection(("127.0.0.1", port))
 
@@ -336,7 +337,7 @@ def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:
         status, err = sender.finish()
     assert status == 1
     line = one_error_line(err, "send")
-    total = plan_message([np.ones(4_000_000)])[2]
+    total = plan_send([np.ones(4_000_000)]).total
     assert re.search(rf"the receiver closed the connection (after [\d,]+ of {total:,} bytes|"
                      r"without confirming)", line), line
 
@@ -352,7 +353,7 @@ def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Pat
     """A receiver that takes every byte but does not confirm the write is a failure."""
     source = tmp_path / "in.npy"
     np.save(source, np.arange(1000))
-    total = plan_message([np.arange(1000)])[2]
+    total = plan_send([np.arange(1000)]).total
     with socket.create_server(("127.0.0.1", 0)) as server:
         sender = Cli(backend, "send", str(source), f"127.0.0.1:{server.getsockname()[1]}",
                      "-q")

@@ -14,7 +14,7 @@ from textwrap import dedent
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 from faultkit import (
     Child,
     Pairs,

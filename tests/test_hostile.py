@@ -6,6 +6,7 @@ has a timeout only so that a regression fails instead of hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import tracemalloc
@@ -13,12 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 from faultkit import Pairs
 from sockets import Peer
 
 import arraywire
-from arraywire import _protocol
+from arraywire import _protocol, aio
 
 MB = 1 << 20
 # nothing beyond the header (at most 1 MiB) and small bookkeeping
@@ -79,18 +80,17 @@ def _receive(
     return error, elapsed, peak
 
 
-@pytest.mark.parametrize(
-    "hostile",
-    [
-        np.random.default_rng(0).integers(0, 256, MB, dtype=np.uint8).tobytes(),
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        _header(_descriptor("<f8", (1 << 59,), 1 << 62)),
-        _header(*[_descriptor("<f8", (1 << 26,), 1 << 29)] * 3),
-        _header(_descriptor("|O", (10,), 80)),
-        _header(_descriptor("<f8", (1 << 40, 1 << 40), 0)),
-    ],
-    ids=["random-bytes", "http-request", "2^62-bytes", "3x512MiB", "object-dtype", "shape-overflow"],
-)
+BAD_HEADERS = {
+    "random-bytes": np.random.default_rng(0).integers(0, 256, MB, dtype=np.uint8).tobytes(),
+    "http-request": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "2^62-bytes": _header(_descriptor("<f8", (1 << 59,), 1 << 62)),
+    "3x512MiB": _header(*[_descriptor("<f8", (1 << 26,), 1 << 29)] * 3),
+    "object-dtype": _header(_descriptor("|O", (10,), 80)),
+    "shape-overflow": _header(_descriptor("<f8", (1 << 40, 1 << 40), 0)),
+}
+
+
+@pytest.mark.parametrize("hostile", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
 def test_bad_header_on_an_open_connection(backend: Backend, pairs: Pairs, hostile: bytes) -> None:
     """The peer keeps the connection open: the receiver must not wait for more."""
     error, elapsed, peak = _receive(backend, pairs, hostile, close=False)
@@ -108,15 +108,16 @@ def test_zero_itemsize_dtype_with_a_huge_shape(backend: Backend, pairs: Pairs, d
     assert peak < ALLOCATION_LIMIT
 
 
+CUT_MESSAGES = {
+    "in-preamble": (VALID[:10], 10, 16),
+    "in-descriptors": (VALID[:20], 20, None),
+    "after-header": (VALID, len(VALID), len(VALID) + 8000),
+    "in-payload": (VALID + bytes(4000), len(VALID) + 4000, len(VALID) + 8000),
+}
+
+
 @pytest.mark.parametrize(
-    ("sent", "bytes_done", "bytes_expected"),
-    [
-        (VALID[:10], 10, 16),
-        (VALID[:20], 20, None),
-        (VALID, len(VALID), len(VALID) + 8000),
-        (VALID + bytes(4000), len(VALID) + 4000, len(VALID) + 8000),
-    ],
-    ids=["in-preamble", "in-descriptors", "after-header", "in-payload"],
+    ("sent", "bytes_done", "bytes_expected"), CUT_MESSAGES.values(), ids=CUT_MESSAGES.keys()
 )
 def test_close_mid_message(
     backend: Backend, pairs: Pairs, sent: bytes, bytes_done: int, bytes_expected: int | None
@@ -152,3 +153,48 @@ def test_header_announcing_a_large_block_then_stalling(backend: Backend, pairs: 
     assert error.bytes_done == 16 + 100  # type: ignore[attr-defined]
     assert 0.5 <= elapsed < 2
     assert peak < ALLOCATION_LIMIT
+
+
+def _outcome(receive: Callable[[socket.socket], object], sent: bytes, close: bool) -> tuple:
+    a, b = socket.socketpair()
+
+    def feed() -> None:
+        try:
+            a.sendall(sent)
+            if close:
+                a.close()
+        except OSError:  # the receiver gave up first
+            pass
+
+    feeder = Peer(feed)
+    try:
+        receive(b)
+    except (ValueError, OSError, EOFError) as exc:
+        return (type(exc), str(exc), getattr(exc, "bytes_done", None),
+                getattr(exc, "bytes_expected", None))
+    finally:
+        b.close()
+        feeder.result()
+        a.close()
+    raise AssertionError("the hostile message was accepted")
+
+
+def _aio_receive(sock: socket.socket) -> object:
+    sock.setblocking(False)
+    return asyncio.run(asyncio.wait_for(aio.recv_array(sock), 10))
+
+
+@pytest.mark.parametrize(
+    ("sent", "close"),
+    [(sent, False) for sent in BAD_HEADERS.values()]
+    + [(sent, True) for sent, _, _ in CUT_MESSAGES.values()],
+    ids=[*BAD_HEADERS, *CUT_MESSAGES],
+)
+def test_blocking_and_aio_receivers_fail_alike(backend: Backend, sent: bytes, close: bool) -> None:
+    """Same error type, message and byte counts on both receive paths."""
+
+    def blocking(sock: socket.socket) -> object:
+        sock.settimeout(10)
+        return arraywire.recv_array(sock)
+
+    assert _outcome(blocking, sent, close) == _outcome(_aio_receive, sent, close)

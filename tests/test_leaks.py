@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 
 import arraywire
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import Backend
+from backends import Backend
 from faultkit import Child
 
 SIZE = 256 << 20

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 from sockets import Peer
 
 import arraywire
 from arraywire import BrokenStreamError, aio
 from arraywire._common import PROGRESS_INTERVAL
-from arraywire._framing import plan_message
+from arraywire._engine import plan_send
 
 SLOW_BYTES = 8 << 20  # moved in ~0.6 s by the slow peers below
 SLOW_STEP = 256 << 10
@@ -85,7 +85,7 @@ def slow_writer(sock: socket.socket, data: bytes) -> None:
 
 
 def message_bytes(array: np.ndarray) -> bytes:
-    return plan_message([array])[0] + array.tobytes()
+    return plan_send([array]).header + array.tobytes()
 
 
 def run(coro: Any) -> Any:
@@ -127,7 +127,7 @@ def test_blocking_raw_and_multi_array_calls(backend: Backend, pair) -> None:
     got = arraywire.recv_arrays(b, progress=received)
     sender.result()
     assert [g.shape for g in got] == [(1000,), (5,), (0,)]
-    received.check(len(plan_message(arrays)[0]) + sum(x.nbytes for x in arrays))
+    received.check(len(plan_send(arrays).header) + sum(x.nbytes for x in arrays))
     data = bytes(range(256)) * 100
     into = bytearray(len(data))
     receiver = Peer(arraywire.recv_into, into, b)
@@ -213,7 +213,7 @@ def test_aio_and_blocking_report_alike(backend: Backend, pair) -> None:
                              aio.recv_arrays(b, progress=aio_recv))
 
     run(body())
-    total = plan_message(arrays)[2]
+    total = plan_send(arrays).total
     assert aio_send.pairs == blocking_send.pairs == [(total, total)]
     assert aio_recv.pairs == blocking_recv.pairs == [(total, total)]
 

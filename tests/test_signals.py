@@ -15,7 +15,7 @@ from textwrap import dedent
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 from faultkit import Child, Pairs, connect_code, listener, wait_for_stall
 from sockets import Peer
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Backend
+from backends import Backend
 from faultkit import Pairs
 from sockets import Peer
 

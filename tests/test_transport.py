@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Backend, backend_env
+from backends import Backend, backend_env
 from sockets import Peer
 
 import arraywire

@@ -2,12 +2,13 @@
 
 The seed scenario sends 50,000,000 float64 values (400 MB) from a sender
 process to a receiver process, on both backends, with and without one
-CPU-bound Python thread in the receiver. The process-pair harness here is
-also what ``benchmarks/run.py`` drives for its contenders and scenarios.
+CPU-bound Python thread in the receiver. The benchmark suite
+(``benchmarks/``) runs its contenders and scenarios on the same process pairs.
 
 A benchmark is a *job* (a JSON-able dict) run by two child processes, each
-started with ``python -m arraywire._bench JOB`` and the backend chosen by
-``ARRAYWIRE_NO_EXTENSIONS`` in its environment. The parent connects the
+started with ``python -m arraywire._bench JOB`` (the suite starts its own
+child script) and the backend chosen by ``ARRAYWIRE_NO_EXTENSIONS`` in its
+environment. The parent connects the
 sockets and passes their descriptors down, so both children use the very
 socket type being measured; a second socket pair carries the "go" signals.
 """
@@ -15,11 +16,9 @@ socket type being measured; a second socket pair carries the "go" signals.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -27,8 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -45,6 +43,7 @@ WARMUP_MESSAGES = 1000
 WARMUP_BYTES = 64 << 20
 REP_SECONDS = 0.1
 MAX_MESSAGES = 100_000
+SEED_CHILD = (sys.executable, "-m", "arraywire._bench")
 
 
 # --- parent side -------------------------------------------------------------
@@ -77,15 +76,17 @@ def child_env(backend: str, path: Sequence[str] = ()) -> dict[str, str]:
     return env
 
 
-def run_pair(job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-    """Run a job's two roles in two child processes; return the measuring
-    role's result (the receiver of a stream, the client of a ping-pong).
+def run_pair(
+    job: dict[str, Any], child: Sequence[str] = SEED_CHILD, timeout: float = 600.0
+) -> dict[str, Any]:
+    """Run a job's two roles in two child processes (the command child, then
+    the job, the role and the descriptors); return the measuring role's
+    result (the receiver of a stream, the client of a ping-pong).
 
-    job keys: kind ("stream" or "pingpong"), contender ("module:Class"),
-    family, backend, sizes (bytes, multiples of 8), repeats; optional:
-    connections, busy ("send"/"recv": that process runs one CPU-bound
-    thread), cpus (pin both processes to these CPUs), path (directories the
-    contender's module is imported from), and any key the contender reads.
+    job keys: family, backend, sizes (bytes, multiples of 8), repeats;
+    optional: connections, busy ("send"/"recv": that process runs one
+    CPU-bound thread), cpus (pin both processes to these CPUs), path
+    (directories put on the children's PYTHONPATH), and any key the child reads.
     """
     job = {"connections": 1, "busy": None, **job}
     ctl_a, ctl_b = socket.socketpair()
@@ -96,7 +97,7 @@ def run_pair(job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
             fds = [ctl.fileno()] + [pair[side].fileno() for pair in pairs]
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "arraywire._bench", json.dumps(job), role]
+                    [*child, json.dumps(job), role]
                     + [str(fd) for fd in fds],
                     pass_fds=fds,
                     env=child_env(job["backend"], job.get("path", ())),
@@ -120,7 +121,7 @@ def run_pair(job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
                 proc.wait()
     failed = [err for proc, (_, err) in zip(procs, outputs, strict=True) if proc.returncode]
     if failed:
-        raise RuntimeError(f"benchmark child failed ({job['contender']}):\n" + "\n".join(failed))
+        raise RuntimeError(f"benchmark child failed ({job}):\n" + "\n".join(failed))
     result: dict[str, Any] = json.loads(outputs[0][0])
     return result
 
@@ -178,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
             speeds = {}
             for backend in backends:
                 job = {
-                    "kind": "stream", "contender": "arraywire._bench:Raw",
                     "family": family, "backend": backend, "sizes": [nbytes],
                     "repeats": args.repeats, "busy": busy,
                 }
@@ -195,58 +195,6 @@ _SEED_HEADER = ["socket", "receiver", "compiled GB/s", "pure GB/s", "compiled/pu
 
 
 # --- child side ----------------------------------------------------------------
-
-
-class Contender:
-    """A way to move arrays, built in both child processes as
-    ``Class(sock, ctl, job, role)``; role "measure" is the side that times
-    (the receiver of a stream, the client of a ping-pong). Streams call
-    send_many / recv_many, ping-pongs send / recv."""
-
-    def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
-        self.sock = sock
-
-    def send(self, array: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def recv(self, out: np.ndarray) -> Any:
-        """Receive one message (into out where the contender can); return it."""
-        raise NotImplementedError
-
-    def send_many(self, array: np.ndarray, count: int) -> None:
-        for _ in range(count):
-            self.send(array)
-
-    def recv_many(self, out: np.ndarray, count: int) -> Any:
-        received = None
-        for _ in range(count):
-            received = None  # free a received message before the next
-            received = self.recv(out)
-        return received
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Raw(Contender):
-    """arraywire.send_from / recv_into."""
-
-    def send(self, array: np.ndarray) -> None:
-        arraywire.send_from(array, self.sock)
-
-    def recv(self, out: np.ndarray) -> np.ndarray:
-        arraywire.recv_into(out, self.sock)
-        return out
-
-
-class Framed(Contender):
-    """Self-describing messages: send_array / recv_array (a new array each)."""
-
-    def send(self, array: np.ndarray) -> None:
-        arraywire.send_array(array, self.sock)
-
-    def recv(self, out: np.ndarray) -> np.ndarray:
-        return arraywire.recv_array(self.sock, max_bytes=None)
 
 
 def send_line(ctl: socket.socket, text: str) -> None:
@@ -275,17 +223,6 @@ def check(received: Any, size: int) -> None:
         raise AssertionError(f"received {size} bytes that differ from what was sent")
 
 
-def rss_kib() -> tuple[int, int]:
-    """(current, peak) resident set size in KiB (Linux).
-
-    The peak is ru_maxrss. Linux carries it over from the parent through
-    fork and exec, so a baseline must be the current size, not the peak.
-    """
-    with open("/proc/self/statm") as statm:
-        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 @contextmanager
 def busy_thread(enabled: bool) -> Iterator[None]:
     """One CPU-bound pure-Python thread, as an application's compute would be."""
@@ -307,7 +244,7 @@ def busy_thread(enabled: bool) -> Iterator[None]:
         thread.join()
 
 
-def _repetitions(
+def repetitions(
     job: dict[str, Any], role: str, ctl: socket.socket, size: int, run: Callable[[int], None]
 ) -> list[float]:
     """Seconds per message of each timed repetition of run(count) at one size.
@@ -332,108 +269,59 @@ def _repetitions(
     return per_message
 
 
-def _stream(job: dict[str, Any], role: str, ctl: socket.socket, contenders: list[Any]) -> dict[str, Any]:
-    """The receiver times each repetition from its "go" to its last byte.
-
-    One connection runs in the main thread, as most programs would run it;
-    several run in one thread each.
-    """
-    sizes = job["sizes"]
-    receiving = role == "measure"
-    rss_before, _ = rss_kib()
-    # Receive buffers are only touched (and counted in RSS) by contenders
-    # that receive into them.
-    buffers = [
-        np.empty(max(sizes) // 8) if receiving else pattern(max(sizes)) for _ in contenders
-    ]
-    seconds = {}
-    with ThreadPoolExecutor(len(contenders)) as pool:
-        for size in sizes:
-            seconds[str(size)] = _repetitions(
-                job, role, ctl, size, _mover(contenders, buffers, size, receiving, pool)
-            )
-    return {
-        "seconds": seconds,
-        "connections": len(contenders),
-        "rss_before_kib": rss_before,
-        "max_rss_after_kib": rss_kib()[1],
-    }
+Measure = Callable[
+    [dict[str, Any], str, socket.socket, list[socket.socket], ExitStack], dict[str, Any]
+]
 
 
-def _mover(
-    contenders: list[Any], buffers: list[np.ndarray], size: int, receiving: bool,
-    pool: ThreadPoolExecutor,
-) -> Callable[[int], None]:
-    """run(count): move count messages of size bytes on every connection."""
-
-    def move(index: int, count: int) -> Any:
-        array = buffers[index][: size // 8]
-        if receiving:
-            return contenders[index].recv_many(array, count)
-        contenders[index].send_many(array, count)
-        return None
-
-    def run(count: int) -> None:
-        if len(contenders) == 1:
-            results = [move(0, count)]
-        else:
-            results = list(pool.map(move, range(len(contenders)), [count] * len(contenders)))
-        if receiving:
-            for received in results:
-                check(received, size)
-
-    return run
-
-
-def _pingpong(job: dict[str, Any], role: str, ctl: socket.socket, contenders: list[Any]) -> dict[str, Any]:
-    """The client times round trips: it sends, the peer echoes what it got."""
-    (contender,) = contenders
-    seconds = {}
-    for size in job["sizes"]:
-        array = pattern(size)
-        out = np.empty_like(array)
-
-        def run(count: int) -> None:
-            if role != "measure":
-                for _ in range(count):
-                    contender.send(contender.recv(out))
-                return
-            for _ in range(count):
-                contender.send(array)
-                received = contender.recv(out)
-            check(received, size)
-
-        seconds[str(size)] = _repetitions(job, role, ctl, size, run)
-    return {"seconds": seconds, "connections": 1}
-
-
-def _load(spec: str) -> Any:
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def child_main(argv: Sequence[str]) -> int:
+def serve_role(argv: Sequence[str], measure: Measure) -> int:
+    """A child's main: run measure(job, role, ctl, socks, closing) for the
+    role given in argv, end in step with the peer, then close what measure
+    pushed on closing; the measuring role prints the result as JSON."""
     job, role = json.loads(argv[0]), argv[1]
     ctl, *socks = (socket.socket(fileno=int(fd)) for fd in argv[2:])
     if arraywire.BACKEND != job["backend"]:
         raise RuntimeError(f"asked for the {job['backend']!r} backend, got {arraywire.BACKEND!r}")
     if job.get("cpus"):
         os.sched_setaffinity(0, job["cpus"])  # before a contender starts threads
-    factory = _load(job["contender"])
-    contenders = [factory(sock, ctl, job, role) for sock in socks]
-    with busy_thread(job["busy"] == ("recv" if role == "measure" else "send")):
-        result = (_pingpong if job["kind"] == "pingpong" else _stream)(job, role, ctl, contenders)
-    # Queued sends (pyzmq's) are lost if the sender closes before they arrive.
-    if role == "measure":
-        send_line(ctl, "done")
-    elif recv_line(ctl) != "done":
-        raise RuntimeError("benchmark peer out of step")
-    for contender in contenders:
-        contender.close()
+    with ExitStack() as closing:
+        for sock in socks:
+            closing.callback(sock.close)
+        with busy_thread(job.get("busy") == ("recv" if role == "measure" else "send")):
+            result = measure(job, role, ctl, socks, closing)
+        # Queued sends (pyzmq's) are lost if the sender closes before they arrive.
+        if role == "measure":
+            send_line(ctl, "done")
+        elif recv_line(ctl) != "done":
+            raise RuntimeError("benchmark peer out of step")
     if role == "measure":
         print(json.dumps(result))
     return 0
 
 
+def seed_stream(
+    job: dict[str, Any], role: str, ctl: socket.socket, socks: list[socket.socket],
+    closing: ExitStack,
+) -> dict[str, Any]:
+    """send_from / recv_into on one connection; the receiver times."""
+    (sock,) = socks
+    receiving = role == "measure"
+    seconds = {}
+    for size in job["sizes"]:
+        array = np.empty(size // 8) if receiving else pattern(size)
+
+        def run(count: int) -> None:
+            for _ in range(count):
+                if receiving:
+                    arraywire.recv_into(array, sock)
+                else:
+                    arraywire.send_from(array, sock)
+            if receiving:
+                check(array, size)
+
+        seconds[str(size)] = repetitions(job, role, ctl, size, run)
+    return {"seconds": seconds, "connections": 1}
+
+
 if __name__ == "__main__":
-    raise SystemExit(child_main(sys.argv[1:]))
+    raise SystemExit(serve_role(sys.argv[1:], seed_stream))

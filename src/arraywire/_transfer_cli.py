@@ -33,6 +33,7 @@ from numpy.lib import format as npy_format
 
 from arraywire import _framing, _transport
 from arraywire._common import Progress
+from arraywire._engine import plan_send
 from arraywire._errors import IncompleteTransferError, ProtocolError
 from arraywire._protocol import check_transferable
 
@@ -123,7 +124,7 @@ def _send(args: argparse.Namespace) -> str:
     array = open_source(args.file)
     host, port = parse_address(args.address, need_host=not args.listen)
     with _connected(args, host, port, args.listen) as sock:
-        total = _framing.plan_message([array])[2]
+        total = plan_send([array]).total
         with _bar(args, total, f"send {os.path.basename(args.file)}") as progress:
             try:
                 _framing.send_array(array, sock, progress=progress)
@@ -202,7 +203,7 @@ def _recv(args: argparse.Namespace) -> str:
     _check_output(output, args.force)
     with _connected(args, host, port, not args.connect) as sock:
         try:
-            specs, _ = _framing.recv_header(sock, args.max_bytes)
+            specs = _framing.recv_header(sock, args.max_bytes)
         except ProtocolError as exc:
             raise Failure(f"refused the sender's message: {exc}") from None
         except IncompleteTransferError:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,24 +40,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from arraywire import _framing, _transport
-from arraywire._common import (
-    MAX_CHUNK,
-    PROGRESS_INTERVAL,
-    Progress,
-    check_socket,
-    mark_progress,
-)
+from arraywire import _transport
+from arraywire._common import MAX_CHUNK, Progress, check_socket, mark_progress
+from arraywire._engine import MessageProgress, Receive, Reporter, Transfer, plan_send
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
-from arraywire._framing import _mismatch, _Packed, _Throttle, new_array, plan_message, rebase
-from arraywire._protocol import (
-    DEFAULT_MAX_BYTES,
-    PREAMBLE,
-    ArraySpec,
-    decode_descriptors,
-    decode_preamble,
-)
-from arraywire._transport_py import _advance, _batch, _byte_view
+from arraywire._framing import write_plan
+from arraywire._protocol import DEFAULT_MAX_BYTES
+from arraywire._step import PendingViews, byte_view
 
 __all__ = [
     "NATIVE_BYTES",
@@ -80,6 +68,9 @@ WORKER_TIMEOUT = 2_000_000.0
 T = TypeVar("T")
 
 
+# --- which transfers hold a socket, and which sockets are broken ---------------
+
+
 @dataclass
 class _SocketState:
     busy: set[str] = field(default_factory=set)
@@ -89,11 +80,13 @@ class _SocketState:
 _states: weakref.WeakKeyDictionary[socket.socket, _SocketState] = weakref.WeakKeyDictionary()
 
 
-class _Transfer:
-    """One awaitable transfer on one socket: readiness waits, the native and
-    threaded paths, and the broken-stream bookkeeping when it stops part-way."""
+class _Claim:
+    """One direction of a socket, held by one transfer. When the transfer stops
+    with the stream out of step (the engine's ``fail`` says so), or after the
+    socket was shut down to stop a worker thread, the socket is shut down and
+    marked broken."""
 
-    def __init__(self, sock: Any, name: str, sending: bool, total: int | None = None) -> None:
+    def __init__(self, sock: Any, name: str, sending: bool, transfer: Transfer) -> None:
         _, timeout = check_socket(sock)
         if timeout != 0:
             raise ValueError(
@@ -104,16 +97,14 @@ class _Transfer:
         self.name = name
         self.sending = sending
         self.direction = "send" if sending else "receive"
-        self.total = total
-        self.done = 0  # bytes of the whole message moved so far
+        self.transfer = transfer
         self.shut = False
-        self.loop = asyncio.get_running_loop()
         state = _states.get(sock)
         if state is None:
             state = _states[sock] = _SocketState()
         self.state = state
 
-    async def __aenter__(self) -> _Transfer:
+    async def __aenter__(self) -> _Claim:
         if self.state.broken is not None:
             raise BrokenStreamError(f"cannot {self.name}: {self.state.broken}")
         if self.direction in self.state.busy:
@@ -132,153 +123,132 @@ class _Transfer:
         self.state.busy.discard(self.direction)
         if exc is None:
             return
-        partial = self.done > 0 and (self.total is None or self.done < self.total)
-        if not (partial or self.shut):
+        out_of_step = self.transfer.fail(exc)
+        if not (out_of_step or self.shut):
             return
-        of = "" if self.total is None else f" of {self.total:,}"
+        done = getattr(exc, "bytes_done", None) or self.transfer.offset
+        total = self.transfer.total
+        of = "" if total is None else f" of {total:,}"
         why = "was cancelled" if isinstance(exc, asyncio.CancelledError) else (
             f"failed ({type(exc).__name__}: {exc})"
         )
         self.state.broken = (
-            f"an earlier {self.name} on this socket {why} after {self.done:,}{of} bytes, "
+            f"an earlier {self.name} on this socket {why} after {done:,}{of} bytes, "
             "so its byte stream is out of step with the peer and it was shut down; "
             "close it"
         )
-        self._shutdown()
+        self.shutdown()
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         self.shut = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:  # already disconnected or closed
             pass
 
-    async def ready(self) -> None:
-        """Wait until the socket can be written (sending) or read."""
-        fd = self.sock.fileno()
-        waiter = self.loop.create_future()
-        if self.sending:
-            self.loop.add_writer(fd, _wake, waiter)
+
+# --- moving bytes: in the event loop, or in a worker thread ---------------------
+
+
+async def _ready(sock: socket.socket, sending: bool) -> None:
+    """Wait until the socket can be written (sending) or read."""
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    waiter = loop.create_future()
+    if sending:
+        loop.add_writer(fd, _wake, waiter)
+    else:
+        loop.add_reader(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        if sending:
+            loop.remove_writer(fd)
         else:
-            self.loop.add_reader(fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            if self.sending:
-                self.loop.remove_writer(fd)
-            else:
-                self.loop.remove_reader(fd)
-
-    async def native(
-        self, views: list[memoryview], message_total: int | None, progress: Progress | None
-    ) -> None:
-        """Move byte views with non-blocking calls, as _transport_py._transfer does."""
-        views = [view for view in views if view.nbytes]
-        part_total = sum(view.nbytes for view in views)
-        throttle = None if progress is None else _Throttle(progress, part_total)
-        base = self.done
-        done = 0
-        first = 0
-        try:
-            while first < len(views):
-                try:
-                    moved = self._call(views, first)
-                except (BlockingIOError, InterruptedError):
-                    await self.ready()
-                    continue
-                if moved == 0 and not self.sending:
-                    raise IncompleteTransferError(done, part_total)
-                done += moved
-                self.done += moved
-                first = _advance(views, first, moved)
-                if throttle is not None:
-                    throttle(done, part_total)
-            if progress is not None and part_total == 0:
-                progress(0, 0)
-        except BaseException as exc:
-            mark_progress(exc, done)
-            rebase(exc, base, message_total)
-            raise
-
-    def _call(self, views: list[memoryview], first: int) -> int:
-        sock = self.sock
-        if first == len(views) - 1:
-            view = views[first]
-            if self.sending:
-                return sock.send(view[:MAX_CHUNK])
-            return sock.recv_into(view, min(len(view), MAX_CHUNK))
-        batch = _batch(views, first, MAX_CHUNK)
-        if self.sending:
-            return sock.sendmsg(batch)
-        return sock.recvmsg_into(batch)[0]
-
-    async def threaded(
-        self,
-        work: Callable[[socket.socket, Progress | None], T],
-        part_total: int,
-        message_total: int | None,
-        progress: Progress | None,
-    ) -> T:
-        """Run work(dup_of_sock, progress) in a thread of its own."""
-        forward = None if progress is None else _Forward(self.loop, progress)
-        dup = self.sock.dup()
-        dup.settimeout(WORKER_TIMEOUT)
-        settled = self.loop.create_future()
-        loop = self.loop
-
-        def run() -> None:
-            try:
-                outcome: tuple[Any, BaseException | None] = (work(dup, forward), None)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-                outcome = (None, exc)
-            finally:
-                dup.close()
-            try:
-                loop.call_soon_threadsafe(_settle, settled, outcome)
-            except RuntimeError:  # the event loop was closed meanwhile
-                pass
-
-        base = self.done
-        threading.Thread(target=run, name=f"arraywire.aio {self.name}", daemon=True).start()
-        try:
-            await asyncio.wait((settled,))
-        except asyncio.CancelledError:
-            # Stop the thread (its poll() wakes up) and wait until it has let
-            # go of the buffer; further cancellations cannot cut this short.
-            if not settled.done():
-                self._shutdown()
-            while not settled.done():
-                try:
-                    await asyncio.wait((settled,))
-                except asyncio.CancelledError:
-                    pass
-            result, error = settled.result()
-            self.done = base + (part_total if error is None else _moved(error))
-            raise
-        result, error = settled.result()
-        if error is None and forward is not None and forward.error is not None:
-            error = forward.error
-            error.bytes_done = part_total  # type: ignore[attr-defined]
-        if error is not None:
-            self.done = base + _moved(error)
-            rebase(error, base, message_total)
-            raise error
-        self.done = base + part_total
-        return result  # type: ignore[no-any-return]
-
-    async def recv_header(self, max_bytes: int | None) -> tuple[list[ArraySpec], int]:
-        """As _framing.recv_header, with the loop's non-blocking calls."""
-        preamble = bytearray(PREAMBLE.size)
-        await self.native([memoryview(preamble)], None, None)
-        block_len, count = decode_preamble(bytes(preamble))
-        block = bytearray(block_len)
-        await self.native([memoryview(block)], None, None)
-        return decode_descriptors(bytes(block), count, max_bytes), PREAMBLE.size + block_len
+            loop.remove_reader(fd)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+async def _in_loop(
+    sock: socket.socket, views: list[memoryview], sending: bool, progress: Progress | None
+) -> int:
+    """Move byte views with non-blocking calls: the pure twin's loop, awaiting
+    readiness where that one would block. Returns the count, and marks an
+    error with the bytes moved, as the core calls do."""
+    pending = PendingViews(views)
+    total = pending.nbytes
+    done = 0
+    moved: list[int] = []  # filled by PendingViews.step
+    try:
+        while done < total:
+            try:
+                pending.step(sock, sending, MAX_CHUNK, moved)
+            except (BlockingIOError, InterruptedError):
+                await _ready(sock, sending)
+                continue
+            if moved[0] == 0 and not sending:
+                raise IncompleteTransferError(done, total)
+            done += moved[0]
+            pending.advance(moved.pop())
+            if progress is not None:
+                progress(done, total)
+    except BaseException as exc:
+        mark_progress(exc, done + sum(moved))
+        pending.release()
+        raise
+    return total
+
+
+async def _in_thread(
+    claim: _Claim, sending: bool, work: Callable[[socket.socket], T]
+) -> T:
+    """Run work(dup_of_sock) in a thread of its own once the socket is ready.
+
+    The work records what it moved in the engine itself; an error it raises
+    carries the bytes of its unfinished call, as the core calls' errors do.
+    """
+    await _ready(claim.sock, sending)
+    loop = asyncio.get_running_loop()
+    dup = claim.sock.dup()
+    dup.settimeout(WORKER_TIMEOUT)
+    settled = loop.create_future()
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (work(dup), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome = (None, exc)
+        finally:
+            dup.close()
+        try:
+            loop.call_soon_threadsafe(_settle, settled, outcome)
+        except RuntimeError:  # the event loop was closed meanwhile
+            pass
+
+    threading.Thread(target=run, name=f"arraywire.aio {claim.name}", daemon=True).start()
+    try:
+        await asyncio.wait((settled,))
+    except asyncio.CancelledError as cancelled:
+        # Stop the thread (its poll() wakes up) and wait until it has let
+        # go of the buffer; further cancellations cannot cut this short.
+        if not settled.done():
+            claim.shutdown()
+        while not settled.done():
+            try:
+                await asyncio.wait((settled,))
+            except asyncio.CancelledError:
+                pass
+        _, error = settled.result()
+        mark_progress(cancelled, 0 if error is None else _moved(error))
+        raise
+    result, error = settled.result()
+    if error is not None:
+        raise error
+    return result  # type: ignore[no-any-return]
 
 
 def _settle(settled: asyncio.Future[Any], outcome: tuple[Any, BaseException | None]) -> None:
@@ -290,35 +260,70 @@ def _moved(error: BaseException) -> int:
 
 
 class _Forward:
-    """Hands a worker thread's progress reports to the event loop's thread.
+    """Hands a worker thread's progress reports to the event loop's thread,
+    where the message's reporter (its one throttle) runs the callback.
 
     An exception from the callback is raised in the worker at its next report,
-    which aborts the transfer as it would in the blocking API.
+    which aborts the transfer as it would in the blocking API, or after the
+    work by ``raise_error``.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, progress: Progress) -> None:
-        self.loop = loop
-        self.progress = progress
+    def __init__(self, reporter: Reporter) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.reporter = reporter
         self.error: Exception | None = None
-        self.next_report = 0.0
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.error is not None:
-            raise self.error
-        self.loop.call_soon_threadsafe(self._deliver, done, total)
+    def part(self, offset: int) -> Progress:
+        report = self.reporter.part(offset)
 
-    def _deliver(self, done: int, total: int) -> None:
+        def forward(done: int, total: int) -> None:
+            if self.error is not None:
+                raise self.error
+            self.loop.call_soon_threadsafe(self._deliver, report, done, total)
+
+        return forward
+
+    def _deliver(self, report: Progress, done: int, total: int) -> None:
         if self.error is not None:
             return
-        # Reports queued behind a busy loop arrive together: pass on one.
-        now = time.monotonic()
-        if done < total and now < self.next_report:
-            return
-        self.next_report = now + PROGRESS_INTERVAL
         try:
-            self.progress(done, total)
+            report(done, total)
         except Exception as exc:  # noqa: BLE001 - re-raised by the transfer
             self.error = exc
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+async def _move(
+    claim: _Claim, buffers: list[Any], sending: bool, reporter: Reporter | None
+) -> None:
+    """Move one batch (sending) or read (receiving) of the transfer: in the
+    event loop up to NATIVE_BYTES, else by the GIL-free core in a thread."""
+    transfer = claim.transfer
+    offset = transfer.offset
+    views = [byte_view(buffer, writable=not sending) for buffer in buffers]
+    if sum(view.nbytes for view in views) <= NATIVE_BYTES:
+        progress = None if reporter is None else reporter.part(offset)
+        transfer.moved(await _in_loop(claim.sock, views, sending, progress))
+        return
+    views.clear()
+    core = _transport.impl
+    call = core.sendmsg_from if sending else core.recvmsg_into
+    forward = None if reporter is None else _Forward(reporter)
+    await _in_thread(
+        claim,
+        sending,
+        lambda dup: transfer.moved(
+            call(buffers, dup, progress=None if forward is None else forward.part(offset))
+        ),
+    )
+    if forward is not None:
+        forward.raise_error()
+
+
+# --- the public functions -------------------------------------------------------
 
 
 async def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
@@ -332,19 +337,14 @@ async def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) ->
 
 
 async def _raw(obj: Any, sock: Any, progress: Progress | None, *, sending: bool) -> int:
-    view = _byte_view(obj, writable=not sending)
+    view = byte_view(obj, writable=not sending)
     total = view.nbytes
+    reporter = None if progress is None else MessageProgress(progress, total)
     name = "send_from" if sending else "recv_into"
-    blocking = getattr(_transport.impl, name)
-    async with _Transfer(sock, name, sending, total) as transfer:
-        if total <= NATIVE_BYTES:
-            await transfer.native([view], total, progress)
-        else:
-            await transfer.ready()
-            await transfer.threaded(
-                lambda dup, report: blocking(obj, dup, progress=report),
-                total, total, progress,
-            )
+    async with _Claim(sock, name, sending, Transfer(total)) as claim:
+        await _move(claim, [view], sending, reporter)
+        if reporter is not None:
+            reporter.finish()
     return total
 
 
@@ -363,24 +363,17 @@ async def send_array(array: Any, sock: Any, *, progress: Progress | None = None)
 async def _send_message(
     items: Iterable[Any], sock: Any, progress: Progress | None, name: str
 ) -> int:
-    arrays = [np.asarray(item) for item in items]
-    header, segments, total = plan_message(arrays)
-    async with _Transfer(sock, name, True, total) as transfer:
-        if total <= NATIVE_BYTES:
-            pieces = [
-                np.ascontiguousarray(s.array) if isinstance(s, _Packed) else s
-                for s in segments
-            ]
-            views = [memoryview(header)]
-            views += (_byte_view(piece, writable=False) for piece in pieces)
-            await transfer.native(views, total, progress)
+    plan = plan_send(items, progress)
+    async with _Claim(sock, name, True, plan) as claim:
+        if plan.total <= NATIVE_BYTES:
+            for batch in plan.batches():
+                await _move(claim, batch, True, plan.reporter)
         else:
-            await transfer.ready()
-            await transfer.threaded(
-                lambda dup, report: _framing.send_arrays(arrays, dup, progress=report),
-                total, total, progress,
-            )
-    return total
+            forward = None if plan.reporter is None else _Forward(plan.reporter)
+            await _in_thread(claim, True, lambda dup: write_plan(plan, dup, forward))
+            if forward is not None:
+                forward.raise_error()
+        return plan.complete()
 
 
 async def recv_arrays(
@@ -395,11 +388,7 @@ async def recv_arrays(
     ProtocolError before anything is allocated. Progress counts message bytes
     (header included), as the sender's does.
     """
-    async with _Transfer(sock, "recv_arrays", False) as transfer:
-        specs, header_size = await transfer.recv_header(max_bytes)
-        arrays = [new_array(spec) for spec in specs]
-        await _recv_payload(transfer, arrays, header_size, progress)
-    return arrays
+    return await _receive(sock, "recv_arrays", Receive(max_bytes, progress=progress))
 
 
 async def recv_array(
@@ -414,38 +403,12 @@ async def recv_array(
     If ``out`` does not match the message, the payload is read and discarded
     so the connection stays usable, then ValueError is raised.
     """
-    async with _Transfer(sock, "recv_array", False) as transfer:
-        specs, header_size = await transfer.recv_header(max_bytes)
-        problem = _mismatch(specs, out)
-        if problem:
-            await _drain(transfer, sum(spec.nbytes for spec in specs), header_size)
-            raise ValueError(problem)
-        target = new_array(specs[0]) if out is None else out
-        await _recv_payload(transfer, [target], header_size, progress)
-    return target
+    message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+    return (await _receive(sock, "recv_array", message))[0]
 
 
-async def _recv_payload(
-    transfer: _Transfer, arrays: list[np.ndarray], header_size: int, progress: Progress | None
-) -> None:
-    payload = sum(array.nbytes for array in arrays)
-    transfer.total = header_size + payload
-    progress = _framing.message_progress(progress, header_size, transfer.total)
-    if payload <= NATIVE_BYTES:
-        views = [_byte_view(array, writable=True) for array in arrays]
-        await transfer.native(views, transfer.total, progress)
-    else:
-        await transfer.threaded(
-            lambda dup, report: _transport.impl.recvmsg_into(arrays, dup, progress=report),
-            payload, transfer.total, progress,
-        )
-
-
-async def _drain(transfer: _Transfer, payload: int, header_size: int) -> None:
-    transfer.total = header_size + payload
-    if payload > NATIVE_BYTES:
-        await transfer.threaded(
-            lambda dup, _report: _framing.drain(dup, payload), payload, transfer.total, None
-        )
-        return
-    await transfer.native([memoryview(bytearray(payload))], transfer.total, None)
+async def _receive(sock: Any, name: str, message: Receive) -> list[np.ndarray]:
+    async with _Claim(sock, name, False, message) as claim:
+        for buffers in message.reads():
+            await _move(claim, buffers, False, message.reporter)
+        return message.result()

@@ -1,0 +1,324 @@
+"""The message engine: what a message's bytes mean, with no socket inside.
+
+Drivers (the blocking functions in ``_framing``, ``arraywire.aio``) only move
+bytes; this module decides everything else, in the sans-I/O manner of h11 and
+asyncio's BufferedProtocol:
+
+- Sending: ``plan_send`` turns arrays into a ``SendPlan``. Its ``batches()``
+  are lists of buffers for gather calls (header, whole arrays, contiguous
+  runs, pieces packed into a staging buffer); the driver writes each batch
+  whole, calls ``moved(n)`` with what it wrote, then asks for the next.
+- Receiving: a ``Receive`` names the buffers to fill next through
+  ``reads()`` (the fixed preamble, the descriptor block, then the message's
+  own arrays, or a bounded scratch buffer when the payload must be drained);
+  the driver fills each, calls ``moved(n)``, and finally takes ``result()``.
+- Both count the bytes of the whole message: ``fail(exc)`` makes an error's
+  ``bytes_done`` (the bytes of the failing call not yet reported with
+  ``moved``) count from the message start, and says whether the byte stream
+  is now out of step with the peer. Progress is one ``MessageProgress`` per
+  message: offset, throttle and the final report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from arraywire._common import PROGRESS_INTERVAL, Progress
+from arraywire._errors import IncompleteTransferError
+from arraywire._protocol import (
+    PREAMBLE,
+    ArraySpec,
+    check_transferable,
+    decode_descriptors,
+    decode_preamble,
+    encode_header,
+)
+
+# Strided arrays: runs at least this long go out as buffers of their own;
+# shorter ones are packed through a staging buffer of at most STAGING_BYTES.
+MIN_RUN_BYTES = 64 << 10
+STAGING_BYTES = 4 << 20
+# A payload that does not fit `out` is read and discarded in steps this large.
+DRAIN_BYTES = 1 << 20
+
+
+class Reporter(Protocol):
+    """What a driver hands a core transfer as its progress callback."""
+
+    def part(self, offset: int) -> Progress: ...
+
+
+class MessageProgress:
+    """A message's progress in message bytes: at most every PROGRESS_INTERVAL,
+    and exactly once at the end."""
+
+    __slots__ = ("_next_report", "_progress", "_reported_end", "total")
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self._progress = progress
+        self.total = total
+        self._next_report = 0.0
+        self._reported_end = False
+
+    def report(self, position: int) -> None:
+        if position >= self.total:
+            if not self._reported_end:
+                self._reported_end = True
+                self._progress(self.total, self.total)
+            return
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + PROGRESS_INTERVAL
+            self._progress(position, self.total)
+
+    def part(self, offset: int) -> Progress:
+        """The progress callback of a core call that moves bytes from offset on."""
+        report = self.report
+        return lambda done, _part_total: report(offset + done)
+
+    def finish(self) -> None:
+        self.report(self.total)
+
+
+class Transfer:
+    """The bytes of one transfer moved so far and, once known, its size."""
+
+    __slots__ = ("offset", "total")
+
+    def __init__(self, total: int | None = None) -> None:
+        self.offset = 0
+        self.total = total
+
+    def moved(self, nbytes: int) -> None:
+        """The driver moved nbytes more of the transfer."""
+        self.offset += nbytes
+
+    def fail(self, exc: BaseException) -> bool:
+        """Count exc's bytes from the start of the transfer; return True when
+        some but not all of its bytes moved (the stream is out of step)."""
+        done = self.offset + (getattr(exc, "bytes_done", None) or 0)
+        try:
+            exc.bytes_done = done  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
+        if isinstance(exc, IncompleteTransferError):
+            exc.bytes_expected = (
+                self.offset + exc.bytes_expected if self.total is None else self.total
+            )
+        return done > 0 and (self.total is None or done < self.total)
+
+
+class Packed:
+    """A non-contiguous array whose bytes go out through a staging buffer."""
+
+    __slots__ = ("array", "nbytes")
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.nbytes = array.nbytes
+
+
+Segment = Any | Packed
+
+
+class SendPlan(Transfer):
+    """A message to send: its header and the segments carrying its payload."""
+
+    __slots__ = ("header", "reporter", "segments")
+    total: int  # known from the start
+
+    def __init__(
+        self, header: bytes, segments: list[Segment], total: int, progress: Progress | None
+    ) -> None:
+        super().__init__(total)
+        self.header = header
+        self.segments = segments
+        self.reporter = None if progress is None else MessageProgress(progress, total)
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Buffers for gather calls, in order. Send each batch whole before
+        asking for the next: packed pieces share one staging buffer."""
+        pending: list[Any] = [self.header]
+        for segment in self.segments:
+            if not isinstance(segment, Packed):
+                pending.append(segment)
+                continue
+            staging = np.empty(min(segment.nbytes, STAGING_BYTES), np.uint8)
+            for piece in packed_pieces(segment.array, staging.nbytes):
+                pending.append(stage(piece, staging))
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def complete(self) -> int:
+        """Every byte was sent: give the final report; return the message size."""
+        if self.reporter is not None:
+            self.reporter.finish()
+        return self.total
+
+
+def plan_send(arrays: Iterable[Any], progress: Progress | None = None) -> SendPlan:
+    """Plan one message carrying arrays (anything numpy.asarray takes)."""
+    specs = []
+    segments: list[Segment] = []
+    for item in arrays:
+        spec, parts = describe(np.asarray(item))
+        specs.append(spec)
+        segments.extend(parts)
+    header = encode_header(specs)
+    total = len(header) + sum(spec.nbytes for spec in specs)
+    return SendPlan(header, segments, total, progress)
+
+
+def describe(array: np.ndarray) -> tuple[ArraySpec, list[Segment]]:
+    """The header entry for an array and the segments carrying its bytes."""
+    check_transferable(array.dtype)
+    segments: list[Segment]
+    if array.flags.c_contiguous:
+        order, segments = "C", [array]
+    elif array.flags.f_contiguous:
+        order, segments = "F", [array]
+    else:
+        order, segments = "C", list(_strided_segments(array))
+    spec = ArraySpec(array.dtype, array.shape, order, array.nbytes)
+    return spec, [s for s in segments if s.nbytes]
+
+
+def _strided_segments(array: np.ndarray) -> Iterator[Segment]:
+    # The trailing axes that are laid out contiguously form one run each.
+    lead = array.ndim
+    run = array.itemsize
+    while lead > 0 and (array.strides[lead - 1] == run or array.shape[lead - 1] == 1):
+        lead -= 1
+        run *= array.shape[lead]
+    if run < MIN_RUN_BYTES or lead == array.ndim:
+        yield Packed(array)
+        return
+    for index in np.ndindex(*array.shape[:lead]):
+        yield array[index]
+
+
+def packed_pieces(array: np.ndarray, limit: int) -> Iterator[np.ndarray]:
+    """Split an array, in C order, into sub-arrays of at most limit bytes."""
+    if array.nbytes <= limit:
+        yield array
+    elif array.ndim == 1:
+        step = max(1, limit // array.itemsize)
+        for start in range(0, array.shape[0], step):
+            yield array[start : start + step]
+    elif array[0].nbytes <= limit:
+        step = limit // array[0].nbytes
+        for start in range(0, array.shape[0], step):
+            yield array[start : start + step]
+    else:
+        for row in array:
+            yield from packed_pieces(row, limit)
+
+
+def stage(piece: np.ndarray, staging: np.ndarray) -> np.ndarray:
+    """Copy a piece into the staging buffer; return the filled bytes."""
+    filled = staging[: piece.nbytes]
+    np.copyto(filled.view(piece.dtype).reshape(piece.shape), piece)
+    return filled
+
+
+class Receive(Transfer):
+    """One message coming in: the buffers to fill, in order, and what they mean.
+
+    ``one_array`` asks for a one-array message, received into ``out`` when
+    given; a message that does not fit is drained so the stream stays in step,
+    and ``result()`` raises ValueError saying why.
+    """
+
+    __slots__ = ("_one_array", "_out", "_progress", "arrays", "max_bytes", "problem", "reporter", "specs")
+
+    def __init__(
+        self,
+        max_bytes: int | None,
+        *,
+        progress: Progress | None = None,
+        one_array: bool = False,
+        out: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self._progress = progress
+        self._one_array = one_array
+        self._out = out
+        self.specs: list[ArraySpec] = []
+        self.arrays: list[np.ndarray] = []
+        self.problem = ""
+        # set once the payload is known to go into arrays (not drained)
+        self.reporter: MessageProgress | None = None
+
+    def reads(self) -> Iterator[list[Any]]:
+        yield from self.header_reads()
+        yield from self.payload_reads()
+
+    def header_reads(self) -> Iterator[list[Any]]:
+        """The preamble, then the descriptor block; ``specs`` is set after."""
+        preamble = bytearray(PREAMBLE.size)
+        yield [preamble]
+        block_len, count = decode_preamble(bytes(preamble))
+        block = bytearray(block_len)
+        yield [block]
+        self.specs = decode_descriptors(bytes(block), count, self.max_bytes)
+        self.total = self.offset + sum(spec.nbytes for spec in self.specs)
+
+    def payload_reads(self) -> Iterator[list[Any]]:
+        """The message's arrays, or scratch space while a misfit is drained."""
+        assert self.total is not None
+        if self._one_array:
+            self.problem = mismatch(self.specs, self._out)
+        if self.problem:
+            scratch = np.empty(min(self.total - self.offset, DRAIN_BYTES), np.uint8)
+            while self.offset < self.total:
+                yield [scratch[: min(self.total - self.offset, scratch.nbytes)]]
+            return
+        if self._out is not None:
+            self.arrays = [self._out]
+        else:
+            self.arrays = [new_array(spec) for spec in self.specs]
+        if self._progress is not None:
+            self.reporter = MessageProgress(self._progress, self.total)
+        if self.offset < self.total:
+            yield self.arrays
+
+    def result(self) -> list[np.ndarray]:
+        """The received arrays, once every read was filled."""
+        if self.problem:
+            raise ValueError(self.problem)
+        if self.reporter is not None:
+            self.reporter.finish()
+        return self.arrays
+
+
+def new_array(spec: ArraySpec) -> np.ndarray:
+    """A fresh, owned, aligned array for a received spec."""
+    return np.empty(spec.shape, spec.dtype, order=spec.order)  # type: ignore[call-overload, no-any-return]
+
+
+def mismatch(specs: list[ArraySpec], out: np.ndarray | None) -> str:
+    """Why a message cannot be received as one array into out ("" if it can)."""
+    if len(specs) != 1:
+        return f"expected a message with one array, got one with {len(specs)}"
+    if out is None:
+        return ""
+    spec = specs[0]
+    if not isinstance(out, np.ndarray):
+        return f"out must be a numpy.ndarray, got {type(out).__name__}"
+    if out.dtype != spec.dtype or out.shape != spec.shape:
+        return (
+            f"out is {out.dtype} {out.shape} but the message holds {spec.dtype} {spec.shape}"
+        )
+    if not out.flags.writeable:
+        return "out is read-only"
+    layout_ok = out.flags.c_contiguous if spec.order == "C" else out.flags.f_contiguous
+    if not layout_ok:
+        return f"out must be {spec.order}-contiguous like the message's array"
+    return ""
