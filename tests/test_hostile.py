@@ -45,6 +45,20 @@ def _header(*descriptors: bytes) -> bytes:
 VALID = _header(_descriptor("<f8", (1000,), 8000))
 
 
+def _feed(sock: socket.socket, data: bytes, close: bool) -> Peer:
+    """Send data from a thread, then close sock if asked."""
+
+    def feed() -> None:
+        try:
+            sock.sendall(data)
+            if close:
+                sock.close()
+        except OSError:  # the receiver gave up first
+            pass
+
+    return Peer(feed)
+
+
 def _receive(
     backend: Backend, pairs: Pairs, hostile: bytes, close: bool,
     call: Callable[[socket.socket], object] = arraywire.recv_array,
@@ -52,19 +66,10 @@ def _receive(
     """Feed `hostile` to a receiver; return its error, the time it took and
     the most memory it held at once."""
     a, b = pairs("tcp")
-
-    def feed() -> None:
-        try:
-            a.sendall(hostile)
-            if close:
-                a.close()
-        except OSError:  # the receiver gave up first
-            pass
-
     b.settimeout(2)
     tracemalloc.start()
     started = time.monotonic()
-    feeder = Peer(feed)
+    feeder = _feed(a, hostile, close)
     try:
         call(b)
     except (ValueError, OSError, EOFError) as exc:
@@ -157,16 +162,7 @@ def test_header_announcing_a_large_block_then_stalling(backend: Backend, pairs: 
 
 def _outcome(receive: Callable[[socket.socket], object], sent: bytes, close: bool) -> tuple:
     a, b = socket.socketpair()
-
-    def feed() -> None:
-        try:
-            a.sendall(sent)
-            if close:
-                a.close()
-        except OSError:  # the receiver gave up first
-            pass
-
-    feeder = Peer(feed)
+    feeder = _feed(a, sent, close)
     try:
         receive(b)
     except (ValueError, OSError, EOFError) as exc:
