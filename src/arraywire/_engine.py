@@ -235,7 +235,10 @@ class Receive(Transfer):
     and ``result()`` raises ValueError saying why.
     """
 
-    __slots__ = ("_one_array", "_out", "_progress", "arrays", "max_bytes", "problem", "reporter", "specs")
+    __slots__ = (
+        "_count", "_one_array", "_out", "_progress", "arrays", "max_bytes", "problem",
+        "reporter", "specs",
+    )
 
     def __init__(
         self,
@@ -250,6 +253,7 @@ class Receive(Transfer):
         self._progress = progress
         self._one_array = one_array
         self._out = out
+        self._count = 0
         self.specs: list[ArraySpec] = []
         self.arrays: list[np.ndarray] = []
         self.problem = ""
@@ -257,37 +261,51 @@ class Receive(Transfer):
         self.reporter: MessageProgress | None = None
 
     def reads(self) -> Iterator[list[Any]]:
-        yield from self.header_reads()
-        yield from self.payload_reads()
-
-    def header_reads(self) -> Iterator[list[Any]]:
-        """The preamble, then the descriptor block; ``specs`` is set after."""
+        """The preamble, the descriptor block, then the message's arrays, or
+        scratch space while a payload that does not fit is drained."""
+        # One generator, not header_reads then a payload generator: small
+        # messages pay for every hop.
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
-        block_len, count = decode_preamble(bytes(preamble))
-        block = bytearray(block_len)
+        block = bytearray(self._block_length(preamble))
         yield [block]
-        self.specs = decode_descriptors(bytes(block), count, self.max_bytes)
-        self.total = self.offset + sum(spec.nbytes for spec in self.specs)
-
-    def payload_reads(self) -> Iterator[list[Any]]:
-        """The message's arrays, or scratch space while a misfit is drained."""
-        assert self.total is not None
+        total = self._decode(block)
         if self._one_array:
             self.problem = mismatch(self.specs, self._out)
         if self.problem:
-            scratch = np.empty(min(self.total - self.offset, DRAIN_BYTES), np.uint8)
-            while self.offset < self.total:
-                yield [scratch[: min(self.total - self.offset, scratch.nbytes)]]
+            scratch = np.empty(min(total - self.offset, DRAIN_BYTES), np.uint8)
+            while self.offset < total:
+                yield [scratch[: min(total - self.offset, scratch.nbytes)]]
             return
         if self._out is not None:
             self.arrays = [self._out]
         else:
-            self.arrays = [new_array(spec) for spec in self.specs]
+            self.arrays = [
+                np.empty(spec.shape, spec.dtype, order=spec.order)  # type: ignore[call-overload]
+                for spec in self.specs
+            ]
         if self._progress is not None:
-            self.reporter = MessageProgress(self._progress, self.total)
-        if self.offset < self.total:
+            self.reporter = MessageProgress(self._progress, total)
+        if self.offset < total:
             yield self.arrays
+
+    def header_reads(self) -> Iterator[list[Any]]:
+        """The preamble and the descriptor block only; ``specs`` is set after."""
+        preamble = bytearray(PREAMBLE.size)
+        yield [preamble]
+        block = bytearray(self._block_length(preamble))
+        yield [block]
+        self._decode(block)
+
+    def _block_length(self, preamble: bytearray) -> int:
+        block_len, self._count = decode_preamble(bytes(preamble))
+        return block_len
+
+    def _decode(self, block: bytearray) -> int:
+        self.specs = decode_descriptors(bytes(block), self._count, self.max_bytes)
+        total = self.offset + sum(spec.nbytes for spec in self.specs)
+        self.total = total
+        return total
 
     def result(self) -> list[np.ndarray]:
         """The received arrays, once every read was filled."""
@@ -296,11 +314,6 @@ class Receive(Transfer):
         if self.reporter is not None:
             self.reporter.finish()
         return self.arrays
-
-
-def new_array(spec: ArraySpec) -> np.ndarray:
-    """A fresh, owned, aligned array for a received spec."""
-    return np.empty(spec.shape, spec.dtype, order=spec.order)  # type: ignore[call-overload, no-any-return]
 
 
 def mismatch(specs: list[ArraySpec], out: np.ndarray | None) -> str:

@@ -45,12 +45,15 @@ def write_plan(plan: SendPlan, sock: Any, reporter: Reporter | None) -> None:
 
 def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
     """Fill the message's reads with the core's scatter receives."""
-    recvmsg_into = _transport.impl.recvmsg_into
+    core = _transport.impl
     try:
         for buffers in reads:
             reporter = message.reporter
             part = None if reporter is None else reporter.part(message.offset)
-            message.moved(recvmsg_into(buffers, sock, progress=part))
+            if len(buffers) == 1:  # a header part, or one array: the cheaper call
+                message.moved(core.recv_into(buffers[0], sock, progress=part))
+            else:
+                message.moved(core.recvmsg_into(buffers, sock, progress=part))
     except BaseException as exc:
         message.fail(exc)
         raise
