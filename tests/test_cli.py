@@ -9,6 +9,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 from backends import Backend, backend_env
 
 from arraywire._engine import plan_send
-from arraywire._transfer_cli import ACK, parse_size
+from arraywire._transfer_cli import ACK, REFUSE, parse_size
 
 TIMEOUT = 60
 
@@ -309,10 +310,13 @@ def test_receiver_refuses_bad_or_oversized_messages(
     receiver = start_receiver(backend, output, "-q", "--max-bytes", "1M")
     fake = FakeSender(receiver.port(), np.ones(1_000_000))
     fake.sock.sendall(fake.header)
-    status, err = receiver.finish()
+    reason = "the array is 8,000,000 bytes, over its --max-bytes of 1,048,576"
+    reply = REFUSE + struct.pack("<I", len(reason)) + reason.encode()
+    assert _read_exactly(fake.sock, len(reply)) == reply
     fake.close()
+    status, err = receiver.finish()
     assert status == 1
-    assert "over max_bytes=1048576" in one_error_line(err, "recv")
+    assert one_error_line(err, "recv").endswith(f"refused the sender's array: {reason}")
 
     receiver = start_receiver(backend, output, "-q")
     with socket.create_connection(("127.0.0.1", receiver.port())) as http:
@@ -342,11 +346,13 @@ def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:
                      r"without confirming)", line), line
 
 
-def _read_exactly(conn: socket.socket, nbytes: int) -> None:
-    while nbytes:
-        chunk = conn.recv(nbytes)
-        assert chunk, "the sender closed before the whole message"
-        nbytes -= len(chunk)
+def _read_exactly(conn: socket.socket, nbytes: int) -> bytes:
+    data = b""
+    while len(data) < nbytes:
+        chunk = conn.recv(nbytes - len(data))
+        assert chunk, "the peer closed before sending that much"
+        data += chunk
+    return data
 
 
 def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Path) -> None:
@@ -402,7 +408,7 @@ def test_disk_full(backend: Backend, small_disk: Path, tmp_path: Path) -> None:
     assert os.listdir(small_disk) == []
     status, err = sender.finish()
     assert status == 1
-    assert "the receiver closed the connection" in one_error_line(err, "send")
+    assert "the receiver refused: not enough disk space in" in one_error_line(err, "send")
 
 
 def test_file_size_limit_while_creating_the_output(
@@ -437,3 +443,64 @@ def test_timeouts(backend: Backend, receiver_dir: Path) -> None:
     assert status == 1
     assert "nothing moved for 0.3 s" in one_error_line(err, "recv")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("size", [1_000, 1_000_000], ids=["small", "large"])
+def test_sender_prints_the_receivers_refusal(backend: Backend, receiver_dir: Path, size: int) -> None:
+    """Small arrays are all sent before the refusal is read; large ones stop early."""
+    source = receiver_dir / "in.npy"
+    np.save(source, np.ones(size))
+    receiver = start_receiver(backend, receiver_dir / "out.npy", "-q", "--max-bytes", "1K")
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", "-q")
+    sent, sent_err = sender.finish()
+    assert (sent, receiver.finish()[0]) == (1, 1)
+    assert one_error_line(sent_err, "send") == (
+        f"arraywire send: error: the receiver refused: the array is {size * 8:,} bytes, "
+        "over its --max-bytes of 1,024"
+    )
+
+
+RECV_ARRAY_PROGRAM = """
+import socket, sys
+import arraywire
+with socket.create_server(("127.0.0.1", 0)) as server:
+    print(server.getsockname()[1], flush=True)
+    conn, _ = server.accept()
+    with conn:
+        array = arraywire.recv_array(conn)
+        if sys.argv[1] == "confirm":
+            conn.sendall(b"AWOK")
+        print(array.sum(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("confirm", [True, False], ids=["confirms", "no-confirm"])
+def test_sending_to_a_recv_array_program(backend: Backend, tmp_path: Path, confirm: bool) -> None:
+    source = tmp_path / "in.npy"
+    np.save(source, np.arange(1000))
+    program = subprocess.Popen(
+        [sys.executable, "-c", RECV_ARRAY_PROGRAM, "confirm" if confirm else "silent"],
+        env=backend_env(backend.name), stdout=subprocess.PIPE, text=True,
+    )
+    _running.append(program)  # type: ignore[arg-type]
+    assert program.stdout is not None
+    port = int(program.stdout.readline())
+    extra = () if confirm else ("--no-confirm",)
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "-q", *extra)
+    assert sender.finish() == (0, "")
+    assert program.communicate(timeout=TIMEOUT)[0].split() == [str(sum(range(1000)))]
+
+
+def test_an_unconfirmed_send_says_how_to_confirm(backend: Backend, tmp_path: Path) -> None:
+    source = tmp_path / "in.npy"
+    np.save(source, np.arange(1000))
+    program = subprocess.Popen(
+        [sys.executable, "-c", RECV_ARRAY_PROGRAM, "silent"],
+        env=backend_env(backend.name), stdout=subprocess.PIPE, text=True,
+    )
+    _running.append(program)  # type: ignore[arg-type]
+    assert program.stdout is not None
+    port = int(program.stdout.readline())
+    status, err = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "-q").finish()
+    assert status == 1
+    assert "confirms by sending b'AWOK', or pass --no-confirm" in one_error_line(err, "send")

@@ -235,12 +235,25 @@ def test_eof_mid_message_counts_message_bytes(backend: Backend, pair) -> None:
     assert info.value.bytes_expected == len(header) + 800
 
 
-def test_clean_close_between_messages(backend: Backend, pair) -> None:
+@pytest.mark.parametrize("call", [arraywire.recv_array, arraywire.recv_arrays, arraywire.recv_message])
+def test_clean_close_between_messages_is_a_plain_eof(backend: Backend, pair, call) -> None:
+    """A consumer loop can tell a peer that finished from one that failed."""
     a, b = pair
+    arraywire.send_array(np.arange(3), a)
+    a.close()
+    call(b)
+    with pytest.raises(EOFError, match="between messages") as info:
+        call(b)
+    assert type(info.value) is EOFError
+
+
+def test_close_inside_the_preamble_is_incomplete(backend: Backend, pair) -> None:
+    a, b = pair
+    a.sendall(b"AWIR\x01")
     a.close()
     with pytest.raises(arraywire.IncompleteTransferError) as info:
         arraywire.recv_array(b)
-    assert (info.value.bytes_done, info.value.bytes_expected) == (0, PREAMBLE.size)
+    assert (info.value.bytes_done, info.value.bytes_expected) == (5, PREAMBLE.size)
 
 
 def test_progress_covers_the_whole_message(backend: Backend, pair) -> None:

@@ -20,7 +20,8 @@ from arraywire._protocol import (
     PREAMBLE,
     VERSION,
     ArraySpec,
-    decode_descriptors,
+    Preamble,
+    decode_block,
     decode_preamble,
     encode_header,
 )
@@ -45,11 +46,11 @@ specs = st.builds(
 
 def decode(message: bytes, max_bytes: int | None = 1 << 30) -> list[ArraySpec]:
     """Decode a whole header the way recv_header does, from bytes."""
-    block_len, count = decode_preamble(message[: PREAMBLE.size])
-    block = message[PREAMBLE.size : PREAMBLE.size + block_len]
-    if len(block) != block_len:
+    preamble = decode_preamble(message[: PREAMBLE.size])
+    block = message[PREAMBLE.size : PREAMBLE.size + preamble.block_len]
+    if len(block) != preamble.block_len:
         raise ProtocolError("truncated")  # a socket would raise IncompleteTransferError
-    return decode_descriptors(block, count, max_bytes)
+    return decode_block(block, preamble, max_bytes).specs
 
 
 @FUZZ
@@ -128,8 +129,9 @@ def test_hostile_dtype_text(text: str) -> None:
     ("message", "match"),
     [
         (b"NOPE" + bytes(12), "magic"),
-        (PREAMBLE.pack(MAGIC, 2, bytes(3), 0, 0), "version 2"),
-        (PREAMBLE.pack(MAGIC, VERSION, b"\x01\x00\x00", 0, 0), "reserved"),
+        (PREAMBLE.pack(MAGIC, 3, bytes(3), 0, 0), "version 3; this arraywire reads versions 1 to 2"),
+        (PREAMBLE.pack(MAGIC, 1, b"\x01\x00\x00", 0, 0), "reserved"),
+        (PREAMBLE.pack(MAGIC, VERSION, b"\x80\x00\x00", 0, 0), "reserved"),
         (PREAMBLE.pack(MAGIC, VERSION, bytes(3), MAX_DESCRIPTOR_BYTES + 1, 1), "exceeds"),
         (PREAMBLE.pack(MAGIC, VERSION, bytes(3), 10, 5), "cannot fit"),
         (b"AWIR\x01", "preamble is 5 bytes"),
@@ -153,7 +155,9 @@ def _one(nbytes: int, shape: tuple[int, ...], order: bytes, text: bytes) -> byte
         (_one(8, (1,), b"X", b"<f8"), 1, "memory order"),
         (_one(16, (1,), b"C", b"<f8"), 1, "needs 8"),
         (_one(0, (2**62, 2**62, 0), b"C", b"<f8"), 1, "overflows"),
-        (_one(2**63, (2**60,), b"C", b"<f8"), 1, "max_bytes"),
+        (_one(2**40, (2**37,), b"C", b"<f8"), 1, "max_bytes=1,073,741,824; pass max_bytes=None"),
+        (_one(2**63, (2**60,), b"C", b"<f8"), 1, "overflows"),
+        (_one(0, (0, 2**63 - 1), b"C", b"<f8"), 1, "overflows"),
         (_one(8, (1,), b"C", b"<q9"), 1, "unusable dtype"),
         (_one(8, (1,), b"C", b"|O"), 1, "Python objects"),
         (_one(8, (1,), b"C", b"[('a', '|O')]"), 1, "Python objects"),
@@ -163,15 +167,16 @@ def _one(nbytes: int, shape: tuple[int, ...], order: bytes, text: bytes) -> byte
 )
 def test_bad_descriptors_say_what_is_wrong(block: bytes, count: int, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
-        decode_descriptors(block, count, 1 << 30)
+        decode_block(block, Preamble(1, 0, len(block), count), 1 << 30)
 
 
 def test_header_declaring_two_to_the_62_bytes_allocates_nothing() -> None:
     block = _one(2**62, (2**59,), b"C", b"<f8")
     message = PREAMBLE.pack(MAGIC, VERSION, bytes(3), len(block), 1) + block
-    with pytest.raises(ProtocolError, match="max_bytes"):
+    with pytest.raises(ProtocolError, match="max_bytes=1,073,741,824; pass max_bytes=None"):
         decode(message)
-    assert decode(message, max_bytes=None)[0].nbytes == 2**62  # valid, just huge
+    with pytest.raises(ProtocolError, match="the format's limit"):
+        decode(message, max_bytes=None)
 
 
 def test_documented_example_bytes() -> None:

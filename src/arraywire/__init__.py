@@ -5,9 +5,10 @@ or in a pure-Python twin (``BACKEND == "python"``) where no compiler was found
 or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 """
 
+from arraywire._engine import Message
 from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
-from arraywire._framing import recv_array, recv_arrays, send_array, send_arrays
-from arraywire._protocol import DEFAULT_MAX_BYTES
+from arraywire._framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
+from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._transport import BACKEND, impl as _impl
 
 __version__ = "0.1.0"
@@ -20,12 +21,15 @@ recvmsg_into = _impl.recvmsg_into
 __all__ = [
     "BACKEND",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_METADATA",
     "BrokenStreamError",
     "IncompleteTransferError",
+    "Message",
     "ProtocolError",
     "recv_array",
     "recv_arrays",
     "recv_into",
+    "recv_message",
     "recvmsg_into",
     "send_array",
     "send_arrays",

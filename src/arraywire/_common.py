@@ -41,6 +41,11 @@ def check_socket(sock: Any) -> tuple[int, float | None]:
         )
     if not isinstance(sock, socket.socket):
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
+    if sock.type != socket.SOCK_STREAM:
+        raise TypeError(
+            f"arraywire needs a stream socket (SOCK_STREAM), got {sock.type!r}: datagram "
+            "and packet sockets cut or drop messages"
+        )
     fd = sock.fileno()
     if fd == -1:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
@@ -90,7 +95,7 @@ def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
     memoryview; viewing the memory as bytes handles every dtype without a copy.
     """
     # the checks and their order are those of a buffer export (acquire in
-    # _transport_c.pyx, _byte_view in _transport_py.py)
+    # _transport_c.pyx, byte_view in _step.py)
     if writable and not arr.flags.writeable:
         raise read_only(arr)
     if arr.flags.c_contiguous:

@@ -22,18 +22,20 @@ asyncio's BufferedProtocol:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from arraywire._common import PROGRESS_INTERVAL, Progress
 from arraywire._errors import IncompleteTransferError
 from arraywire._protocol import (
+    DEFAULT_MAX_METADATA,
     PREAMBLE,
     ArraySpec,
+    check_name,
     check_transferable,
-    decode_descriptors,
+    decode_block,
     decode_preamble,
     encode_header,
 )
@@ -134,7 +136,9 @@ class SendPlan(Transfer):
     def __init__(
         self, header: bytes, segments: list[Segment], total: int, progress: Progress | None
     ) -> None:
-        super().__init__(total)
+        # the fields of Transfer, set here: small messages pay for a super() call
+        self.offset = 0
+        self.total = total
         self.header = header
         self.segments = segments
         self.reporter = None if progress is None else MessageProgress(progress, total)
@@ -162,17 +166,65 @@ class SendPlan(Transfer):
         return self.total
 
 
-def plan_send(arrays: Iterable[Any], progress: Progress | None = None) -> SendPlan:
-    """Plan one message carrying arrays (anything numpy.asarray takes)."""
+def plan_send(
+    arrays: Iterable[Any] | Mapping[str, Any],
+    progress: Progress | None = None,
+    metadata: bytes | None = None,
+) -> SendPlan:
+    """Plan one message carrying arrays (see ``as_array``), named when they
+    come as a mapping of str to array, with optional metadata bytes. Raises
+    what a receiver would refuse, before anything is sent: TypeError for an
+    input that is not an array of a transferable dtype, ValueError for a
+    limit of docs/PROTOCOL.md."""
+    names = None
+    items: Iterable[Any] = arrays
+    if isinstance(arrays, Mapping):
+        names = tuple(check_name(name) for name in arrays)
+        items = arrays.values()
     specs = []
     segments: list[Segment] = []
-    for item in arrays:
-        spec, parts = describe(np.asarray(item))
+    for item in items:
+        spec, parts = describe(as_array(item))
         specs.append(spec)
         segments.extend(parts)
-    header = encode_header(specs)
+    if metadata is not None:
+        metadata = bytes(memoryview(metadata))
+    header = encode_header(specs, names, metadata)
     total = len(header) + sum(spec.nbytes for spec in specs)
     return SendPlan(header, segments, total, progress)
+
+
+def as_array(item: Any) -> np.ndarray:
+    """The array a message carries for item: an ndarray as it is, any other
+    object exporting a buffer as that buffer describes it (bytes become 1-D
+    uint8), anything else as numpy.asarray makes it (lists, tuples, numbers).
+    Inputs numpy would convert by losing or inventing information raise
+    TypeError saying what to pass instead."""
+    if isinstance(item, np.ma.MaskedArray):
+        raise TypeError(
+            "a masked array would arrive without its mask; send item.filled(value), or "
+            "the data and the mask as two arrays (numpy.ma.getmaskarray)"
+        )
+    if isinstance(item, np.ndarray):
+        return item
+    if isinstance(item, (str, Mapping)):
+        raise TypeError(
+            f"cannot send a {type(item).__name__} as an array; pass a numpy array "
+            "(numpy.asarray(...) with the dtype you mean), or a mapping of names to "
+            "arrays as the whole message to send_arrays"
+        )
+    dtype = getattr(item, "dtype", None)
+    if dtype is not None and not isinstance(dtype, np.dtype):
+        raise TypeError(
+            f"{type(item).__name__} has dtype {dtype}, which numpy cannot hold without "
+            "losing or inventing values (a pandas extension array?); pass "
+            "item.to_numpy(dtype=..., na_value=...)"
+        )
+    try:
+        view = memoryview(item)
+    except TypeError:
+        return np.asarray(item)
+    return np.asarray(view)
 
 
 def describe(array: np.ndarray) -> tuple[ArraySpec, list[Segment]]:
@@ -227,6 +279,14 @@ def stage(piece: np.ndarray, staging: np.ndarray) -> np.ndarray:
     return filled
 
 
+class Message(NamedTuple):
+    """A received message: its arrays (a dict in the sender's order when the
+    message names them, else a list) and its metadata (b"" when none)."""
+
+    arrays: list[np.ndarray] | dict[str, np.ndarray]
+    metadata: bytes
+
+
 class Receive(Transfer):
     """One message coming in: the buffers to fill, in order, and what they mean.
 
@@ -236,25 +296,30 @@ class Receive(Transfer):
     """
 
     __slots__ = (
-        "_count", "_one_array", "_out", "_progress", "arrays", "max_bytes", "problem",
-        "reporter", "specs",
+        "_max_metadata", "_one_array", "_out", "_progress", "arrays", "max_bytes", "metadata",
+        "names", "problem", "reporter", "specs",
     )
 
     def __init__(
         self,
         max_bytes: int | None,
         *,
+        max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
         one_array: bool = False,
         out: np.ndarray | None = None,
     ) -> None:
-        super().__init__()
+        # the fields of Transfer, set here: small messages pay for a super() call
+        self.offset = 0
+        self.total = None
         self.max_bytes = max_bytes
+        self._max_metadata = max_metadata
         self._progress = progress
         self._one_array = one_array
         self._out = out
-        self._count = 0
         self.specs: list[ArraySpec] = []
+        self.names: list[str] | None = None
+        self.metadata = b""
         self.arrays: list[np.ndarray] = []
         self.problem = ""
         # set once the payload is known to go into arrays (not drained)
@@ -267,9 +332,10 @@ class Receive(Transfer):
         # messages pay for every hop.
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
-        block = bytearray(self._block_length(preamble))
+        declared = decode_preamble(bytes(preamble))
+        block = bytearray(declared.block_len)
         yield [block]
-        total = self._decode(block)
+        total = self._decode(block, declared)
         if self._one_array:
             self.problem = mismatch(self.specs, self._out)
         if self.problem:
@@ -293,19 +359,24 @@ class Receive(Transfer):
         """The preamble and the descriptor block only; ``specs`` is set after."""
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
-        block = bytearray(self._block_length(preamble))
+        declared = decode_preamble(bytes(preamble))
+        block = bytearray(declared.block_len)
         yield [block]
-        self._decode(block)
+        self._decode(block, declared)
 
-    def _block_length(self, preamble: bytearray) -> int:
-        block_len, self._count = decode_preamble(bytes(preamble))
-        return block_len
-
-    def _decode(self, block: bytearray) -> int:
-        self.specs = decode_descriptors(bytes(block), self._count, self.max_bytes)
-        total = self.offset + sum(spec.nbytes for spec in self.specs)
+    def _decode(self, block: bytearray, declared: Any) -> int:
+        header = decode_block(bytes(block), declared, self.max_bytes, self._max_metadata)
+        self.specs, self.names, self.metadata = header
+        total = self.offset + sum(spec.nbytes for spec in header.specs)
         self.total = total
         return total
+
+    def end_of_stream(self, exc: BaseException) -> EOFError | None:
+        """The EOFError to raise instead of exc when the peer closed the
+        connection cleanly, before the first byte of this message."""
+        if isinstance(exc, IncompleteTransferError) and not self.offset and not exc.bytes_done:
+            return EOFError("the peer closed the connection (cleanly, between messages)")
+        return None
 
     def result(self) -> list[np.ndarray]:
         """The received arrays, once every read was filled."""
@@ -314,6 +385,13 @@ class Receive(Transfer):
         if self.reporter is not None:
             self.reporter.finish()
         return self.arrays
+
+    def message(self) -> Message:
+        """The received arrays, named when the message names them, and metadata."""
+        arrays = self.result()
+        if self.names is None:
+            return Message(arrays, self.metadata)
+        return Message(dict(zip(self.names, arrays, strict=True)), self.metadata)
 
 
 def mismatch(specs: list[ArraySpec], out: np.ndarray | None) -> str:

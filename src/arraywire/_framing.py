@@ -8,20 +8,34 @@ calls; receivers get fresh arrays filled in place by one scatter recvmsg.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from arraywire import _transport
 from arraywire._common import Progress
-from arraywire._engine import Receive, Reporter, SendPlan, plan_send
-from arraywire._protocol import DEFAULT_MAX_BYTES, ArraySpec
+from arraywire._engine import Message, Receive, Reporter, SendPlan, plan_send
+from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
 
 
-def send_arrays(arrays: Iterable[Any], sock: Any, *, progress: Progress | None = None) -> int:
-    """Send arrays as one self-describing message; return the bytes sent."""
-    plan = plan_send(arrays, progress)
+def send_arrays(
+    arrays: Iterable[Any] | Mapping[str, Any],
+    sock: Any,
+    *,
+    metadata: bytes | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Send arrays as one self-describing message; return the bytes sent.
+
+    A mapping of str to arrays sends the names too (``recv_arrays`` then
+    returns a dict); ``metadata`` adds up to 64 KiB (the receiver's default
+    ``max_metadata``) of bytes of your own, read back with ``recv_message``.
+    Raises TypeError for an input that is not an array of a transferable
+    dtype and ValueError for a message over a limit of docs/PROTOCOL.md,
+    before the first byte; an OSError mid-message carries ``bytes_done``.
+    """
+    plan = plan_send(arrays, progress, metadata)
     try:
         write_plan(plan, sock, plan.reporter)
     except BaseException as exc:
@@ -30,9 +44,12 @@ def send_arrays(arrays: Iterable[Any], sock: Any, *, progress: Progress | None =
     return plan.complete()
 
 
-def send_array(array: Any, sock: Any, *, progress: Progress | None = None) -> int:
-    """Send one array as a self-describing message; return the bytes sent."""
-    return send_arrays((array,), sock, progress=progress)
+def send_array(
+    array: Any, sock: Any, *, metadata: bytes | None = None, progress: Progress | None = None
+) -> int:
+    """Send one array as a self-describing message; return the bytes sent
+    (see send_arrays for what is refused)."""
+    return send_arrays((array,), sock, metadata=metadata, progress=progress)
 
 
 def write_plan(plan: SendPlan, sock: Any, reporter: Reporter | None) -> None:
@@ -56,6 +73,9 @@ def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
                 message.moved(core.recvmsg_into(buffers, sock, progress=part))
     except BaseException as exc:
         message.fail(exc)
+        end = message.end_of_stream(exc)
+        if end is not None:
+            raise end from None
         raise
 
 
@@ -71,15 +91,31 @@ def recv_arrays(
     *,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
-) -> list[np.ndarray]:
-    """Receive one message; return its arrays (each with memory of its own).
+) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """Receive one message; return its arrays (each with memory of its own):
+    a dict in the sender's order when the sender named them, else a list.
 
-    A header declaring more than max_bytes of payload (None: no limit) raises
-    ProtocolError before anything is allocated.
+    A header declaring more than max_bytes of payload (None: only the
+    format's limit) raises ProtocolError before anything is allocated. A peer
+    that closes before the message's first byte raises EOFError; one that
+    closes inside it raises IncompleteTransferError with the byte counts.
     """
-    message = Receive(max_bytes, progress=progress)
+    return recv_message(sock, max_bytes=max_bytes, progress=progress).arrays
+
+
+def recv_message(
+    sock: Any,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_metadata: int = DEFAULT_MAX_METADATA,
+    progress: Progress | None = None,
+) -> Message:
+    """Receive one message with its metadata: ``Message(arrays, metadata)``,
+    arrays as ``recv_arrays`` returns them. Metadata over max_metadata bytes
+    raises ProtocolError; the rest is as for recv_arrays."""
+    message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
     read_into(message, message.reads(), sock)
-    return message.result()
+    return message.message()
 
 
 def recv_array(
@@ -93,7 +129,8 @@ def recv_array(
 
     If ``out`` does not match the message (dtype, shape, memory order), or the
     message holds another number of arrays, the payload is read and discarded
-    so the connection stays usable, then ValueError is raised.
+    so the connection stays usable, then ValueError is raised. Other errors
+    are those of recv_arrays.
     """
     message = Receive(max_bytes, progress=progress, one_array=True, out=out)
     read_into(message, message.reads(), sock)

@@ -1,33 +1,48 @@
 """The arraywire message header: encoding, and a decoder that trusts nothing.
 
 The format is specified in docs/PROTOCOL.md. Decoding allocates nothing but
-the header itself, and checks every declared size before using it.
+the header itself, and checks every declared size before using it. Senders
+check the same limits before the first byte, so a message arraywire sends
+is one arraywire receives.
 """
 
 from __future__ import annotations
 
-import ast
 import struct
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.format import descr_to_dtype, dtype_to_descr
 
+from arraywire import _dtypes
 from arraywire._errors import ProtocolError
 
 MAGIC = b"AWIR"
-VERSION = 1
-# magic, version, 3 reserved zero bytes, descriptor-block length, array count
+# The newest version this release reads and writes; a message without names
+# or metadata is written as version 1, which every release reads.
+VERSION = 2
+# magic, version, flags (version 1: zero), 2 reserved zero bytes, descriptor
+# block length, array count
 PREAMBLE = struct.Struct("<4sB3sII")
 # payload bytes, ndim, order ('C' or 'F'), length of the dtype text
 ARRAY_FIXED = struct.Struct("<QBcH")
 DIM = struct.Struct("<Q")
+NAME_LENGTH = struct.Struct("<H")
+METADATA_LENGTH = struct.Struct("<I")
 
-MAX_NDIM = 64
+HAS_NAMES = 0x01
+HAS_METADATA = 0x02
+KNOWN_FLAGS = HAS_NAMES | HAS_METADATA
+
+MAX_NDIM = 32  # numpy 1.x arrays have at most 32 dimensions
 MAX_DESCRIPTOR_BYTES = 1 << 20
-MAX_DTYPE_TEXT = 4096
+MAX_DTYPE_TEXT = _dtypes.MAX_TEXT
+MAX_NAME_BYTES = 1024
+# No process can allocate more: x86-64 and AArch64 Linux give user space at
+# most 2^47 bytes with 4-level page tables. Refused even with max_bytes=None.
+MAX_PAYLOAD = 1 << 47
 DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_MAX_METADATA = 64 << 10
 # numpy cannot index more than this many bytes
 _NUMPY_LIMIT = (1 << 63) - 1
 _TRANSFERABLE_KINDS = frozenset("biufcmMSUV")
@@ -42,6 +57,22 @@ class ArraySpec(NamedTuple):
     nbytes: int
 
 
+class Preamble(NamedTuple):
+    version: int
+    flags: int
+    block_len: int
+    arrays: int
+
+
+class Header(NamedTuple):
+    """A decoded header: the arrays' specs, their names (None when the
+    message has none) and the metadata (b"" when it has none)."""
+
+    specs: list[ArraySpec]
+    names: list[str] | None
+    metadata: bytes
+
+
 def check_transferable(dtype: np.dtype) -> None:
     """Refuse dtypes whose bytes are not the values (Python objects, pointers)."""
     if dtype.hasobject or dtype.kind not in _TRANSFERABLE_KINDS:
@@ -51,45 +82,97 @@ def check_transferable(dtype: np.dtype) -> None:
         )
 
 
-@lru_cache(maxsize=256)
 def dtype_text(dtype: np.dtype) -> bytes:
-    """The dtype as NPY-format 'descr' text: a typestr, or a list literal."""
-    descr = dtype_to_descr(dtype)
-    return (descr if isinstance(descr, str) else repr(descr)).encode("utf-8")
+    """The dtype's text of the grammar in docs/PROTOCOL.md (ValueError if none)."""
+    return _dtypes.encode(dtype).encode("utf-8")
 
 
-def encode_header(specs: list[ArraySpec]) -> bytes:
-    return _encode_header(tuple(specs))
+def encode_header(
+    specs: list[ArraySpec], names: tuple[str, ...] | None = None, metadata: bytes | None = None
+) -> bytes:
+    """The header of a message; ValueError if a receiver would refuse it."""
+    if metadata is None:
+        return _encode_cached(tuple(specs), names)
+    return _encode(tuple(specs), names, metadata)
 
 
 # Pipelines send the same few layouts over and over.
 @lru_cache(maxsize=1024)
-def _encode_header(specs: tuple[ArraySpec, ...]) -> bytes:
+def _encode_cached(specs: tuple[ArraySpec, ...], names: tuple[str, ...] | None) -> bytes:
+    return _encode(specs, names, None)
+
+
+def _encode(
+    specs: tuple[ArraySpec, ...], names: tuple[str, ...] | None, metadata: bytes | None
+) -> bytes:
+    flags = (HAS_NAMES if names is not None else 0) | (HAS_METADATA if metadata is not None else 0)
     parts = []
-    for spec in specs:
+    if metadata is not None:
+        parts += [METADATA_LENGTH.pack(len(metadata)), metadata]
+    payload = 0
+    for index, spec in enumerate(specs):
+        if len(spec.shape) > MAX_NDIM:
+            raise ValueError(
+                f"array {index} has {len(spec.shape)} dimensions; messages carry at most "
+                f"{MAX_NDIM} (docs/PROTOCOL.md)"
+            )
         text = dtype_text(spec.dtype)
         parts.append(
             ARRAY_FIXED.pack(spec.nbytes, len(spec.shape), spec.order.encode(), len(text))
         )
         parts.extend(DIM.pack(dim) for dim in spec.shape)
         parts.append(text)
+        if names is not None:
+            name = names[index].encode("utf-8")
+            parts += [NAME_LENGTH.pack(len(name)), name]
+        payload += spec.nbytes
+    if payload > MAX_PAYLOAD:
+        raise ValueError(
+            f"the message's arrays hold {payload:,} bytes, over the format's limit of "
+            f"{MAX_PAYLOAD:,} bytes"
+        )
     block = b"".join(parts)
-    return PREAMBLE.pack(MAGIC, VERSION, bytes(3), len(block), len(specs)) + block
+    if len(block) > MAX_DESCRIPTOR_BYTES:
+        raise ValueError(
+            f"the header of {len(specs):,} arrays is {len(block):,} bytes, over the limit "
+            f"of {MAX_DESCRIPTOR_BYTES:,} bytes (docs/PROTOCOL.md); send fewer arrays, "
+            "or less metadata, per message"
+        )
+    version = 1 if flags == 0 else VERSION
+    return PREAMBLE.pack(MAGIC, version, bytes((flags, 0, 0)), len(block), len(specs)) + block
 
 
-def decode_preamble(data: bytes) -> tuple[int, int]:
-    """Return (descriptor block length, array count) from the first 16 bytes."""
+def check_name(name: object) -> str:
+    """A valid array name of a message, or TypeError/ValueError saying why not."""
+    if not isinstance(name, str):
+        raise TypeError(f"array names must be str, got {type(name).__name__}")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= MAX_NAME_BYTES:
+        raise ValueError(f"array names must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {size}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"array name {name!r} is not valid Unicode") from None
+    return name
+
+
+def decode_preamble(data: bytes) -> Preamble:
+    """Check the first 16 bytes of a message; return what they declare."""
     if len(data) != PREAMBLE.size:
         raise ProtocolError(f"preamble is {len(data)} bytes, expected {PREAMBLE.size}")
-    magic, version, reserved, block_len, count = PREAMBLE.unpack(data)
+    magic, version, flag_bytes, block_len, count = PREAMBLE.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(f"not an arraywire message: magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
+    if not 1 <= version <= VERSION:
         raise ProtocolError(
-            f"unsupported protocol version {version} (this arraywire speaks {VERSION})"
+            f"message of protocol version {version}; this arraywire reads versions 1 to "
+            f"{VERSION} (upgrade arraywire to read it)"
         )
-    if reserved != bytes(3):
-        raise ProtocolError(f"reserved preamble bytes must be zero, got {reserved!r}")
+    flags = flag_bytes[0]
+    if flag_bytes[1:] != bytes(2) or (version == 1 and flags) or flags & ~KNOWN_FLAGS:
+        raise ProtocolError(
+            f"reserved preamble bits must be zero in version {version}, got {flag_bytes!r}"
+        )
     if block_len > MAX_DESCRIPTOR_BYTES:
         raise ProtocolError(
             f"descriptor block of {block_len} bytes exceeds the limit of "
@@ -99,24 +182,39 @@ def decode_preamble(data: bytes) -> tuple[int, int]:
         raise ProtocolError(
             f"{count} arrays cannot fit in a descriptor block of {block_len} bytes"
         )
-    return block_len, count
+    return Preamble(version, flags, block_len, count)
 
 
-def decode_descriptors(block: bytes, count: int, max_bytes: int | None) -> list[ArraySpec]:
+def decode_block(
+    block: bytes,
+    preamble: Preamble,
+    max_bytes: int | None,
+    max_metadata: int = DEFAULT_MAX_METADATA,
+) -> Header:
     """Parse a descriptor block; the payloads together may not exceed max_bytes."""
-    limit = _NUMPY_LIMIT if max_bytes is None else min(max_bytes, _NUMPY_LIMIT)
-    if len(block) <= _CACHED_BLOCK_BYTES:
-        specs = _decode_cached(bytes(block), count)
+    if len(block) <= _CACHED_BLOCK_BYTES and not preamble.flags & HAS_METADATA:
+        specs, names, metadata = _decode_cached(bytes(block), preamble.arrays, preamble.flags)
     else:
-        specs = _decode_all(block, count)
+        specs, names, metadata = _decode_all(block, preamble.arrays, preamble.flags)
+    if len(metadata) > max_metadata:
+        raise ProtocolError(
+            f"message carries {len(metadata):,} bytes of metadata, over "
+            f"max_metadata={max_metadata:,}"
+        )
+    limit = MAX_PAYLOAD if max_bytes is None else min(max_bytes, MAX_PAYLOAD)
     total = 0
     for spec in specs:
         total += spec.nbytes
         if total > limit:
-            raise ProtocolError(
-                f"message declares at least {total} payload bytes, over max_bytes={limit}"
+            lift = (
+                "; pass max_bytes=None to lift the limit" if max_bytes is not None
+                and max_bytes < MAX_PAYLOAD else " (the format's limit)"
             )
-    return list(specs)
+            raise ProtocolError(
+                f"message declares at least {total:,} payload bytes, over "
+                f"max_bytes={limit:,}{lift}"
+            )
+    return Header(list(specs), None if names is None else list(names), metadata)
 
 
 # Small headers repeat (the same layouts, message after message); caching
@@ -124,15 +222,32 @@ def decode_descriptors(block: bytes, count: int, max_bytes: int | None) -> list[
 _CACHED_BLOCK_BYTES = 512
 
 
-def _decode_all(block: bytes, count: int) -> tuple[ArraySpec, ...]:
-    specs = []
+def _decode_all(
+    block: bytes, count: int, flags: int
+) -> tuple[tuple[ArraySpec, ...], tuple[str, ...] | None, bytes]:
     offset = 0
+    metadata = b""
+    if flags & HAS_METADATA:
+        if len(block) < METADATA_LENGTH.size:
+            raise ProtocolError("metadata length truncated")
+        (size,) = METADATA_LENGTH.unpack_from(block, 0)
+        offset = METADATA_LENGTH.size + size
+        if offset > len(block):
+            raise ProtocolError(f"metadata of {size} bytes overruns the descriptor block")
+        metadata = bytes(block[METADATA_LENGTH.size : offset])
+    specs = []
+    names: list[str] | None = [] if flags & HAS_NAMES else None
     for index in range(count):
         spec, offset = _decode_one(block, offset, index)
         specs.append(spec)
+        if names is not None:
+            name, offset = _decode_name(block, offset, index)
+            if name in names:
+                raise ProtocolError(f"array {index}: name {name!r} repeated")
+            names.append(name)
     if offset != len(block):
         raise ProtocolError(f"{len(block) - offset} stray bytes after the last descriptor")
-    return tuple(specs)
+    return tuple(specs), None if names is None else tuple(names), metadata
 
 
 _decode_cached = lru_cache(maxsize=1024)(_decode_all)
@@ -159,39 +274,44 @@ def _decode_one(block: bytes, offset: int, index: int) -> tuple[ArraySpec, int]:
         dtype = _parse_dtype(bytes(block[offset:end]))
     except ProtocolError as exc:
         raise ProtocolError(f"{where}: {exc}") from None
-    # Python ints do not overflow, but stop as soon as the count passes numpy's
-    # limit so a hostile shape costs nothing.
+    # As numpy checks before allocating: the non-zero dimensions times the
+    # item size must be addressable, even when another dimension is zero.
+    size = dtype.itemsize
     elements = 1
     for dim in shape:
         elements *= dim
-        if elements > _NUMPY_LIMIT or dim > _NUMPY_LIMIT:
-            raise ProtocolError(f"{where}: shape {shape} overflows the addressable size")
-    size = elements * dtype.itemsize
-    if size != nbytes:
+        if dim:
+            size *= dim
+            if size > _NUMPY_LIMIT:
+                raise ProtocolError(f"{where}: shape {shape} overflows the addressable size")
+    nbytes_needed = elements * dtype.itemsize
+    if nbytes_needed != nbytes:
         raise ProtocolError(
             f"{where}: declares {nbytes} payload bytes but shape {shape} of {dtype} "
-            f"needs {size}"
+            f"needs {nbytes_needed}"
         )
     return ArraySpec(dtype, shape, order.decode(), nbytes), end
+
+
+def _decode_name(block: bytes, offset: int, index: int) -> tuple[str, int]:
+    if offset + NAME_LENGTH.size > len(block):
+        raise ProtocolError(f"array {index}: name truncated")
+    (size,) = NAME_LENGTH.unpack_from(block, offset)
+    offset += NAME_LENGTH.size
+    if not 0 < size <= MAX_NAME_BYTES or offset + size > len(block):
+        raise ProtocolError(f"array {index}: name of {size} bytes is empty, too long or truncated")
+    try:
+        name = bytes(block[offset : offset + size]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"array {index}: name is not UTF-8") from None
+    return name, offset + size
 
 
 @lru_cache(maxsize=256)
 def _parse_dtype(text: bytes) -> np.dtype:
     try:
-        source = text.decode("utf-8")
-        descr: Any = ast.literal_eval(source) if source.startswith("[") else source
-        dtype = descr_to_dtype(descr)
-    except Exception as exc:  # noqa: BLE001 - any failure means a bad header
-        raise ProtocolError(f"unusable dtype {text[:80]!r} ({exc})") from None
-    try:
-        check_transferable(dtype)
-    except TypeError as exc:
-        raise ProtocolError(str(exc)) from None
-    # numpy stores 'S0' and 'U0' items as 'S1' and 'U1': the sizes checked
-    # against max_bytes would not be the sizes allocated.
-    allocated = np.empty(0, dtype).dtype
-    if allocated != dtype:
-        raise ProtocolError(
-            f"dtype {dtype} cannot be allocated as declared (numpy makes it {allocated})"
-        )
-    return dtype
+        return _dtypes.parse(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError(f"dtype text {text[:80]!r} is not UTF-8") from None
+    except _dtypes.DtypeTextError as exc:
+        raise ProtocolError(f"unusable dtype {text[:80]!r}: {exc}") from None

@@ -11,6 +11,7 @@ directory, then preallocates ``OUT.partial`` (so a full disk fails up front
 instead of raising SIGBUS in a mapped write), fills it, flushes it, renames
 it to ``OUT`` and only then confirms to the sender with ``ACK``. Either side
 exits 0 only after that confirmation; on failure ``OUT.partial`` is removed.
+A refusal carries its reason to the sender (``REFUSE``), which prints it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import argparse
 import errno
 import os
 import re
+import select
 import shutil
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,8 +40,15 @@ from arraywire._engine import plan_send
 from arraywire._errors import IncompleteTransferError, ProtocolError
 from arraywire._protocol import check_transferable
 
-# Sent by the receiver once the file is complete on its disk.
+# The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
+# once the file is complete on its disk, or REFUSE, the reason's length and
+# the reason in UTF-8.
 ACK = b"AWOK"
+REFUSE = b"AWNO"
+REASON_LENGTH = struct.Struct("<I")
+MAX_REASON = 4096
+# How long a refusing receiver takes in what the sender still sends.
+DISCARD_SECONDS = 10.0
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -56,6 +66,11 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen", action="store_true",
         help="listen and send to the first receiver that connects "
              "(for a receiver that runs arraywire recv --connect)",
+    )
+    parser.add_argument(
+        "--no-confirm", action="store_true",
+        help="do not wait for the receiver to confirm that it wrote the array "
+             "(for a receiving program that does not answer b'AWOK')",
     )
     _add_common(parser)
     parser.set_defaults(run=run_send)
@@ -127,17 +142,24 @@ def _send(args: argparse.Namespace) -> str:
         total = plan_send([array]).total
         with _bar(args, total, f"send {os.path.basename(args.file)}") as progress:
             try:
-                _framing.send_array(array, sock, progress=progress)
+                _framing.send_array(array, sock, progress=_stop_on_reply(sock, progress))
+            except _ReplyWaiting:
+                _raise_refusal(_read_reply(sock))
             except ConnectionError as exc:
+                _raise_refusal(_read_reply(sock))
                 raise Failure(
                     f"the receiver closed the connection after {_moved(exc):,} of "
                     f"{total:,} bytes"
                 ) from None
-        if _read_reply(sock) != ACK:
-            raise Failure(
-                "the receiver closed the connection without confirming that it wrote "
-                "the array (see its messages)"
-            )
+        if not args.no_confirm:
+            reply = _read_reply(sock)
+            _raise_refusal(reply)
+            if reply[0] != ACK:
+                raise Failure(
+                    "the receiver closed the connection without confirming that it wrote "
+                    "the array (see its messages; a program that receives with "
+                    "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
+                )
     return f"sent {args.file} ({_describe(array.dtype, array.shape)})"
 
 
@@ -176,20 +198,69 @@ def open_source(path: str) -> np.ndarray:
     return array
 
 
-def _read_reply(sock: socket.socket) -> bytes:
-    reply = b""
+class _ReplyWaiting(Exception):
+    """The receiver answered before the array was sent: it refused it."""
+
+
+def _stop_on_reply(sock: socket.socket, progress: Progress) -> Progress:
+    """progress, which also stops the send once the receiver has answered."""
+
+    def report(done: int, total: int) -> None:
+        progress(done, total)
+        if done < total and select.select([sock], [], [], 0)[0]:
+            raise _ReplyWaiting
+
+    return report
+
+
+def _read_reply(sock: socket.socket) -> tuple[bytes, str]:
+    """The receiver's reply: (ACK, "") or (REFUSE, reason); (b"", "") if it
+    closed the connection without one."""
     try:
-        while len(reply) < len(ACK):
-            chunk = sock.recv(len(ACK) - len(reply))
-            if not chunk:
-                break
-            reply += chunk
-    except ConnectionError:
-        pass
-    return reply
+        tag = _read_exactly(sock, len(ACK))
+        if tag != REFUSE:
+            return tag, ""
+        (size,) = REASON_LENGTH.unpack(_read_exactly(sock, REASON_LENGTH.size))
+        return tag, _read_exactly(sock, min(size, MAX_REASON)).decode("utf-8", "replace")
+    except (ConnectionError, TimeoutError):
+        return b"", ""
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _raise_refusal(reply: tuple[bytes, str]) -> None:
+    if reply[0] == REFUSE:
+        raise Failure(f"the receiver refused: {reply[1]}")
 
 
 # --- receiving ---------------------------------------------------------------
+
+
+def _refuse(sock: socket.socket, reason: str) -> NoReturn:
+    """Tell the sender why its array is refused (docs/PROTOCOL.md, "The
+    command line's exchange"), take in what it still sends until it closes,
+    then fail with the reason."""
+    text = reason.encode("utf-8")[:MAX_REASON]
+    try:
+        sock.sendall(REFUSE + REASON_LENGTH.pack(len(text)) + text)
+        sock.shutdown(socket.SHUT_WR)
+        # Closing with unread bytes would reset the connection and could
+        # discard the reason before the sender reads it.
+        deadline = time.monotonic() + DISCARD_SECONDS
+        sock.settimeout(DISCARD_SECONDS)
+        while time.monotonic() < deadline and sock.recv(1 << 20):
+            pass
+    except OSError:
+        pass
+    raise Failure(f"refused the sender's array: {reason}")
 
 
 def run_recv(args: argparse.Namespace) -> int:
@@ -203,16 +274,28 @@ def _recv(args: argparse.Namespace) -> str:
     _check_output(output, args.force)
     with _connected(args, host, port, not args.connect) as sock:
         try:
-            specs = _framing.recv_header(sock, args.max_bytes)
+            specs = _framing.recv_header(sock, None)
         except ProtocolError as exc:
-            raise Failure(f"refused the sender's message: {exc}") from None
-        except IncompleteTransferError:
+            _refuse(sock, str(exc))
+        except EOFError:  # cleanly or inside the header
             raise Failure("the sender closed the connection before sending an array") from None
         if len(specs) != 1:
-            raise Failure(f"the sender sent {len(specs)} arrays in one message; expected one")
+            _refuse(sock, f"the message holds {len(specs)} arrays; arraywire recv takes one")
         spec = specs[0]
+        if args.max_bytes is not None and spec.nbytes > args.max_bytes:
+            _refuse(
+                sock,
+                f"the array is {spec.nbytes:,} bytes, over its --max-bytes of "
+                f"{args.max_bytes:,}",
+            )
         try:
             target = _create_partial(partial, spec)
+        except BaseException as exc:
+            _remove(partial)
+            if isinstance(exc, Failure):
+                _refuse(sock, str(exc))
+            raise
+        try:
             try:
                 with _bar(args, spec.nbytes, f"recv {os.path.basename(output)}") as progress:
                     _receive(sock, target, spec.nbytes, progress)
@@ -412,4 +495,4 @@ def _describe(dtype: np.dtype, shape: tuple[int, ...]) -> str:
     return f"{dtype} {shape}, {nbytes:,} bytes"
 
 
-__all__ = ["ACK", "add_recv_arguments", "add_send_arguments", "parse_size"]
+__all__ = ["ACK", "REFUSE", "add_recv_arguments", "add_send_arguments", "parse_size"]

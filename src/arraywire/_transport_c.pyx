@@ -153,7 +153,7 @@ cdef struct Transfer:
 # --- GIL-free part --------------------------------------------------------
 
 cdef ssize_t one_call(Transfer *t, size_t *wanted) noexcept nogil:
-    """One send/recv (last buffer) or sendmsg/recvmsg (batch, like _batch)."""
+    """One send/recv (last buffer) or sendmsg/recvmsg (batch, like _step.PendingViews.batch)."""
     cdef iovec *cur = &t.iov[t.first]
     cdef size_t budget = t.chunk
     cdef size_t total = 0
@@ -344,7 +344,7 @@ cdef object transfer(
 
 
 cdef int acquire(object obj, Py_buffer *view, bint writable) except -1:
-    """Take obj's buffer and apply _transport_py._byte_view's checks, in order."""
+    """Take obj's buffer and apply _step.byte_view's checks, in order."""
     cdef const char *fmt
     try:
         PyObject_GetBuffer(obj, view, PyBUF_FULL_RO)

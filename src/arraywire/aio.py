@@ -33,7 +33,7 @@ import asyncio
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -42,10 +42,10 @@ import numpy as np
 
 from arraywire import _transport
 from arraywire._common import MAX_CHUNK, Progress, check_socket, mark_progress
-from arraywire._engine import MessageProgress, Receive, Reporter, Transfer, plan_send
+from arraywire._engine import Message, MessageProgress, Receive, Reporter, Transfer, plan_send
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
-from arraywire._protocol import DEFAULT_MAX_BYTES
+from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._step import PendingViews, byte_view
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "recv_array",
     "recv_arrays",
     "recv_into",
+    "recv_message",
     "send_array",
     "send_arrays",
     "send_from",
@@ -349,21 +350,32 @@ async def _raw(obj: Any, sock: Any, progress: Progress | None, *, sending: bool)
 
 
 async def send_arrays(
-    arrays: Iterable[Any], sock: Any, *, progress: Progress | None = None
+    arrays: Iterable[Any] | Mapping[str, Any],
+    sock: Any,
+    *,
+    metadata: bytes | None = None,
+    progress: Progress | None = None,
 ) -> int:
-    """Send arrays as one self-describing message; return the bytes sent."""
-    return await _send_message(arrays, sock, progress, "send_arrays")
+    """Send arrays as one self-describing message; return the bytes sent
+    (names, metadata and errors as in ``arraywire.send_arrays``)."""
+    return await _send_message(arrays, sock, metadata, progress, "send_arrays")
 
 
-async def send_array(array: Any, sock: Any, *, progress: Progress | None = None) -> int:
+async def send_array(
+    array: Any, sock: Any, *, metadata: bytes | None = None, progress: Progress | None = None
+) -> int:
     """Send one array as a self-describing message; return the bytes sent."""
-    return await _send_message((array,), sock, progress, "send_array")
+    return await _send_message((array,), sock, metadata, progress, "send_array")
 
 
 async def _send_message(
-    items: Iterable[Any], sock: Any, progress: Progress | None, name: str
+    items: Iterable[Any] | Mapping[str, Any],
+    sock: Any,
+    metadata: bytes | None,
+    progress: Progress | None,
+    name: str,
 ) -> int:
-    plan = plan_send(items, progress)
+    plan = plan_send(items, progress, metadata)
     async with _Claim(sock, name, True, plan) as claim:
         if plan.total <= NATIVE_BYTES:
             for batch in plan.batches():
@@ -381,14 +393,31 @@ async def recv_arrays(
     *,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
-) -> list[np.ndarray]:
-    """Receive one message; return its arrays (each with memory of its own).
+) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """Receive one message; return its arrays (each with memory of its own),
+    a dict when the sender named them (as ``arraywire.recv_arrays``).
 
-    A header declaring more than max_bytes of payload (None: no limit) raises
-    ProtocolError before anything is allocated. Progress counts message bytes
-    (header included), as the sender's does.
+    A header declaring more than max_bytes of payload (None: only the
+    format's limit) raises ProtocolError before anything is allocated.
+    Progress counts message bytes (header included), as the sender's does.
+    A peer that closes before the message's first byte raises EOFError.
     """
-    return await _receive(sock, "recv_arrays", Receive(max_bytes, progress=progress))
+    message = Receive(max_bytes, progress=progress)
+    await _receive(sock, "recv_arrays", message)
+    return message.message().arrays
+
+
+async def recv_message(
+    sock: Any,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_metadata: int = DEFAULT_MAX_METADATA,
+    progress: Progress | None = None,
+) -> Message:
+    """Receive one message with its metadata (as ``arraywire.recv_message``)."""
+    message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+    await _receive(sock, "recv_message", message)
+    return message.message()
 
 
 async def recv_array(
@@ -404,11 +433,18 @@ async def recv_array(
     so the connection stays usable, then ValueError is raised.
     """
     message = Receive(max_bytes, progress=progress, one_array=True, out=out)
-    return (await _receive(sock, "recv_array", message))[0]
+    await _receive(sock, "recv_array", message)
+    return message.result()[0]
 
 
-async def _receive(sock: Any, name: str, message: Receive) -> list[np.ndarray]:
+async def _receive(sock: Any, name: str, message: Receive) -> None:
+    """Fill every read of the message; its result is then the caller's."""
     async with _Claim(sock, name, False, message) as claim:
-        for buffers in message.reads():
-            await _move(claim, buffers, False, message.reporter)
-        return message.result()
+        try:
+            for buffers in message.reads():
+                await _move(claim, buffers, False, message.reporter)
+        except IncompleteTransferError as exc:
+            end = message.end_of_stream(exc)
+            if end is not None:
+                raise end from None
+            raise
