@@ -33,6 +33,7 @@ from arraywire._protocol import (
     DEFAULT_MAX_METADATA,
     PREAMBLE,
     ArraySpec,
+    Preamble,
     check_name,
     check_transferable,
     decode_block,
@@ -364,7 +365,7 @@ class Receive(Transfer):
         yield [block]
         self._decode(block, declared)
 
-    def _decode(self, block: bytearray, declared: Any) -> int:
+    def _decode(self, block: bytearray, declared: Preamble) -> int:
         header = decode_block(bytes(block), declared, self.max_bytes, self._max_metadata)
         self.specs, self.names, self.metadata = header
         total = self.offset + sum(spec.nbytes for spec in header.specs)
