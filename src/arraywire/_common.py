@@ -41,7 +41,9 @@ def check_socket(sock: Any) -> tuple[int, float | None]:
         )
     if not isinstance(sock, socket.socket):
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
-    if sock.type != socket.SOCK_STREAM:
+    # The base class's plain int: socket.socket.type builds an enum member,
+    # which costs more than the system call of a small message.
+    if super(socket.socket, sock).type != socket.SOCK_STREAM:
         raise TypeError(
             f"arraywire needs a stream socket (SOCK_STREAM), got {sock.type!r}: datagram "
             "and packet sockets cut or drop messages"

@@ -179,7 +179,8 @@ def plan_send(
     limit of docs/PROTOCOL.md."""
     names = None
     items: Iterable[Any] = arrays
-    if isinstance(arrays, Mapping):
+    # a tuple or list is never a mapping: spare the ABC check on the hot path
+    if not isinstance(arrays, (tuple, list)) and isinstance(arrays, Mapping):
         names = tuple(check_name(name) for name in arrays)
         items = arrays.values()
     specs = []
@@ -201,6 +202,8 @@ def as_array(item: Any) -> np.ndarray:
     uint8), anything else as numpy.asarray makes it (lists, tuples, numbers).
     Inputs numpy would convert by losing or inventing information raise
     TypeError saying what to pass instead."""
+    if type(item) is np.ndarray:  # the common case, first
+        return item
     if isinstance(item, np.ma.MaskedArray):
         raise TypeError(
             "a masked array would arrive without its mask; send item.filled(value), or "
@@ -318,8 +321,8 @@ class Receive(Transfer):
         self._progress = progress
         self._one_array = one_array
         self._out = out
-        self.specs: list[ArraySpec] = []
-        self.names: list[str] | None = None
+        self.specs: tuple[ArraySpec, ...] = ()
+        self.names: tuple[str, ...] | None = None
         self.metadata = b""
         self.arrays: list[np.ndarray] = []
         self.problem = ""
@@ -367,8 +370,10 @@ class Receive(Transfer):
 
     def _decode(self, block: bytearray, declared: Preamble) -> int:
         header = decode_block(bytes(block), declared, self.max_bytes, self._max_metadata)
-        self.specs, self.names, self.metadata = header
-        total = self.offset + sum(spec.nbytes for spec in header.specs)
+        self.specs = header.specs
+        self.names = header.names
+        self.metadata = header.metadata
+        total = self.offset + header.payload
         self.total = total
         return total
 
@@ -395,7 +400,7 @@ class Receive(Transfer):
         return Message(dict(zip(self.names, arrays, strict=True)), self.metadata)
 
 
-def mismatch(specs: list[ArraySpec], out: np.ndarray | None) -> str:
+def mismatch(specs: tuple[ArraySpec, ...], out: np.ndarray | None) -> str:
     """Why a message cannot be received as one array into out ("" if it can)."""
     if len(specs) != 1:
         return f"expected a message with one array, got one with {len(specs)}"

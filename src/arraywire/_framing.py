@@ -63,14 +63,15 @@ def write_plan(plan: SendPlan, sock: Any, reporter: Reporter | None) -> None:
 def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
     """Fill the message's reads with the core's scatter receives."""
     core = _transport.impl
+    moved = message.moved
     try:
         for buffers in reads:
-            reporter = message.reporter
+            reporter = message.reporter  # set once the header is read
             part = None if reporter is None else reporter.part(message.offset)
             if len(buffers) == 1:  # a header part, or one array: the cheaper call
-                message.moved(core.recv_into(buffers[0], sock, progress=part))
+                moved(core.recv_into(buffers[0], sock, progress=part))
             else:
-                message.moved(core.recvmsg_into(buffers, sock, progress=part))
+                moved(core.recvmsg_into(buffers, sock, progress=part))
     except BaseException as exc:
         message.fail(exc)
         end = message.end_of_stream(exc)
@@ -79,7 +80,7 @@ def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
         raise
 
 
-def recv_header(sock: Any, max_bytes: int | None) -> list[ArraySpec]:
+def recv_header(sock: Any, max_bytes: int | None) -> tuple[ArraySpec, ...]:
     """Receive and check a message header; return what it says of each array."""
     message = Receive(max_bytes)
     read_into(message, message.header_reads(), sock)

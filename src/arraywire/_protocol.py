@@ -66,11 +66,13 @@ class Preamble(NamedTuple):
 
 class Header(NamedTuple):
     """A decoded header: the arrays' specs, their names (None when the
-    message has none) and the metadata (b"" when it has none)."""
+    message has none), the metadata (b"" when it has none) and the payload
+    bytes of all its arrays."""
 
-    specs: list[ArraySpec]
-    names: list[str] | None
+    specs: tuple[ArraySpec, ...]
+    names: tuple[str, ...] | None
     metadata: bytes
+    payload: int
 
 
 def check_transferable(dtype: np.dtype) -> None:
@@ -156,6 +158,9 @@ def check_name(name: object) -> str:
     return name
 
 
+# Preambles and small headers repeat (the same layouts, message after
+# message): both are cached by their bytes; errors are never cached.
+@lru_cache(maxsize=1024)
 def decode_preamble(data: bytes) -> Preamble:
     """Check the first 16 bytes of a message; return what they declare."""
     if len(data) != PREAMBLE.size:
@@ -193,38 +198,37 @@ def decode_block(
 ) -> Header:
     """Parse a descriptor block; the payloads together may not exceed max_bytes."""
     if len(block) <= _CACHED_BLOCK_BYTES and not preamble.flags & HAS_METADATA:
-        specs, names, metadata = _decode_cached(bytes(block), preamble.arrays, preamble.flags)
+        header = _decode_cached(bytes(block), preamble.arrays, preamble.flags)
     else:
-        specs, names, metadata = _decode_all(block, preamble.arrays, preamble.flags)
-    if len(metadata) > max_metadata:
+        header = _decode_all(block, preamble.arrays, preamble.flags)
+    if len(header.metadata) > max_metadata:
         raise ProtocolError(
-            f"message carries {len(metadata):,} bytes of metadata, over "
+            f"message carries {len(header.metadata):,} bytes of metadata, over "
             f"max_metadata={max_metadata:,}"
         )
     limit = MAX_PAYLOAD if max_bytes is None else min(max_bytes, MAX_PAYLOAD)
-    total = 0
-    for spec in specs:
-        total += spec.nbytes
-        if total > limit:
-            lift = (
-                "; pass max_bytes=None to lift the limit" if max_bytes is not None
-                and max_bytes < MAX_PAYLOAD else " (the format's limit)"
-            )
-            raise ProtocolError(
-                f"message declares at least {total:,} payload bytes, over "
-                f"max_bytes={limit:,}{lift}"
-            )
-    return Header(list(specs), None if names is None else list(names), metadata)
+    if header.payload > limit:
+        total = 0
+        for spec in header.specs:
+            total += spec.nbytes
+            if total > limit:
+                break
+        lift = (
+            "; pass max_bytes=None to lift the limit" if max_bytes is not None
+            and max_bytes < MAX_PAYLOAD else " (the format's limit)"
+        )
+        raise ProtocolError(
+            f"message declares at least {total:,} payload bytes, over "
+            f"max_bytes={limit:,}{lift}"
+        )
+    return header
 
 
-# Small headers repeat (the same layouts, message after message); caching
-# them by their bytes keeps at most 1024 x 512 bytes.
+# Caching small headers by their bytes keeps at most 1024 x 512 bytes.
 _CACHED_BLOCK_BYTES = 512
 
 
-def _decode_all(
-    block: bytes, count: int, flags: int
-) -> tuple[tuple[ArraySpec, ...], tuple[str, ...] | None, bytes]:
+def _decode_all(block: bytes, count: int, flags: int) -> Header:
     offset = 0
     metadata = b""
     if flags & HAS_METADATA:
@@ -237,9 +241,11 @@ def _decode_all(
         metadata = bytes(block[METADATA_LENGTH.size : offset])
     specs = []
     names: list[str] | None = [] if flags & HAS_NAMES else None
+    payload = 0
     for index in range(count):
         spec, offset = _decode_one(block, offset, index)
         specs.append(spec)
+        payload += spec.nbytes
         if names is not None:
             name, offset = _decode_name(block, offset, index)
             if name in names:
@@ -247,7 +253,7 @@ def _decode_all(
             names.append(name)
     if offset != len(block):
         raise ProtocolError(f"{len(block) - offset} stray bytes after the last descriptor")
-    return tuple(specs), None if names is None else tuple(names), metadata
+    return Header(tuple(specs), None if names is None else tuple(names), metadata, payload)
 
 
 _decode_cached = lru_cache(maxsize=1024)(_decode_all)
