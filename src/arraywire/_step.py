@@ -32,6 +32,11 @@ SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
 def byte_view(obj: Any, *, writable: bool) -> memoryview:
     """A flat byte view of a contiguous buffer, checked as the compiled twin checks."""
+    if type(obj) is bytearray or type(obj) is bytes:  # already flat bytes, as headers are
+        view = memoryview(obj)
+        if writable and view.readonly:
+            raise read_only(obj)
+        return view
     if isinstance(obj, np.ndarray):
         return numpy_bytes(obj, writable).data
     try:
@@ -59,7 +64,7 @@ class PendingViews:
 
     def __init__(self, views: Iterable[memoryview]) -> None:
         self.views = [view for view in views if view.nbytes]
-        self.nbytes = sum(view.nbytes for view in self.views)
+        self.nbytes = sum(map(len, self.views))  # byte views: len is nbytes
         self.first = 0
 
     def step(self, sock: socket.socket, sending: bool, chunk: int, counts: list[int]) -> None:

@@ -175,12 +175,11 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 async def _in_loop(
-    sock: socket.socket, views: list[memoryview], sending: bool, progress: Progress | None
+    sock: socket.socket, pending: PendingViews, sending: bool, progress: Progress | None
 ) -> int:
     """Move byte views with non-blocking calls: the pure twin's loop, awaiting
     readiness where that one would block. Returns the count, and marks an
     error with the bytes moved, as the core calls do."""
-    pending = PendingViews(views)
     total = pending.nbytes
     done = 0
     moved: list[int] = []  # filled by PendingViews.step
@@ -304,12 +303,12 @@ async def _move(
     event loop up to NATIVE_BYTES, else by the GIL-free core in a thread."""
     transfer = claim.transfer
     offset = transfer.offset
-    views = [byte_view(buffer, writable=not sending) for buffer in buffers]
-    if sum(view.nbytes for view in views) <= NATIVE_BYTES:
+    pending = PendingViews([byte_view(buffer, writable=not sending) for buffer in buffers])
+    if pending.nbytes <= NATIVE_BYTES:
         progress = None if reporter is None else reporter.part(offset)
-        transfer.moved(await _in_loop(claim.sock, views, sending, progress))
+        transfer.moved(await _in_loop(claim.sock, pending, sending, progress))
         return
-    views.clear()
+    pending.release()
     core = _transport.impl
     call = core.sendmsg_from if sending else core.recvmsg_into
     forward = None if reporter is None else _Forward(reporter)
