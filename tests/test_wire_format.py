@@ -19,7 +19,7 @@ from sockets import Peer
 
 import arraywire
 from arraywire import IncompleteTransferError, ProtocolError, aio
-from arraywire._protocol import ARRAY_FIXED, DIM, PREAMBLE
+from arraywire._protocol import ARRAY_FIXED, DIM, HAS_NAMES, NAME_LENGTH, PREAMBLE
 
 # --- helpers -------------------------------------------------------------------
 
@@ -410,3 +410,11 @@ def check_only_engine_errors(message: bytes) -> None:
             results.append((type(exc), str(exc)))
     assert results[0] == results[1]
 
+
+
+def test_repeated_names_are_refused(backend: Backend, receive) -> None:
+    descriptor = ARRAY_FIXED.pack(8, 1, b"C", 3) + DIM.pack(1) + b"<f8" + NAME_LENGTH.pack(1) + b"x"
+    block = descriptor * 2
+    message = PREAMBLE.pack(b"AWIR", 2, bytes((HAS_NAMES, 0, 0)), len(block), 2) + block
+    with pytest.raises(ProtocolError, match="array 1: name 'x' repeated"):
+        feed(message + bytes(16), receive)

@@ -241,6 +241,7 @@ def _decode_all(block: bytes, count: int, flags: int) -> Header:
         metadata = bytes(block[METADATA_LENGTH.size : offset])
     specs = []
     names: list[str] | None = [] if flags & HAS_NAMES else None
+    seen: set[str] = set()  # a list would make 40,000 names cost 10^9 comparisons
     payload = 0
     for index in range(count):
         spec, offset = _decode_one(block, offset, index)
@@ -248,8 +249,9 @@ def _decode_all(block: bytes, count: int, flags: int) -> Header:
         payload += spec.nbytes
         if names is not None:
             name, offset = _decode_name(block, offset, index)
-            if name in names:
+            if name in seen:
                 raise ProtocolError(f"array {index}: name {name!r} repeated")
+            seen.add(name)
             names.append(name)
     if offset != len(block):
         raise ProtocolError(f"{len(block) - offset} stray bytes after the last descriptor")
