@@ -10,6 +10,7 @@ connections, ping-pongs and memory, on the process pairs of
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import resource
 import socket
@@ -84,6 +85,36 @@ class Framed(Contender):
 
     def recv(self, out: np.ndarray) -> np.ndarray:
         return arraywire.recv_array(self.sock, max_bytes=None)
+
+
+class ChannelMessages(Contender):
+    """arraywire.Channel: send / recv, one call per message."""
+
+    def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
+        super().__init__(sock, ctl, job, role)
+        self.channel = arraywire.Channel(sock)
+
+    def send(self, array: np.ndarray) -> None:
+        self.channel.send(array)
+
+    def recv(self, out: np.ndarray) -> np.ndarray:
+        return self.channel.recv(max_bytes=None)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class ChannelBatched(ChannelMessages):
+    """arraywire.Channel: send_many into ``for x in channel``."""
+
+    def send_many(self, array: np.ndarray, count: int) -> None:
+        self.channel.send_many(itertools.repeat(array, count))
+
+    def recv_many(self, out: np.ndarray, count: int) -> Any:
+        received = None
+        for received in itertools.islice(self.channel, count):  # noqa: B007 - the last one is checked
+            pass
+        return received
 
 
 def rss_kib() -> tuple[int, int]:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from arraywire._bench import FAMILIES, FAMILY_NAMES, markdown_table
 
 COMPILED, PURE = "arraywire compiled", "arraywire pure"
+CHANNEL = "arraywire Channel compiled"
 README_BLOCK = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
 
 
@@ -48,7 +49,7 @@ def _grid(rows: list[dict[str, Any]], row_keys: tuple[str, ...], column: str, va
 
 
 def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """[target, measured, met?] for each target of issue 4 that has results."""
+    """[target, measured, met?] for each target that has results."""
     checks: list[list[str]] = []
 
     def add(target: str, measured: float | None, ok: Callable[[float], bool], unit: str = "x") -> None:
@@ -107,12 +108,48 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                     mine["us"] / min(r["us"] for r in zmq) if mine and zmq else None, lambda x: x <= 0.6)
                 add(f"64 B round trip, {name}: compiled / pure <= 1",
                     ratio(rows, "us", me, [{"contender": PURE, "family": family}]), lambda x: x <= 1)
+    if "latency" in data:
+        channel_targets(data["latency"], add)
     if "memory" in data:
         for r in data["memory"]["rows"]:
-            if r["contender"] == COMPILED:
-                add(f"peak RSS added by recv_array of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
+            if r["contender"] in (COMPILED, CHANNEL):
+                how = "recv_array" if r["contender"] == COMPILED else "Channel.recv"
+                add(f"peak RSS added by {how} of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
                     r["added_bytes"] / r["payload"], lambda x: x <= 1.05)
     return checks
+
+
+def channel_targets(latency: dict[str, Any], add: Callable[..., None]) -> None:
+    """The targets of the connection issue: Channel round trips against
+    pyzmq REQ/REP copy=True and a raw ping-pong, and one-way rates."""
+    rtt = latency["rtt"]
+    for placement, zmq_ceiling in (("one CPU", 0.7), ("any CPU", 1.0)):
+        for family in FAMILIES:
+            for size in (64, 4096):
+                where = {"placement": placement, "family": family, "size": size}
+                mine = pick(rtt, contender=CHANNEL, **where)
+                if mine is None:
+                    continue
+                zmq = pick(rtt, contender="pyzmq REQ/REP copy=True", **where)
+                raw = pick(rtt, contender="arraywire raw compiled", **where)
+                name = f"{size_label(size)} round trip, {FAMILY_NAMES[family]}, {placement}"
+                add(f"{name}: Channel / pyzmq REQ/REP copy=True <= {zmq_ceiling}",
+                    mine["us"] / zmq["us"] if zmq else None, lambda x, c=zmq_ceiling: x <= c)
+                add(f"{name}: Channel / raw ping-pong <= 1.15",
+                    mine["us"] / raw["us"] if raw else None, lambda x: x <= 1.15)
+    rate = latency["rate"]
+    for family in FAMILIES:
+        name = FAMILY_NAMES[family]
+        batched = pick(rate, family=family, contender="arraywire Channel send_many")
+        loop = pick(rate, family=family, contender="arraywire Channel send loop")
+        zmq = pick(rate, family=family, contender="pyzmq PUSH/PULL copy=True")
+        framed = pick(rate, family=family, contender=COMPILED)
+        if batched and zmq:
+            add(f"one-way 64 B, {name}: send_many / pyzmq PUSH/PULL copy=True >= 1",
+                batched["per_s"] / zmq["per_s"], lambda x: x >= 1)
+        if loop and framed:
+            add(f"one-way 64 B, {name}: Channel.send loop / send_array loop >= 3",
+                loop["per_s"] / framed["per_s"], lambda x: x >= 3)
 
 
 # --- tables ----------------------------------------------------------------------
@@ -151,7 +188,7 @@ def sections(data: dict[str, dict[str, Any]]) -> list[str]:
                                     [[FAMILY_NAMES[r["family"]], r["contender"], f"{r['per_s']:,.0f}"] for r in rate]))
     if "memory" in data:
         rows = data["memory"]["rows"]
-        out.append("### 5. Peak RSS added by receiving a 400 MB array with recv_array\n\n"
+        out.append("### 5. Peak RSS added by receiving a 400 MB array\n\n"
                    + markdown_table(["socket", "contender", "added MB", "x payload"],
                                     [[FAMILY_NAMES[r["family"]], r["contender"], f"{r['added_bytes'] / 1e6:.1f}",
                                       f"{r['added_bytes'] / r['payload']:.3f}"] for r in rows]))
@@ -191,7 +228,7 @@ def latest_markdown(data: dict[str, dict[str, Any]], command: str, images: list[
         f"Command: `{command}`. Sender and receiver are separate processes; every figure is "
         "the median of all repetitions in all rounds, and ratios compare figures of one run.",
         runs(data),
-        "## Targets (issue 4)\n\n" + markdown_table(["target", "measured", "met?"], targets(data)),
+        "## Targets\n\n" + markdown_table(["target", "measured", "met?"], targets(data)),
         "## Results",
         *sections(data),
         *(f"![{name}]({name})" for name in images),
@@ -211,7 +248,18 @@ def readme_block(data: dict[str, dict[str, Any]], results_link: str) -> str:
         columns, table = _grid(rows, ("contender",), "family", lambda r: f"{r['gbps']:.2f}")
         parts.append("One 400 MB array between two processes (GB/s, median):\n\n"
                      + markdown_table(["contender", *(FAMILY_NAMES[c] for c in columns)], table))
-    parts.append(markdown_table(["target", "measured", "met?"], targets(data)))
+    if "latency" in data:
+        rows = [r for r in data["latency"]["rtt"] if r["size"] == 64 and r["family"] == "tcp"]
+        columns, table = _grid(
+            [r for r in rows if r["contender"] in (CHANNEL, "pyzmq REQ/REP copy=True", "arraywire raw compiled")],
+            ("contender",), "placement", lambda r: f"{r['us']:.1f}",
+        )
+        parts.append("64 B round trip over TCP (µs, median):\n\n"
+                     + markdown_table(["contender", *columns], table))
+    checks = targets(data)
+    met = sum(1 for check in checks if check[2] == "met")
+    parts.append(f"{met} of {len(checks)} targets met in the latest runs; the table of targets "
+                 f"and every figure are in [latest.md]({results_link}/latest.md).")
     if "throughput" in data:
         parts.append(f"![throughput vs message size]({results_link}/throughput.png)")
     return "\n\n".join(parts) + "\n"

@@ -59,13 +59,21 @@ FRAMED = {
     "arraywire compiled": ("harness:Framed", "c", {}),
     "arraywire pure": ("harness:Framed", "python", {}),
 }
+CHANNEL = {
+    "arraywire Channel compiled": ("harness:ChannelMessages", "c", {}),
+    "arraywire Channel pure": ("harness:ChannelMessages", "python", {}),
+}
 PINGPONG_CONTENDERS = {
     **FRAMED,
+    **CHANNEL,
+    "arraywire raw compiled": ("harness:Raw", "c", {}),
     "pyzmq REQ/REP copy=False": ("contenders:ZmqReqRep", "c", {"copy": False}),
     "pyzmq REQ/REP copy=True": ("contenders:ZmqReqRep", "c", {"copy": True}),
 }
 RATE_CONTENDERS = {
     **FRAMED,
+    "arraywire Channel send loop": CHANNEL["arraywire Channel compiled"],
+    "arraywire Channel send_many": ("harness:ChannelBatched", "c", {}),
     "pyzmq PUSH/PULL copy=False": ("contenders:ZmqPushPull", "c", {"copy": False}),
     "pyzmq PUSH/PULL copy=True": ("contenders:ZmqPushPull", "c", {"copy": True}),
 }
@@ -218,11 +226,12 @@ def latency(settings: Settings) -> dict[str, Any]:
 
 
 def memory(settings: Settings) -> dict[str, Any]:
-    """5. Peak RSS added by receiving a 400 MB array with recv_array."""
+    """5. Peak RSS added by receiving a 400 MB array with recv_array, and
+    with Channel.recv (through its read-ahead buffer)."""
     cases = {
         (family, label): job(contender, family=family, sizes=[ARRAY_400MB], repeats=1)
         for family in FAMILIES
-        for label, contender in FRAMED.items()
+        for label, contender in {**FRAMED, **CHANNEL}.items()
     }
     results = run_rounds(cases, Settings(rounds=1))
     rows = [

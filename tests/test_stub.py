@@ -24,7 +24,27 @@ def public_functions(module: ModuleType) -> dict[str, Callable[..., Any]]:
     return {
         name: obj
         for name, obj in vars(module).items()
-        if not name.startswith("_") and callable(obj) and obj.__module__ == module.__name__
+        if not name.startswith("_")
+        and callable(obj)
+        and not isinstance(obj, type)
+        and obj.__module__ == module.__name__
+    }
+
+
+def public_classes(module: ModuleType) -> dict[str, type]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and isinstance(obj, type) and obj.__module__ == module.__name__
+    }
+
+
+def public_members(cls: type) -> dict[str, Any]:
+    """A class's public methods and properties, with __init__."""
+    return {
+        name: getattr(cls, name)
+        for name in dir(cls)
+        if (name == "__init__" and "__init__" in vars(cls)) or not name.startswith("_")
     }
 
 
@@ -67,10 +87,14 @@ def stub_signature(node: ast.FunctionDef) -> inspect.Signature:
     return inspect.Signature(params, return_annotation=returns)
 
 
-def stub_functions(stub: ast.Module) -> dict[str, inspect.Signature]:
+def stub_functions(stub: ast.Module | ast.ClassDef) -> dict[str, inspect.Signature]:
     return {
         node.name: stub_signature(node) for node in stub.body if isinstance(node, ast.FunctionDef)
     }
+
+
+def stub_classes(stub: ast.Module) -> dict[str, ast.ClassDef]:
+    return {node.name: node for node in stub.body if isinstance(node, ast.ClassDef)}
 
 
 def stub_variables(stub: ast.Module) -> dict[str, str]:
@@ -91,7 +115,16 @@ def without_annotations(signature: inspect.Signature) -> inspect.Signature:
 
 
 PURE = public_functions(_transport_py)
+PURE_CLASSES = public_classes(_transport_py)
 STUB = load_stub()
+
+
+def method_names(cls: type) -> list[str]:
+    return sorted(public_members(cls))
+
+
+def method_cases() -> list[tuple[str, str]]:
+    return [(cls, name) for cls in sorted(PURE_CLASSES) for name in method_names(PURE_CLASSES[cls])]
 
 
 def test_stub_declares_the_pure_functions() -> None:
@@ -129,3 +162,39 @@ def test_compiled_declares_the_pure_functions() -> None:
 def test_compiled_signature_matches_pure(name: str) -> None:
     compiled = inspect.signature(getattr(_transport_c, name))
     assert compiled == without_annotations(inspect.signature(PURE[name]))
+
+
+def test_stub_declares_the_pure_classes() -> None:
+    classes = stub_classes(STUB)
+    assert sorted(classes) == sorted(PURE_CLASSES)
+    for name, node in classes.items():
+        assert sorted(stub_functions(node)) == method_names(PURE_CLASSES[name])
+
+
+@pytest.mark.parametrize(("cls", "name"), method_cases())
+def test_stub_method_matches_pure(cls: str, name: str) -> None:
+    member = public_members(PURE_CLASSES[cls])[name]
+    declared = stub_functions(stub_classes(STUB)[cls])[name]
+    if isinstance(member, property):
+        assert list(declared.parameters) == ["self"]
+    else:
+        assert declared == inspect.signature(member)
+
+
+@pytest.mark.c_extension
+@needs_compiled
+@pytest.mark.parametrize(("cls", "name"), method_cases())
+def test_compiled_method_matches_pure(cls: str, name: str) -> None:
+    pure = public_members(PURE_CLASSES[cls])[name]
+    compiled_cls = public_classes(_transport_c)[cls]  # type: ignore[arg-type]
+    assert method_names(compiled_cls) == method_names(PURE_CLASSES[cls]) or (
+        sorted(set(method_names(compiled_cls)) - {"__init__"})
+        == sorted(set(method_names(PURE_CLASSES[cls])) - {"__init__"})
+    )
+    if name == "__init__":
+        return  # a compiled class takes its arguments in __cinit__
+    compiled = getattr(compiled_cls, name)
+    if isinstance(pure, property):
+        assert inspect.isdatadescriptor(compiled)
+    else:
+        assert inspect.signature(compiled) == without_annotations(inspect.signature(pure))

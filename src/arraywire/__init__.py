@@ -5,6 +5,8 @@ or in a pure-Python twin (``BACKEND == "python"``) where no compiler was found
 or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 """
 
+from arraywire._channel import Channel
+from arraywire._connection import Listener, connect, listen
 from arraywire._engine import Message
 from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
 from arraywire._framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
@@ -23,9 +25,13 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_METADATA",
     "BrokenStreamError",
+    "Channel",
     "IncompleteTransferError",
+    "Listener",
     "Message",
     "ProtocolError",
+    "connect",
+    "listen",
     "recv_array",
     "recv_arrays",
     "recv_into",

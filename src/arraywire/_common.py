@@ -29,6 +29,10 @@ PROGRESS_INTERVAL = 0.1
 # How often a transfer running in the main thread lets Python run signal
 # handlers while data keep flowing (blocked calls are woken by EINTR instead).
 SIGNAL_CHECK_INTERVAL = 0.05
+# A connection reads ahead this much; a payload of at least DIRECT_BYTES still
+# to come is received straight into its array instead.
+READ_AHEAD_BYTES = 256 << 10
+DIRECT_BYTES = 64 << 10
 # msg_iovlen must be 1..IOV_MAX; Linux and macOS both use 1024.
 IOV_MAX = 1024
 
@@ -52,6 +56,13 @@ def check_socket(sock: Any) -> tuple[int, float | None]:
     if fd == -1:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     return fd, sock.gettimeout()
+
+
+def repeatable_dtype(dtype: np.dtype) -> bool:
+    """Whether messages of this dtype may reuse a learned header: its buffer
+    exports (not datetime64/timedelta64) and it has no fields (a structured
+    dtype's names can be reassigned in place)."""
+    return dtype.names is None and dtype.kind not in "Mm"
 
 
 def not_a_buffer(obj: object) -> TypeError:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from arraywire._common import PROGRESS_INTERVAL, Progress
+from arraywire._common import PROGRESS_INTERVAL, Progress, numpy_bytes
 from arraywire._errors import IncompleteTransferError
 from arraywire._protocol import (
     DEFAULT_MAX_METADATA,
@@ -47,6 +47,8 @@ MIN_RUN_BYTES = 64 << 10
 STAGING_BYTES = 4 << 20
 # A payload that does not fit `out` is read and discarded in steps this large.
 DRAIN_BYTES = 1 << 20
+# Headers of one array up to this size may be recognised by their bytes.
+SIMPLE_BLOCK = 512
 
 
 class Reporter(Protocol):
@@ -301,7 +303,7 @@ class Receive(Transfer):
 
     __slots__ = (
         "_max_metadata", "_one_array", "_out", "_progress", "arrays", "max_bytes", "metadata",
-        "names", "problem", "reporter", "specs",
+        "names", "problem", "reporter", "simple_header", "specs",
     )
 
     def __init__(
@@ -328,6 +330,9 @@ class Receive(Transfer):
         self.problem = ""
         # set once the payload is known to go into arrays (not drained)
         self.reporter: MessageProgress | None = None
+        # The header's bytes when it describes one unnamed array and nothing
+        # else: a driver may recognise the same bytes later without decoding.
+        self.simple_header: bytes | None = None
 
     def reads(self) -> Iterator[list[Any]]:
         """The preamble, the descriptor block, then the message's arrays, or
@@ -340,6 +345,8 @@ class Receive(Transfer):
         block = bytearray(declared.block_len)
         yield [block]
         total = self._decode(block, declared)
+        if declared.version == 1 and declared.arrays == 1 and declared.block_len <= SIMPLE_BLOCK:
+            self.simple_header = bytes(preamble) + bytes(block)
         if self._one_array:
             self.problem = mismatch(self.specs, self._out)
         if self.problem:
@@ -381,7 +388,7 @@ class Receive(Transfer):
         """The EOFError to raise instead of exc when the peer closed the
         connection cleanly, before the first byte of this message."""
         if isinstance(exc, IncompleteTransferError) and not self.offset and not exc.bytes_done:
-            return EOFError("the peer closed the connection (cleanly, between messages)")
+            return clean_end()
         return None
 
     def result(self) -> list[np.ndarray]:
@@ -398,6 +405,56 @@ class Receive(Transfer):
         if self.names is None:
             return Message(arrays, self.metadata)
         return Message(dict(zip(self.names, arrays, strict=True)), self.metadata)
+
+
+class ReadAhead(Protocol):
+    """A connection's read-ahead buffer, as ``buffered_reads`` uses it."""
+
+    @property
+    def buffered(self) -> int: ...
+
+    def take(self, obj: Any) -> int: ...
+
+
+def buffered_reads(
+    message: Receive, inbox: ReadAhead, direct_bytes: int
+) -> Iterator[int | list[Any]]:
+    """Serve a message's reads from a read-ahead buffer first.
+
+    Yields an int n when the buffer is empty and the current read still
+    wants n bytes: the driver makes one receive into the buffer (fill), and
+    raises IncompleteTransferError(0, n) if the peer closed. Yields a list of
+    buffers when at least direct_bytes remain of a read: the driver fills
+    them straight from the socket, so large payloads are never copied, and
+    calls ``message.moved`` with the count.
+    """
+    for buffers in message.reads():
+        for buffer in buffers:
+            view = writable_bytes(buffer)
+            size = len(view)
+            filled = 0
+            while filled < size:
+                if inbox.buffered:
+                    count = inbox.take(view[filled:] if filled else view)
+                    filled += count
+                    message.moved(count)
+                elif size - filled >= direct_bytes:
+                    yield [view[filled:]]
+                    filled = size
+                else:
+                    yield size - filled
+
+
+def writable_bytes(buffer: Any) -> memoryview:
+    """A flat byte view of one of the buffers ``Receive.reads`` names."""
+    if isinstance(buffer, np.ndarray):
+        return numpy_bytes(buffer, True).data
+    return memoryview(buffer)
+
+
+def clean_end() -> EOFError:
+    """What a receive raises when the peer closed between messages."""
+    return EOFError("the peer closed the connection (cleanly, between messages)")
 
 
 def mismatch(specs: tuple[ArraySpec, ...], out: np.ndarray | None) -> str:

@@ -10,18 +10,21 @@ Validation, limits and messages come from ``_common`` so both twins share them.
 cimport cython
 from cpython.buffer cimport (
     PyBUF_FULL_RO,
+    PyBUF_WRITABLE,
     PyBuffer_IsContiguous,
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EBADF, EINTR, errno
 from libc.limits cimport INT_MAX
 from libc.math cimport INFINITY, ceil
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 import os
 import socket
@@ -34,6 +37,7 @@ from arraywire._common import (
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
+    READ_AHEAD_BYTES,
     SIGNAL_CHECK_INTERVAL,
     check_socket,
     format_has_objects,
@@ -43,6 +47,7 @@ from arraywire._common import (
     numpy_bytes,
     object_items,
     read_only,
+    repeatable_dtype,
 )
 from arraywire._errors import IncompleteTransferError
 
@@ -459,3 +464,232 @@ def sendmsg_from(buffers, sock, *, progress=None):
 def recvmsg_into(buffers, sock, *, progress=None):
     """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
     return transfer_many(buffers, sock, False, progress)
+
+
+cdef object ndarray_type = np.ndarray
+cdef object numpy_empty = np.empty
+
+
+cdef int socket_fd(object sock, int *fd, const int **fd_field) except -1:
+    """The socket's descriptor now, and where transfer() re-reads it."""
+    fd[0] = sock.fileno()
+    if fd[0] == -1:
+        raise OSError(EBADF, os.strerror(EBADF))
+    fd_field[0] = arraywire_socket_fd_field(<PyObject *>sock) if fd_field_found else fd
+    return 0
+
+
+@cython.final
+cdef class Inbox:
+    """Twin of _transport_py.Inbox: a connection's read-ahead buffer."""
+    cdef object sock
+    cdef char *buffer
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t start
+    cdef Py_ssize_t end
+    cdef bytes header
+    cdef object dtype
+    cdef object shape
+    cdef object order
+    cdef Py_ssize_t nbytes
+
+    def __cinit__(self, sock, Py_ssize_t capacity=READ_AHEAD_BYTES):
+        check_socket(sock)
+        self.sock = sock
+        self.capacity = capacity
+        self.buffer = <char *>PyMem_Malloc(capacity if capacity > 0 else 1)
+        if self.buffer == NULL:
+            raise MemoryError()
+        self.header = b""
+        self.shape = ()
+        self.order = "C"
+
+    def __dealloc__(self):
+        PyMem_Free(self.buffer)
+
+    @property
+    def buffered(self):
+        """Bytes received and not yet taken."""
+        return self.end - self.start
+
+    def fill(self):
+        """One receive into the free space, after moving what is buffered to
+        the front; return its count (0: the peer closed)."""
+        cdef int fd
+        cdef const int *fd_field
+        cdef ssize_t received
+        cdef int err = 0
+        cdef int ready
+        cdef pollfd wanted
+        cdef double timeout
+        cdef double deadline = 0
+        cdef double millis
+        cdef int flags
+        socket_fd(self.sock, &fd, &fd_field)
+        value = self.sock.gettimeout()
+        timeout = -1.0 if value is None else value
+        flags = 0 if timeout < 0 else MSG_DONTWAIT
+        if self.start:
+            memmove(self.buffer, self.buffer + self.start, self.end - self.start)
+            self.end -= self.start
+            self.start = 0
+        if timeout > 0:
+            deadline = arraywire_monotonic() + timeout
+        while True:
+            ready = 1
+            with nogil:
+                received = recv(
+                    arraywire_load_fd(fd_field), self.buffer + self.end,
+                    self.capacity - self.end, flags,
+                )
+                if received < 0:
+                    err = errno
+                    if timeout > 0 and arraywire_would_block(err):
+                        # sock_call_ex's order, reversed: try first, then wait
+                        millis = ceil((deadline - arraywire_monotonic()) * 1000.0)
+                        ready = 0
+                        if millis > 0:
+                            wanted.fd = arraywire_load_fd(fd_field)
+                            wanted.events = POLLIN
+                            wanted.revents = 0
+                            ready = poll(&wanted, 1, INT_MAX if millis > INT_MAX else <int>millis)
+                            if ready < 0:
+                                err = errno
+            if received >= 0:
+                self.end += received
+                return received
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            if timeout > 0 and arraywire_would_block(err):
+                if ready == 0:
+                    raise socket.timeout("timed out")
+                continue
+            raise OSError(err, os.strerror(err))
+
+    def take(self, obj):
+        """Copy buffered bytes into the front of a writable buffer; return the count."""
+        cdef Py_buffer view
+        cdef Py_ssize_t count
+        acquire(obj, &view, True)
+        count = min(view.len, self.end - self.start)
+        memcpy(view.buf, self.buffer + self.start, count)
+        PyBuffer_Release(&view)
+        self.start += count
+        return count
+
+    def learn(self, bytes header, dtype, tuple shape, str order):
+        """Remember a decoded one-array header, so that take_array recognises it."""
+        if not repeatable_dtype(dtype):
+            return
+        self.header = header
+        self.dtype = dtype
+        self.shape = shape
+        self.order = order
+        self.nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+
+    def take_array(self, max_bytes):
+        """The next message as a new array, when it is buffered whole and its
+        header is the one learned; else None."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(self.header)
+        cdef Py_ssize_t end = self.start + size + self.nbytes
+        cdef Py_buffer view
+        if not size or end > self.end:
+            return None
+        if memcmp(self.buffer + self.start, PyBytes_AS_STRING(self.header), size):
+            return None
+        if max_bytes is not None and self.nbytes > max_bytes:
+            return None
+        array = numpy_empty(self.shape, self.dtype, order=self.order)
+        PyObject_GetBuffer(array, &view, PyBUF_WRITABLE)
+        memcpy(view.buf, self.buffer + self.start + size, self.nbytes)
+        PyBuffer_Release(&view)
+        self.start = end
+        return array
+
+
+@cython.final
+cdef class Outbox:
+    """Twin of _transport_py.Outbox: sends one-array messages whose layout
+    repeats the last one learned."""
+    cdef object sock
+    cdef bytes header
+    cdef object dtype
+    cdef object shape
+    cdef object order
+
+    def __cinit__(self, sock):
+        check_socket(sock)
+        self.sock = sock
+        self.header = b""
+        self.shape = ()
+        self.order = "C"
+
+    def learn(self, bytes header, dtype, tuple shape, str order):
+        """Remember the header of a one-array message of this layout."""
+        if not repeatable_dtype(dtype):
+            return
+        self.header = header
+        self.dtype = dtype
+        self.shape = shape
+        self.order = order
+
+    cdef bint payload(self, object array, Py_buffer *view) except -1:
+        """Take array's buffer when its layout is the one learned."""
+        if type(array) is not ndarray_type or array.dtype is not self.dtype:
+            return False
+        if array.shape != self.shape:
+            return False
+        PyObject_GetBuffer(array, view, PyBUF_FULL_RO)
+        if PyBuffer_IsContiguous(view, b"C"):
+            order = "C"
+        elif PyBuffer_IsContiguous(view, b"F"):
+            order = "F"
+        else:
+            order = ""
+        if order != self.order:
+            PyBuffer_Release(view)
+            return False
+        return True
+
+    def send(self, array):
+        """Send array as a message when its layout is the one learned; return
+        the bytes sent, or None (nothing sent) for any other input."""
+        cdef Py_buffer view
+        cdef iovec iov[2]
+        cdef int fd
+        cdef const int *fd_field
+        cdef Py_ssize_t niov = 1
+        if not self.payload(array, &view):
+            return None
+        try:
+            socket_fd(self.sock, &fd, &fd_field)
+            iov[0].iov_base = PyBytes_AS_STRING(self.header)
+            iov[0].iov_len = <size_t>PyBytes_GET_SIZE(self.header)
+            if view.len:
+                iov[1].iov_base = view.buf
+                iov[1].iov_len = <size_t>view.len
+                niov = 2
+            return transfer(
+                iov, niov, iov[0].iov_len + <size_t>view.len, self.sock, fd,
+                self.sock.gettimeout(), True, None,
+            )
+        finally:
+            PyBuffer_Release(&view)
+
+    def pack(self, array, bytearray staging):
+        """Append the message of array to staging when its layout is the one
+        learned; return the bytes appended (0: none, for any other input)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(self.header)
+        cdef Py_ssize_t old
+        if not self.payload(array, &view):
+            return 0
+        try:
+            old = PyByteArray_GET_SIZE(staging)
+            PyByteArray_Resize(staging, old + size + view.len)
+            memcpy(PyByteArray_AS_STRING(staging) + old, PyBytes_AS_STRING(self.header), size)
+            memcpy(PyByteArray_AS_STRING(staging) + old + size, view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return size + view.len

@@ -50,6 +50,10 @@ from arraywire._step import PendingViews, byte_view
 
 __all__ = [
     "NATIVE_BYTES",
+    "Channel",
+    "Listener",
+    "connect",
+    "listen",
     "recv_array",
     "recv_arrays",
     "recv_into",
@@ -447,3 +451,7 @@ async def _receive(sock: Any, name: str, message: Receive) -> None:
             if end is not None:
                 raise end from None
             raise
+
+
+# The connection objects are built on the functions above.
+from arraywire._aio_channel import Channel, Listener, connect, listen  # noqa: E402

@@ -1,0 +1,337 @@
+"""The asyncio twins of Channel, Listener, listen and connect (exported by
+``arraywire.aio``): the same hello, messages, errors and item types, over the
+awaitable transfers of ``arraywire.aio``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from arraywire import _hello, _transport, aio
+from arraywire._channel import Item, coalesce
+from arraywire._common import Progress
+from arraywire._connection import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    RETRY_INTERVAL,
+    Address,
+    family_of,
+    server_socket,
+    tune,
+)
+from arraywire._engine import Message
+from arraywire._errors import IncompleteTransferError, ProtocolError
+from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+
+
+class Channel:
+    """``arraywire.Channel`` for asyncio: the same methods, awaited, and
+    ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it."""
+
+    def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
+        self._outbox = _transport.impl.Outbox(sock)  # packs send_many's small messages
+        sock.setblocking(False)
+        self._sock = sock
+        self._busy: set[str] = set()
+        self._peer_reads = peer_reads
+
+    @property
+    def socket(self) -> socket.socket:
+        """The connected socket this Channel uses."""
+        return self._sock
+
+    def _claim(self, direction: str) -> None:
+        if direction in self._busy:
+            raise RuntimeError(f"another task is in a {direction} on this Channel")
+        self._busy.add(direction)
+
+    async def send(
+        self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
+    ) -> int:
+        """Send one array as a message; return the bytes sent."""
+        self._claim("send")
+        try:
+            return await aio.send_array(array, self._sock, metadata=metadata, progress=progress)
+        finally:
+            self._busy.discard("send")
+
+    async def send_arrays(
+        self,
+        arrays: Iterable[Any] | Mapping[str, Any],
+        *,
+        metadata: bytes | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Send arrays as one message; return the bytes sent."""
+        self._claim("send")
+        try:
+            return await aio.send_arrays(arrays, self._sock, metadata=metadata, progress=progress)
+        finally:
+            self._busy.discard("send")
+
+    async def send_many(self, arrays: Iterable[Any]) -> int:
+        """Send each array as a message of its own, small ones coalesced (as
+        ``arraywire.Channel.send_many``); return the bytes sent."""
+        self._claim("send")
+        sent = 0
+        try:
+            for piece in coalesce(arrays, self._outbox):
+                if type(piece) is bytearray:
+                    sent += await aio.send_from(piece, self._sock)
+                else:
+                    sent += await aio.send_array(piece[0], self._sock)
+        except BaseException as exc:
+            exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            raise
+        finally:
+            self._busy.discard("send")
+        return sent
+
+    async def recv(
+        self,
+        *,
+        out: np.ndarray | None = None,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Receive a one-array message, into ``out`` when given."""
+        self._claim("receive")
+        try:
+            return await aio.recv_array(self._sock, out=out, max_bytes=max_bytes, progress=progress)
+        finally:
+            self._busy.discard("receive")
+
+    async def recv_arrays(
+        self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
+    ) -> list[np.ndarray] | dict[str, np.ndarray]:
+        """Receive one message; return its arrays as ``recv_arrays`` does."""
+        return (await self.recv_message(max_bytes=max_bytes, progress=progress)).arrays
+
+    async def recv_message(
+        self,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        max_metadata: int = DEFAULT_MAX_METADATA,
+        progress: Progress | None = None,
+    ) -> Message:
+        """Receive one message with its metadata."""
+        self._claim("receive")
+        try:
+            return await aio.recv_message(
+                self._sock, max_bytes=max_bytes, max_metadata=max_metadata, progress=progress
+            )
+        finally:
+            self._busy.discard("receive")
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Item]:
+        while True:
+            try:
+                arrays = (await self.recv_message()).arrays
+            except EOFError as exc:
+                if isinstance(exc, IncompleteTransferError):
+                    raise
+                return
+            if type(arrays) is list and len(arrays) == 1:
+                yield arrays[0]
+            else:
+                yield arrays
+
+    def close(self) -> None:
+        """Close the connection (and its socket)."""
+        self._sock.close()
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self._sock.fileno()
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _exchange_hello(sock: socket.socket) -> _hello.Hello:
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, _hello.encode())
+    data = bytearray(_hello.SIZE)
+    view = memoryview(data)
+    filled = 0
+    while filled < _hello.SIZE:
+        count = await loop.sock_recv_into(sock, view[filled:])
+        if not count:
+            raise ProtocolError(
+                f"the peer closed the connection after {filled} of the {_hello.SIZE} bytes "
+                "of its hello (is it an arraywire Listener?)"
+            )
+        filled += count
+    return _hello.decode(bytes(data))
+
+
+async def _timed(awaitable: Any, timeout: float, what: str) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+        raise TimeoutError(what) from None
+
+
+async def connect(address: Address, *, timeout: float | None = None) -> Channel:
+    """``arraywire.connect`` for asyncio: with a timeout, a refused connection
+    is tried again until it passes, and the timeout bounds the hello too."""
+    if timeout is None:
+        return await _connect(address, retry=False)
+    return await _timed(  # type: ignore[no-any-return]
+        _connect(address, retry=True), timeout, "no Listener completed the hello in time"
+    )
+
+
+async def _connect(address: Address, *, retry: bool) -> Channel:
+    while True:
+        try:
+            sock = await _connect_once(address)
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            if not retry:
+                raise
+            await asyncio.sleep(RETRY_INTERVAL)
+    try:
+        tune(sock)
+        peer = await _exchange_hello(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return Channel(sock, peer_reads=peer.reads_messages)
+
+
+async def _connect_once(address: Address) -> socket.socket:
+    family, where = family_of(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, where)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def listen(
+    address: Address,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> Listener:
+    """``arraywire.listen`` for asyncio: ``await listener.accept()``."""
+    sock, path = server_socket(address, backlog)
+    return Listener(sock, handshake_timeout, path)
+
+
+class Listener:
+    """Accepts connections in a task of its own; each hello is awaited in a
+    task too, so a silent peer never holds up another. ``accept()`` gives the
+    next Channel whose hello arrived."""
+
+    def __init__(self, sock: socket.socket, handshake_timeout: float, unlink: str | None) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._handshake_timeout = handshake_timeout
+        self._unlink = unlink
+        self._ready: asyncio.Queue[Channel | BaseException] = asyncio.Queue()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept_all())
+
+    @property
+    def address(self) -> Any:
+        """The bound address: (host, port) with the real port, or the path."""
+        name = self._sock.getsockname()
+        return name[:2] if isinstance(name, tuple) else name
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self._sock.fileno()
+
+    async def accept(self) -> Channel:
+        """The next connection whose hello arrived, as an aio Channel."""
+        item = await self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def _accept_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                # out of descriptors, say: accept() raises it; try again later
+                self._ready.put_nowait(exc)
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(False)
+            tune(conn)
+            peer = await _timed(_exchange_hello(conn), self._handshake_timeout, "hello")
+        except (OSError, ProtocolError):
+            conn.close()
+            return
+        except BaseException:
+            conn.close()
+            raise
+        self._ready.put_nowait(Channel(conn, peer_reads=peer.reads_messages))
+
+    def close(self) -> None:
+        """Stop listening; drop connections not yet accepted."""
+        self._acceptor.cancel()
+        for task in self._handshakes:
+            task.cancel()
+        while not self._ready.empty():
+            item = self._ready.get_nowait()
+            if isinstance(item, Channel):
+                item.close()
+        if self._sock.fileno() != -1:
+            self._sock.close()
+            if self._unlink is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unlink)
+
+    async def aclose(self) -> None:
+        """close(), after its tasks have stopped using the sockets."""
+        tasks = [self._acceptor, *self._handshakes]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.close()
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,355 @@
+"""Channel: one end of a connection carrying messages, the blocking driver of
+the message engine with a read-ahead buffer.
+
+A small message costs one receive: the read-ahead buffer (the transport's
+``Inbox``) takes what the socket has, and a message whose header repeats the
+last one is recognised by its bytes and taken whole by the core. A payload of
+at least ``DIRECT_BYTES`` still to come goes straight into its array. Sends of
+a repeating layout reuse the header and go out in one gather call
+(``Outbox``); any other message is planned by the engine.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from arraywire import _transport
+from arraywire._common import DIRECT_BYTES, Progress, numpy_bytes
+from arraywire._engine import (
+    Message,
+    Packed,
+    Receive,
+    SendPlan,
+    Transfer,
+    buffered_reads,
+    clean_end,
+    plan_send,
+)
+from arraywire._errors import BrokenStreamError, IncompleteTransferError
+from arraywire._framing import write_plan
+from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+
+Item: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
+"""What iterating a Channel gives for each message: the array itself for a
+message of one unnamed array, else what ``recv_arrays`` returns (a list, or a
+dict when the sender named the arrays)."""
+
+# send_many sends messages smaller than this through one staging buffer, and
+# writes the buffer when it holds this much.
+PACK_BYTES = 64 << 10
+STAGING_BYTES = 1 << 20
+
+
+class Channel:
+    """One end of a connection carrying messages in the ``send_array`` format.
+
+    ``Channel(sock)`` wraps a connected stream socket you already have (it
+    sends no hello, so the other end may use bare ``send_array`` and
+    ``recv_array``); ``arraywire.connect`` and ``Listener.accept`` make
+    Channels that began with a hello. The Channel owns the socket: ``close()``
+    and leaving a ``with`` block close it. One thread may send while another
+    receives; a second concurrent send (or receive) raises RuntimeError.
+
+    A failure that leaves the byte stream out of step with the peer (a hostile
+    header, a peer gone mid-message, a send cut short) closes the Channel;
+    later calls raise BrokenStreamError saying what happened.
+    """
+
+    def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
+        core = _transport.impl
+        self._core = core
+        self._inbox = core.Inbox(sock)
+        self._outbox = core.Outbox(sock)
+        self._sock = sock
+        self._sending = threading.Lock()
+        self._receiving = threading.Lock()
+        self._broken: str | None = None
+        # the newest message version the peer reads (from its hello)
+        self._peer_reads = peer_reads
+
+    @property
+    def socket(self) -> socket.socket:
+        """The connected socket this Channel uses."""
+        return self._sock
+
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else "closed" if self._sock.fileno() == -1 else "open"
+        return f"<arraywire.Channel {state} fd={self._sock.fileno()}>"
+
+    # --- sending ------------------------------------------------------------------
+
+    def send(
+        self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
+    ) -> int:
+        """Send one array as a message; return the bytes sent (header included).
+        Refuses what ``send_array`` refuses, before the first byte."""
+        self._claim(self._sending, "send")
+        try:
+            if metadata is None and progress is None:
+                try:
+                    sent = self._outbox.send(array)
+                except BaseException as exc:
+                    if getattr(exc, "bytes_done", None):  # a part of the message went out
+                        self._break("send", exc)
+                    raise
+                if sent is not None:
+                    return sent
+            plan = plan_send((array,), progress, metadata)
+            self._write(plan, "send")
+            if metadata is None:
+                learn_layout(self._outbox, array, plan)
+            return plan.complete()
+        finally:
+            self._sending.release()
+
+    def send_arrays(
+        self,
+        arrays: Iterable[Any] | Mapping[str, Any],
+        *,
+        metadata: bytes | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Send arrays as one message (named when given as a mapping, as
+        ``send_arrays``); return the bytes sent."""
+        self._claim(self._sending, "send")
+        try:
+            plan = plan_send(arrays, progress, metadata)
+            self._write(plan, "send_arrays")
+            return plan.complete()
+        finally:
+            self._sending.release()
+
+    def send_many(self, arrays: Iterable[Any]) -> int:
+        """Send each array as a message of its own, coalescing small messages
+        into as few system calls as their sizes allow; every byte is on the
+        wire when this returns. Returns the bytes sent. An input that cannot
+        be sent raises TypeError or ValueError before its first byte, once the
+        messages before it are sent (``bytes_done`` counts the bytes sent)."""
+        self._claim(self._sending, "send")
+        sent = 0
+        try:
+            for piece in coalesce(arrays, self._outbox):
+                if isinstance(piece, bytearray):
+                    sent += self._core.send_from(piece, self._sock)
+                else:
+                    self._write(piece[1], "send_many")
+                    sent += piece[1].total
+        except BaseException as exc:
+            partial = getattr(exc, "bytes_done", None) or 0
+            exc.bytes_done = sent + partial  # type: ignore[attr-defined]
+            if partial:
+                self._break("send_many", exc)
+            raise
+        finally:
+            self._sending.release()
+        return sent
+
+    def _write(self, plan: SendPlan, what: str) -> None:
+        try:
+            write_plan(plan, self._sock, plan.reporter)
+        except BaseException as exc:
+            if plan.fail(exc):
+                self._break(what, exc, plan)
+            raise
+
+    # --- receiving ----------------------------------------------------------------
+
+    def recv(
+        self,
+        *,
+        out: np.ndarray | None = None,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Receive a one-array message, into ``out`` when given (errors and
+        ``max_bytes`` as ``recv_array``; EOFError when the peer closed
+        cleanly between messages)."""
+        self._claim(self._receiving, "receive")
+        try:
+            if out is None and progress is None:
+                array = self._take(max_bytes)
+                if array is not None:
+                    return array
+            message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+            self._read(message)
+            return message.result()[0]
+        finally:
+            self._receiving.release()
+
+    def recv_arrays(
+        self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
+    ) -> list[np.ndarray] | dict[str, np.ndarray]:
+        """Receive one message; return its arrays as ``recv_arrays`` does."""
+        return self.recv_message(max_bytes=max_bytes, progress=progress).arrays
+
+    def recv_message(
+        self,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        max_metadata: int = DEFAULT_MAX_METADATA,
+        progress: Progress | None = None,
+    ) -> Message:
+        """Receive one message with its metadata, as ``recv_message`` does."""
+        self._claim(self._receiving, "receive")
+        try:
+            message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+            self._read(message)
+            return message.message()
+        finally:
+            self._receiving.release()
+
+    def __iter__(self) -> Iterator[Item]:
+        """Each message in turn (see ``Item``) until the peer closes cleanly
+        between messages; messages over ``DEFAULT_MAX_BYTES`` raise as in recv."""
+        while True:
+            try:
+                yield self._next()
+            except EOFError as exc:
+                if isinstance(exc, IncompleteTransferError):
+                    raise
+                return
+
+    def _next(self) -> Item:
+        self._claim(self._receiving, "receive")
+        try:
+            array = self._take(DEFAULT_MAX_BYTES)
+            if array is not None:
+                return array
+            message = Receive(DEFAULT_MAX_BYTES)
+            self._read(message)
+            arrays = message.message().arrays
+            if type(arrays) is list and len(arrays) == 1:
+                return arrays[0]
+            return arrays
+        finally:
+            self._receiving.release()
+
+    def _take(self, max_bytes: int | None) -> np.ndarray | None:
+        """A message of the learned header, whole in the read-ahead buffer,
+        after one receive when the buffer was empty."""
+        inbox = self._inbox
+        array = inbox.take_array(max_bytes)
+        if array is None and not inbox.buffered:
+            if not inbox.fill():
+                raise clean_end()
+            array = inbox.take_array(max_bytes)
+        return array
+
+    def _read(self, message: Receive) -> None:
+        inbox = self._inbox
+        recvmsg_into = self._core.recvmsg_into
+        try:
+            for request in buffered_reads(message, inbox, DIRECT_BYTES):
+                if isinstance(request, int):
+                    if not inbox.fill():
+                        raise IncompleteTransferError(0, request)
+                else:
+                    reporter = message.reporter
+                    part = None if reporter is None else reporter.part(message.offset)
+                    message.moved(recvmsg_into(request, self._sock, progress=part))
+        except BaseException as exc:
+            out_of_step = message.fail(exc)
+            end = message.end_of_stream(exc)
+            if end is not None:
+                raise end from None
+            if out_of_step:
+                self._break("receive", exc, message)
+            raise
+        header = message.simple_header
+        if header is not None and not message.problem:
+            spec = message.specs[0]
+            inbox.learn(header, spec.dtype, spec.shape, spec.order)
+
+    # --- state --------------------------------------------------------------------
+
+    def _claim(self, lock: threading.Lock, direction: str) -> None:
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(f"another thread is in a {direction} on this Channel")
+        if self._broken is not None:
+            lock.release()
+            raise BrokenStreamError(f"cannot {direction}: {self._broken}")
+
+    def _break(self, what: str, exc: BaseException, transfer: Transfer | None = None) -> None:
+        if self._broken is not None:
+            return
+        done = getattr(exc, "bytes_done", None) or 0
+        total = None if transfer is None else transfer.total
+        of = "" if total is None else f" of {total:,}"
+        self._broken = (
+            f"an earlier {what} on this Channel failed ({type(exc).__name__}: {exc}) after "
+            f"{done:,}{of} bytes of its message, so the byte stream is out of step with "
+            "the peer and the Channel was closed"
+        )
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already disconnected
+            pass
+        self._sock.close()
+
+    def close(self) -> None:
+        """Close the connection (and its socket)."""
+        self._sock.close()
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed), for select and poll."""
+        return self._sock.fileno()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def learn_layout(outbox: Any, array: Any, plan: SendPlan) -> None:
+    """Let the core send the next array of this layout without planning."""
+    if type(array) is not np.ndarray or plan.header[4] != 1:  # version 1: one unnamed array
+        return
+    if array.flags.c_contiguous:
+        outbox.learn(plan.header, array.dtype, array.shape, "C")
+    elif array.flags.f_contiguous:
+        outbox.learn(plan.header, array.dtype, array.shape, "F")
+
+
+def coalesce(arrays: Iterable[Any], outbox: Any) -> Iterator[bytearray | tuple[Any, SendPlan]]:
+    """The pieces of send_many: staging buffers holding runs of small
+    messages, and (array, plan) for a message to send on its own. An array
+    that cannot be sent raises once the staged messages before it were given."""
+    staging = bytearray()
+    for array in arrays:
+        if not outbox.pack(array, staging):
+            try:
+                plan = plan_send((array,))
+            except (TypeError, ValueError):
+                if staging:
+                    yield staging
+                raise
+            learn_layout(outbox, array, plan)
+            if plan.total < PACK_BYTES and not any(
+                isinstance(segment, Packed) for segment in plan.segments
+            ):
+                staging += plan.header
+                for segment in plan.segments:
+                    staging += numpy_bytes(segment, False).data  # type: ignore[arg-type]
+            else:
+                if staging:
+                    yield staging
+                    staging = bytearray()
+                yield array, plan
+                continue
+        if len(staging) >= STAGING_BYTES:
+            yield staging
+            staging = bytearray()
+    if staging:
+        yield staging
