@@ -221,6 +221,55 @@ def test_learned_header_is_not_fooled_by_another_layout(backend: Backend) -> Non
             np.testing.assert_array_equal(received, array)
 
 
+def test_a_learned_layout_takes_every_shape(backend: Backend) -> None:
+    a, b = socket.socketpair()
+    rng = np.random.default_rng(3)
+    arrays = [rng.random(n) for n in (5, 5, 0, 7, 100_000, 3, 1_000_000, 2)]
+    arrays += [rng.random((n, 3)) for n in (2, 4, 0)] + [np.asfortranarray(rng.random((3, 4)))] * 2
+    with Channel(a) as left, Channel(b) as right:
+        sender = Peer(lambda: [left.send(x) for x in arrays])
+        for array in arrays:
+            received = right.recv()
+            np.testing.assert_array_equal(received, array)
+            assert received.flags.f_contiguous == array.flags.f_contiguous
+        assert sender.result() == [message_bytes(x) for x in arrays]
+
+
+def test_a_header_of_the_learned_layout_is_still_checked(backend: Backend) -> None:
+    a, b = socket.socketpair()
+    with Channel(b) as right, a:
+        arraywire.send_array(np.zeros(4), a)
+        right.recv()  # learns <f8, one dimension, C
+        header = bytearray(plan_send((np.zeros(4),)).header)
+        header[16] = 40  # nbytes 40: shape (4,) of <f8 needs 32
+        a.sendall(bytes(header) + bytes(40))
+        with pytest.raises(ProtocolError, match="declares 40 payload bytes"):
+            right.recv()
+        with pytest.raises(BrokenStreamError):
+            right.recv()
+
+
+def test_a_learned_layout_received_in_place_counts_a_cut(backend: Backend) -> None:
+    a, b = socket.socketpair()
+    with Channel(b) as right:
+        arraywire.send_array(np.zeros(4), a)
+        right.recv()
+        whole = plan_send((np.zeros(1_000_000),))
+
+        def cut_short() -> None:
+            a.sendall(whole.header + bytes(300_000))  # more than the read-ahead holds
+            a.close()
+
+        sender = Peer(cut_short)
+        with pytest.raises(IncompleteTransferError) as caught:
+            right.recv()
+        sender.result()
+        assert caught.value.bytes_done == len(whole.header) + 300_000
+        assert caught.value.bytes_expected == whole.total
+        with pytest.raises(BrokenStreamError, match="IncompleteTransferError"):
+            right.recv()
+
+
 def test_send_many_coalesces_and_counts(backend: Backend) -> None:
     a, b = socket.socketpair()
     rng = np.random.default_rng(2)
@@ -382,6 +431,19 @@ def test_listener_checks_each_hello(
                 listener.accept(timeout=0.5)
             assert peer.recv(16) == hello()
             assert ends(peer)
+
+
+def test_no_names_or_metadata_for_a_peer_that_reads_version_1(backend: Backend) -> None:
+    with arraywire.listen(("127.0.0.1", 0)) as listener, raw_connect(listener.address) as peer:
+        peer.sendall(hello(reads=1))
+        with listener.accept(timeout=LIMIT) as channel:
+            assert peer.recv(16) == hello()
+            with pytest.raises(ValueError, match="reads messages up to version 1"):
+                channel.send_arrays({"x": np.arange(2)})
+            with pytest.raises(ValueError, match="names and metadata need version 2"):
+                channel.send(np.arange(2), metadata=b"m")
+            channel.send_arrays([np.arange(2)])  # version 1 goes through
+            np.testing.assert_array_equal(arraywire.recv_arrays(peer)[0], np.arange(2))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from hypothesis import given, settings, strategies as st
 from sockets import Peer
 
 from arraywire import _transport, _transport_py
+from arraywire._common import numpy_bytes
+from arraywire._engine import plan_send
 
 if _transport.NO_EXTENSIONS:
     pytest.skip("the compiled backend is switched off for this run", allow_module_level=True)
@@ -131,4 +133,101 @@ def test_bad_input_same_error(obj, direction) -> None:
                 outcomes.append(_outcome(lambda: module.sendmsg_from([b"ok", obj], a)))
             else:
                 outcomes.append(_outcome(lambda: module.recvmsg_into([bytearray(1), obj], b)))
+    assert outcomes[0] == outcomes[1]
+
+
+# --- a connection's Inbox and Outbox ---------------------------------------------
+
+LAYOUT_DTYPES = [np.dtype(t) for t in ("<f8", ">i4", "u1", "<c16", "S3", "<U2", "?", "<f2")]
+
+
+@st.composite
+def layouts(draw):
+    """A dtype, an order, and shapes of one number of dimensions."""
+    dtype = draw(st.sampled_from(LAYOUT_DTYPES))
+    ndim = draw(st.integers(0, 4))
+    shapes = draw(st.lists(st.tuples(*[st.integers(0, 6)] * ndim), min_size=1, max_size=6))
+    return dtype, draw(st.sampled_from("CF")), shapes
+
+
+def _arrays(dtype, order, shapes):
+    rng = np.random.default_rng(len(shapes))
+    return [
+        np.asarray(
+            rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+            .view(dtype).reshape(shape), order=order,
+        )
+        for shape in shapes
+    ]
+
+
+def _packed(module, arrays):
+    a, b = socket.socketpair()
+    with a, b:
+        outbox = module.Outbox(a)
+        plan = plan_send((arrays[0],))
+        outbox.learn(plan.header, arrays[0].dtype, arrays[0].shape, _engine_order(arrays[0]))
+        staging = bytearray()
+        counts = [outbox.pack(array, staging) for array in arrays]
+    return counts, bytes(staging)
+
+
+def _engine_order(array):
+    return "C" if array.flags.c_contiguous else "F"
+
+
+@DIFF
+@given(layout=layouts())
+def test_outbox_writes_what_the_engine_plans(layout) -> None:
+    """An array of the learned order becomes the engine's message; any other
+    is left to the engine (0)."""
+    arrays = _arrays(*layout)
+    learned = _engine_order(arrays[0])
+    taken = [a for a in arrays if _engine_order(a) == learned]
+    expected = b"".join(
+        plan_send((array,)).header + numpy_bytes(array, False).tobytes() for array in taken
+    )
+    counts = [plan_send((a,)).total if _engine_order(a) == learned else 0 for a in arrays]
+    for module in BACKENDS:
+        assert _packed(module, arrays) == (counts, expected)
+
+
+def _taken(module, learned, stream, max_bytes):
+    """Learn a header, then take arrays from a stream of bytes until None."""
+    a, b = socket.socketpair()
+    with a, b:
+        inbox = module.Inbox(b)
+        header = plan_send((learned,)).header
+        inbox.learn(header, learned.dtype, learned.shape, _engine_order(learned))
+        a.sendall(stream)
+        a.shutdown(socket.SHUT_WR)
+        taken = []
+        while True:
+            outcome = _outcome(lambda: inbox.take_array(max_bytes))
+            if outcome[0] != "ok" or outcome[1] is None:
+                break
+            array = outcome[1]
+            taken.append((array.dtype.str, array.shape, array.flags.f_contiguous, array.tobytes()))
+        return taken, outcome[:1] if outcome[0] == "ok" else outcome, inbox.buffered
+
+
+@DIFF
+@given(
+    layout=layouts(),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3),
+    cut=st.integers(0, 64),
+    max_bytes=st.one_of(st.none(), st.integers(0, 2000)),
+)
+def test_inbox_takes_the_same_messages(layout, flips, cut, max_bytes) -> None:
+    """Messages of the learned layout, some bytes flipped and the end cut:
+    both twins take the same arrays and stop at the same byte, for the same
+    reason."""
+    arrays = _arrays(*layout)
+    stream = bytearray(
+        b"".join(plan_send((a,)).header + numpy_bytes(a, False).tobytes() for a in arrays)
+    )
+    for at, mask in flips:
+        stream[at % len(stream)] ^= mask
+    stream = stream[: max(len(stream) - cut, 0)]
+    outcomes = [_taken(module, arrays[0], bytes(stream), max_bytes) for module in BACKENDS]
     assert outcomes[0] == outcomes[1]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from arraywire import _hello, _transport, aio
-from arraywire._channel import Item, coalesce
+from arraywire._channel import Item, check_peer_reads, coalesce
 from arraywire._common import Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
@@ -57,6 +57,8 @@ class Channel:
         self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
     ) -> int:
         """Send one array as a message; return the bytes sent."""
+        if metadata is not None:
+            check_peer_reads(2, self._peer_reads)
         self._claim("send")
         try:
             return await aio.send_array(array, self._sock, metadata=metadata, progress=progress)
@@ -71,6 +73,8 @@ class Channel:
         progress: Progress | None = None,
     ) -> int:
         """Send arrays as one message; return the bytes sent."""
+        if metadata is not None or isinstance(arrays, Mapping):
+            check_peer_reads(2, self._peer_reads)
         self._claim("send")
         try:
             return await aio.send_arrays(arrays, self._sock, metadata=metadata, progress=progress)

@@ -28,7 +28,6 @@ from arraywire._engine import (
     SendPlan,
     Transfer,
     buffered_reads,
-    clean_end,
     plan_send,
 )
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
@@ -89,15 +88,14 @@ class Channel:
     ) -> int:
         """Send one array as a message; return the bytes sent (header included).
         Refuses what ``send_array`` refuses, before the first byte."""
-        self._claim(self._sending, "send")
+        # The claim is written out in the methods that small messages use.
+        if not self._sending.acquire(False):
+            raise RuntimeError("another thread is in a send on this Channel")
         try:
+            if self._broken is not None:
+                raise BrokenStreamError(f"cannot send: {self._broken}")
             if metadata is None and progress is None:
-                try:
-                    sent = self._outbox.send(array)
-                except BaseException as exc:
-                    if getattr(exc, "bytes_done", None):  # a part of the message went out
-                        self._break("send", exc)
-                    raise
+                sent = self._outbox.send(array)
                 if sent is not None:
                     return sent
             plan = plan_send((array,), progress, metadata)
@@ -105,6 +103,10 @@ class Channel:
             if metadata is None:
                 learn_layout(self._outbox, array, plan)
             return plan.complete()
+        except BaseException as exc:
+            if getattr(exc, "bytes_done", None):  # a part of the message went out
+                self._break("send", exc)
+            raise
         finally:
             self._sending.release()
 
@@ -151,6 +153,7 @@ class Channel:
         return sent
 
     def _write(self, plan: SendPlan, what: str) -> None:
+        check_peer_reads(plan.header[4], self._peer_reads)
         try:
             write_plan(plan, self._sock, plan.reporter)
         except BaseException as exc:
@@ -170,15 +173,22 @@ class Channel:
         """Receive a one-array message, into ``out`` when given (errors and
         ``max_bytes`` as ``recv_array``; EOFError when the peer closed
         cleanly between messages)."""
-        self._claim(self._receiving, "receive")
+        if not self._receiving.acquire(False):
+            raise RuntimeError("another thread is in a receive on this Channel")
         try:
+            if self._broken is not None:
+                raise BrokenStreamError(f"cannot receive: {self._broken}")
             if out is None and progress is None:
-                array = self._take(max_bytes)
+                array = self._inbox.take_array(max_bytes)
                 if array is not None:
                     return array
             message = Receive(max_bytes, progress=progress, one_array=True, out=out)
             self._read(message)
             return message.result()[0]
+        except BaseException as exc:
+            if getattr(exc, "bytes_done", None):  # a part of the message came
+                self._break("receive", exc)
+            raise
         finally:
             self._receiving.release()
 
@@ -216,9 +226,12 @@ class Channel:
                 return
 
     def _next(self) -> Item:
-        self._claim(self._receiving, "receive")
+        if not self._receiving.acquire(False):
+            raise RuntimeError("another thread is in a receive on this Channel")
         try:
-            array = self._take(DEFAULT_MAX_BYTES)
+            if self._broken is not None:
+                raise BrokenStreamError(f"cannot receive: {self._broken}")
+            array = self._inbox.take_array(DEFAULT_MAX_BYTES)
             if array is not None:
                 return array
             message = Receive(DEFAULT_MAX_BYTES)
@@ -227,19 +240,12 @@ class Channel:
             if type(arrays) is list and len(arrays) == 1:
                 return arrays[0]
             return arrays
+        except BaseException as exc:
+            if getattr(exc, "bytes_done", None):  # a part of the message came
+                self._break("receive", exc)
+            raise
         finally:
             self._receiving.release()
-
-    def _take(self, max_bytes: int | None) -> np.ndarray | None:
-        """A message of the learned header, whole in the read-ahead buffer,
-        after one receive when the buffer was empty."""
-        inbox = self._inbox
-        array = inbox.take_array(max_bytes)
-        if array is None and not inbox.buffered:
-            if not inbox.fill():
-                raise clean_end()
-            array = inbox.take_array(max_bytes)
-        return array
 
     def _read(self, message: Receive) -> None:
         inbox = self._inbox
@@ -279,7 +285,7 @@ class Channel:
         if self._broken is not None:
             return
         done = getattr(exc, "bytes_done", None) or 0
-        total = None if transfer is None else transfer.total
+        total = getattr(exc, "bytes_expected", None) if transfer is None else transfer.total
         of = "" if total is None else f" of {total:,}"
         self._broken = (
             f"an earlier {what} on this Channel failed ({type(exc).__name__}: {exc}) after "
@@ -353,3 +359,13 @@ def coalesce(arrays: Iterable[Any], outbox: Any) -> Iterator[bytearray | tuple[A
             staging = bytearray()
     if staging:
         yield staging
+
+
+def check_peer_reads(version: int, peer_reads: int) -> None:
+    """Refuse a message of a version the peer's hello says it cannot read."""
+    if version > peer_reads:
+        raise ValueError(
+            f"the peer reads messages up to version {peer_reads} (its hello says so); "
+            "array names and metadata need version 2: send without them, or upgrade "
+            "arraywire at the other end"
+        )

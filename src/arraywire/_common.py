@@ -33,6 +33,8 @@ SIGNAL_CHECK_INTERVAL = 0.05
 # to come is received straight into its array instead.
 READ_AHEAD_BYTES = 256 << 10
 DIRECT_BYTES = 64 << 10
+# What a receive raises (EOFError) when the peer closed between messages.
+CLEAN_END = "the peer closed the connection (cleanly, between messages)"
 # msg_iovlen must be 1..IOV_MAX; Linux and macOS both use 1024.
 IOV_MAX = 1024
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from arraywire._common import PROGRESS_INTERVAL, Progress, numpy_bytes
+from arraywire._common import CLEAN_END, PROGRESS_INTERVAL, Progress, numpy_bytes
 from arraywire._errors import IncompleteTransferError
 from arraywire._protocol import (
     DEFAULT_MAX_METADATA,
@@ -454,7 +454,7 @@ def writable_bytes(buffer: Any) -> memoryview:
 
 def clean_end() -> EOFError:
     """What a receive raises when the peer closed between messages."""
-    return EOFError("the peer closed the connection (cleanly, between messages)")
+    return EOFError(CLEAN_END)
 
 
 def mismatch(specs: tuple[ArraySpec, ...], out: np.ndarray | None) -> str:

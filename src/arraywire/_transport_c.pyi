@@ -36,7 +36,8 @@ class Inbox:
     def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:
         """Remember a decoded one-array header, so that take_array recognises it."""
     def take_array(self, max_bytes: int | None) -> np.ndarray | None:
-        """The next message as a new array when its header is the one learned."""
+        """The next message as a new array when its header is the one learned
+        (receiving once first when nothing is buffered), else None."""
 
 class Outbox:
     """Sends one-array messages of the last layout learned (twin of _transport_py.Outbox)."""

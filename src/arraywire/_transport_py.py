@@ -7,6 +7,7 @@ again after every partial send/recv (which is why the compiled twin exists).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from arraywire._common import (
+    CLEAN_END,
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
@@ -24,6 +26,7 @@ from arraywire._common import (
     repeatable_dtype,
 )
 from arraywire._errors import IncompleteTransferError
+from arraywire._protocol import MAX_PAYLOAD
 from arraywire._step import PendingViews, byte_view
 
 BACKEND = "python"
@@ -96,15 +99,55 @@ def _transfer(
     return total
 
 
+# where the parts of a one-array version 1 header are (docs/PROTOCOL.md)
+PREAMBLE_BYTES = 16
+NBYTES_AT = 16
+FORM_AT = 24  # ndim, order, dtype text length
+DIMS_AT = 28
+NUMPY_LIMIT = (1 << 63) - 1
+U64 = struct.Struct("<Q")
+
+
+class _Layout:
+    """The parts of a learned one-array header that stay the same while the
+    shape changes: preamble, ndim, order and dtype text."""
+
+    __slots__ = ("dims", "dtype", "itemsize", "length", "ndim", "order", "template", "text_at")
+
+    def __init__(self, header: bytes, dtype: np.dtype, order: str) -> None:
+        self.template = header
+        self.dtype = dtype
+        self.order = order
+        self.ndim = header[FORM_AT]
+        self.itemsize = dtype.itemsize
+        self.length = len(header)
+        self.text_at = DIMS_AT + 8 * self.ndim
+        self.dims = struct.Struct(f"<{self.ndim}Q")
+
+    def matches(self, data: memoryview) -> bool:
+        """Whether a header (length bytes) has the learned preamble, ndim,
+        order and dtype text."""
+        template = self.template
+        return (
+            data[:PREAMBLE_BYTES] == template[:PREAMBLE_BYTES]
+            and data[FORM_AT:DIMS_AT] == template[FORM_AT:DIMS_AT]
+            and data[self.text_at :] == template[self.text_at :]
+        )
+
+    def header(self, shape: tuple[int, ...], nbytes: int) -> bytes:
+        """The learned header with this shape and payload size."""
+        header = bytearray(self.template)
+        U64.pack_into(header, NBYTES_AT, nbytes)
+        self.dims.pack_into(header, DIMS_AT, *shape)
+        return bytes(header)
+
+
 class Inbox:
     """A connection's read-ahead buffer: one receive can bring several small
-    messages, and a message whose header repeats the last one learned is
-    recognised by its bytes and taken whole, without decoding."""
+    messages, and a message whose header has the layout learned last (dtype,
+    dimensions, order) is parsed here and taken whole, without the engine."""
 
-    __slots__ = (
-        "_buffer", "_dtype", "_end", "_header", "_nbytes", "_order", "_shape", "_sock", "_start",
-        "_view",
-    )
+    __slots__ = ("_buffer", "_end", "_last_dims", "_last_shape", "_layout", "_sock", "_start", "_view")
 
     def __init__(self, sock: Any, capacity: int = READ_AHEAD_BYTES) -> None:
         check_socket(sock)
@@ -113,11 +156,9 @@ class Inbox:
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
-        self._header = b""
-        self._dtype: np.dtype | None = None
-        self._shape: tuple[int, ...] = ()
-        self._order = "C"
-        self._nbytes = 0
+        self._layout: _Layout | None = None
+        self._last_dims = b""
+        self._last_shape: tuple[int, ...] | None = None
 
     @property
     def buffered(self) -> int:
@@ -146,65 +187,107 @@ class Inbox:
         return count
 
     def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:
-        """Remember a decoded one-array header, so that take_array recognises it."""
+        """Remember a decoded one-array header, so that take_array recognises
+        headers of the same dtype, dimensions and order."""
         if not repeatable_dtype(dtype):
             return
-        self._header = header
-        self._dtype = dtype
-        self._shape = shape
-        self._order = order
-        self._nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        self._layout = _Layout(header, dtype, order)
+        self._last_shape = None
 
     def take_array(self, max_bytes: int | None) -> np.ndarray | None:
-        """The next message as a new array, when it is buffered whole and its
-        header is the one learned; else None (the engine decodes it)."""
-        header = self._header
-        size = len(header)
-        end = self._start + size + self._nbytes
-        if not size or end > self._end:
+        """The next message as a new array, when its header has the learned
+        layout; else None (the engine decodes it). With nothing buffered,
+        receives once first: EOFError if the peer closed. A payload not yet
+        buffered whole is received straight into the array."""
+        if self._start == self._end and not self.fill():
+            raise EOFError(CLEAN_END)
+        layout = self._layout
+        if layout is None or self._end - self._start < layout.length:
             return None
-        if self._view[self._start : self._start + size] != header:
+        data = self._view[self._start : self._start + layout.length]
+        if not layout.matches(data):
             return None
-        if max_bytes is not None and self._nbytes > max_bytes:
+        # the checks of _protocol._decode_one, in the same order
+        nbytes = U64.unpack_from(data, NBYTES_AT)[0]
+        dims = data[DIMS_AT : layout.text_at]
+        size = layout.itemsize
+        empty = False
+        for dim in layout.dims.unpack(dims):
+            if dim == 0:
+                empty = True
+            elif size > NUMPY_LIMIT // dim:
+                return None
+            else:
+                size *= dim
+        if (0 if empty else size) != nbytes or nbytes > MAX_PAYLOAD:
             return None
-        array: np.ndarray = np.empty(self._shape, self._dtype, order=self._order)  # type: ignore[call-overload]
-        byte_view(array, writable=True)[:] = self._view[self._start + size : end]
-        self._start = end
+        if max_bytes is not None and nbytes > max_bytes:
+            return None
+        if self._last_shape is None or dims != self._last_dims:
+            self._last_shape = layout.dims.unpack(dims)
+            self._last_dims = bytes(dims)
+        array: np.ndarray = np.empty(self._last_shape, layout.dtype, layout.order)  # type: ignore[call-overload]
+        target = byte_view(array, writable=True)
+        self._start += layout.length
+        available = self._end - self._start
+        if available >= nbytes:
+            target[:] = self._view[self._start : self._start + nbytes]
+            self._start += nbytes
+            return array
+        self._receive_rest(target, available, layout.length)
         return array
+
+    def _receive_rest(self, target: memoryview, available: int, header: int) -> None:
+        """Copy the buffered start of the payload, receive the rest into place."""
+        target[:available] = self._view[self._start : self._end]
+        self._start = self._end = 0
+        try:
+            _transfer(self._sock, [target[available:]], False, None)
+        except BaseException as exc:
+            # counted from the message start, as the engine counts
+            exc.bytes_done = header + available + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            if isinstance(exc, IncompleteTransferError):
+                exc.bytes_expected = header + len(target)
+            raise
 
 
 class Outbox:
-    """Sends one-array messages whose layout repeats the last one learned:
-    the header is reused and goes out with the payload in one gather call."""
+    """Sends one-array messages of the learned dtype, dimensions and order,
+    writing each header from the learned one: one gather call, no planning."""
 
-    __slots__ = ("_dtype", "_header", "_order", "_shape", "_sock")
+    __slots__ = ("_header", "_last_shape", "_layout", "_sock")
 
     def __init__(self, sock: Any) -> None:
         check_socket(sock)
         self._sock = sock
+        self._layout: _Layout | None = None
+        self._last_shape: tuple[int, ...] | None = None
         self._header = b""
-        self._dtype: np.dtype | None = None
-        self._shape: tuple[int, ...] = ()
-        self._order = "C"
 
     def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:
         """Remember the header of a one-array message of this layout."""
         if not repeatable_dtype(dtype):
             return
+        self._layout = _Layout(header, dtype, order)
+        self._last_shape = shape
         self._header = header
-        self._dtype = dtype
-        self._shape = shape
-        self._order = order
 
     def _payload(self, array: Any) -> memoryview | None:
-        if type(array) is not np.ndarray or array.dtype is not self._dtype:
+        """Array's bytes when its layout is the one learned (the header for
+        its shape is then set)."""
+        layout = self._layout
+        if layout is None or type(array) is not np.ndarray or array.dtype is not layout.dtype:
             return None
-        if array.shape != self._shape:
+        shape = array.shape
+        if len(shape) != layout.ndim:
             return None
         view = memoryview(array)  # type: ignore[arg-type]
         order = "C" if view.c_contiguous else "F" if view.f_contiguous else ""
-        if order != self._order:
+        if order != layout.order:
             return None
+        if shape != self._last_shape:
+            self._header = layout.header(shape, view.nbytes)
+            self._last_shape = shape
         return byte_view(array, writable=False)
 
     def send(self, array: Any) -> int | None:
