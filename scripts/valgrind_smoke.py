@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from arraywire import _transport_c as core
+from arraywire._engine import plan_send
 from arraywire._errors import IncompleteTransferError
 
 MB = 1 << 20
@@ -62,6 +63,37 @@ def round_trips() -> None:
     core.recvmsg_into(targets[:50], b)
     thread.join()
     a.close()
+    b.close()
+
+
+def connection() -> None:
+    """Inbox and Outbox: learned layouts of several shapes, read-ahead,
+    a payload received in place, packing, and a cut mid-payload."""
+    a, b = socket.socketpair()
+    inbox, outbox = core.Inbox(b), core.Outbox(a)
+    first = np.arange(10.0)
+    header = plan_send((first,)).header
+    outbox.learn(header, first.dtype, first.shape, "C")
+    inbox.learn(header, first.dtype, first.shape, "C")
+    arrays = [np.arange(n, dtype=np.float64) for n in (10, 10, 0, 3, 100_000, 7)]
+    thread, _ = in_thread(lambda: [outbox.send(x) for x in arrays])
+    for array in arrays:
+        received = inbox.take_array(None)
+        assert received is not None and (received == array).all()
+    thread.join()
+    staging = bytearray()
+    assert outbox.pack(np.arange(4.0), staging) == len(staging)
+    assert outbox.pack(np.arange(4), staging) == 0  # another layout
+    a.sendall(staging)
+    assert (inbox.take_array(None) == np.arange(4.0)).all()
+    whole = plan_send((np.zeros(200_000),))
+    a.sendall(whole.header[:20])
+    target = bytearray(20)
+    assert inbox.take(target) == 0 and inbox.fill() == 20 and inbox.take(target) == 20
+    thread, _ = in_thread(lambda: (a.sendall(whole.header + bytes(500_000)), a.close()))
+    exc = expect(IncompleteTransferError, inbox.take_array, 10**9)
+    assert exc.bytes_done == len(whole.header) + 500_000
+    thread.join()
     b.close()
 
 
@@ -139,6 +171,7 @@ def signals() -> None:
 
 if __name__ == "__main__":
     round_trips()
+    connection()
     failures()
     signals()
     print("valgrind smoke: every path ran")
