@@ -77,9 +77,9 @@ def connection() -> None:
     inbox.learn(header, first.dtype, first.shape, "C")
     arrays = [np.arange(n, dtype=np.float64) for n in (10, 10, 0, 3, 100_000, 7)]
     thread, _ = in_thread(lambda: [outbox.send(x) for x in arrays])
-    for array in arrays:
+    for sent in arrays:
         received = inbox.take_array(None)
-        assert received is not None and (received == array).all()
+        assert received is not None and (received == sent).all()
     thread.join()
     staging = bytearray()
     assert outbox.pack(np.arange(4.0), staging) == len(staging)
