@@ -72,6 +72,7 @@ PINGPONG_CONTENDERS = {
 }
 RATE_CONTENDERS = {
     **FRAMED,
+    "arraywire raw compiled": ("harness:Raw", "c", {}),
     "arraywire Channel send loop": CHANNEL["arraywire Channel compiled"],
     "arraywire Channel send_many": ("harness:ChannelBatched", "c", {}),
     "pyzmq PUSH/PULL copy=False": ("contenders:ZmqPushPull", "c", {"copy": False}),
