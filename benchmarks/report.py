@@ -76,6 +76,14 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                 lambda x: x >= 1.5)
             add(f"400 MB, {name}: compiled / pickle >= 5",
                 ratio(rows, "gbps", me, [{"contender": "pickle 5 + sendall", **at}]), lambda x: x >= 5)
+    if "throughput" in data:
+        rows = data["throughput"]["rows"]
+        for family in FAMILIES:
+            for size in sorted({r["size"] for r in rows if r["family"] == family}):
+                at = {"family": family, "size": size}
+                add(f"{size_label(size)}, {FAMILY_NAMES[family]}: compiled / memoryview recipe >= 0.95",
+                    ratio(rows, "gbps", {"contender": COMPILED, **at}, [{"contender": "memoryview recipe", **at}]),
+                    lambda x: x >= 0.95)
     if "contention" in data:
         rows = data["contention"]["rows"]
         for family, floor in (("tcp", 4), ("unix", 30)):
