@@ -23,6 +23,7 @@ from arraywire._connection import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     RETRY_INTERVAL,
     Address,
+    bound_address,
     family_of,
     server_socket,
     tune,
@@ -263,8 +264,7 @@ class Listener:
     @property
     def address(self) -> Any:
         """The bound address: (host, port) with the real port, or the path."""
-        name = self._sock.getsockname()
-        return name[:2] if isinstance(name, tuple) else name
+        return bound_address(self._sock)
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""

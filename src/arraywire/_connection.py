@@ -53,6 +53,12 @@ def family_of(address: Any) -> tuple[socket.AddressFamily, Any]:
     )
 
 
+def bound_address(sock: socket.socket) -> Any:
+    """A listening socket's address: (host, port) with the real port, or the path."""
+    name = sock.getsockname()
+    return name[:2] if isinstance(name, tuple) else name
+
+
 def tune(sock: socket.socket) -> None:
     """Small messages go out at once: no Nagle delay on TCP."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -191,8 +197,7 @@ class Listener:
     @property
     def address(self) -> Any:
         """The bound address: (host, port) with the real port, or the path."""
-        name = self._sock.getsockname()
-        return name[:2] if isinstance(name, tuple) else name
+        return bound_address(self._sock)
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
