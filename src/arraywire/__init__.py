@@ -5,7 +5,7 @@ or in a pure-Python twin (``BACKEND == "python"``) where no compiler was found
 or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 """
 
-from arraywire._channel import Channel
+from arraywire._channel import Channel, ChannelItem
 from arraywire._connection import Listener, connect, listen
 from arraywire._engine import Message
 from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_METADATA",
     "BrokenStreamError",
     "Channel",
+    "ChannelItem",
     "IncompleteTransferError",
     "Listener",
     "Message",

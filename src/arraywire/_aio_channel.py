@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from arraywire import _hello, _transport, aio
-from arraywire._channel import Item, check_peer_reads, coalesce
+from arraywire._channel import ChannelItem, check_peer_reads, coalesce
 from arraywire._common import Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
@@ -136,10 +136,10 @@ class Channel:
         finally:
             self._busy.discard("receive")
 
-    def __aiter__(self) -> AsyncIterator[Item]:
+    def __aiter__(self) -> AsyncIterator[ChannelItem]:
         return self._messages()
 
-    async def _messages(self) -> AsyncIterator[Item]:
+    async def _messages(self) -> AsyncIterator[ChannelItem]:
         while True:
             try:
                 arrays = (await self.recv_message()).arrays

@@ -2,11 +2,12 @@
 the message engine with a read-ahead buffer.
 
 A small message costs one receive: the read-ahead buffer (the transport's
-``Inbox``) takes what the socket has, and a message whose header repeats the
-last one is recognised by its bytes and taken whole by the core. A payload of
-at least ``DIRECT_BYTES`` still to come goes straight into its array. Sends of
-a repeating layout reuse the header and go out in one gather call
-(``Outbox``); any other message is planned by the engine.
+``Inbox``) takes what the socket has, and a message whose header has the
+layout (dtype, dimensions, order) of the last one the engine decoded is
+parsed and taken whole by the core. A payload of at least ``DIRECT_BYTES``
+still to come goes straight into its array. Sends of the learned layout get
+their header from the core and go out in one gather call (``Outbox``); any
+other message is planned by the engine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
-Item: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
+ChannelItem: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
 """What iterating a Channel gives for each message: the array itself for a
 message of one unnamed array, else what ``recv_arrays`` returns (a list, or a
 dict when the sender named the arrays)."""
@@ -57,7 +58,11 @@ class Channel:
 
     A failure that leaves the byte stream out of step with the peer (a hostile
     header, a peer gone mid-message, a send cut short) closes the Channel;
-    later calls raise BrokenStreamError saying what happened.
+    later calls raise BrokenStreamError saying what happened. The socket's
+    timeout (``channel.socket.settimeout``) bounds each wait for bytes.
+
+    ``peer_reads`` is the newest message version the peer reads, from its
+    hello (2 for a socket without one).
     """
 
     def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
@@ -69,7 +74,6 @@ class Channel:
         self._sending = threading.Lock()
         self._receiving = threading.Lock()
         self._broken: str | None = None
-        # the newest message version the peer reads (from its hello)
         self._peer_reads = peer_reads
 
     @property
@@ -214,8 +218,8 @@ class Channel:
         finally:
             self._receiving.release()
 
-    def __iter__(self) -> Iterator[Item]:
-        """Each message in turn (see ``Item``) until the peer closes cleanly
+    def __iter__(self) -> Iterator[ChannelItem]:
+        """Each message in turn (see ``arraywire.ChannelItem``) until the peer closes cleanly
         between messages; messages over ``DEFAULT_MAX_BYTES`` raise as in recv."""
         while True:
             try:
@@ -225,7 +229,7 @@ class Channel:
                     raise
                 return
 
-    def _next(self) -> Item:
+    def _next(self) -> ChannelItem:
         if not self._receiving.acquire(False):
             raise RuntimeError("another thread is in a receive on this Channel")
         try:
