@@ -25,7 +25,10 @@ if [ -z "$extension" ]; then
     # importing an ASan-built module without the runtime preloaded fails: find the file
     extension="$(find "$work/venv" -name '_transport_c*.so' | head -n 1)"
 fi
-if ! nm -D "$extension" | grep -q __asan_init; then
+# not `nm | grep -q`: grep's early exit would kill nm with SIGPIPE, which
+# pipefail counts as a failure once the symbol table outgrows the pipe
+symbols="$(nm -D "$extension")"
+if ! grep -q __asan_init <<<"$symbols"; then
     echo "sanitize.sh: $extension was not built with AddressSanitizer" >&2
     exit 1
 fi

@@ -270,6 +270,23 @@ def test_a_learned_layout_received_in_place_counts_a_cut(backend: Backend) -> No
             right.recv()
 
 
+def test_a_timeout_between_messages_keeps_the_channel(backend: Backend) -> None:
+    a, b = socket.socketpair()
+    with Channel(a) as left, Channel(b) as right:
+        right.socket.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            right.recv()
+        left.send(np.arange(3))
+        np.testing.assert_array_equal(right.recv(), np.arange(3))
+        header = plan_send((np.arange(3),)).header
+        left.socket.sendall(header + bytes(8))  # a message cut short, then silence
+        with pytest.raises(TimeoutError) as caught:
+            right.recv()
+        assert caught.value.bytes_done == len(header) + 8  # type: ignore[attr-defined]
+        with pytest.raises(BrokenStreamError, match="TimeoutError"):
+            right.recv()
+
+
 def test_send_many_coalesces_and_counts(backend: Backend) -> None:
     a, b = socket.socketpair()
     rng = np.random.default_rng(2)
