@@ -47,7 +47,7 @@ MIN_RUN_BYTES = 64 << 10
 STAGING_BYTES = 4 << 20
 # A payload that does not fit `out` is read and discarded in steps this large.
 DRAIN_BYTES = 1 << 20
-# Headers of one array up to this size may be recognised by their bytes.
+# Headers of one array up to this size may be learned by a connection's core.
 SIMPLE_BLOCK = 512
 
 
@@ -331,7 +331,8 @@ class Receive(Transfer):
         # set once the payload is known to go into arrays (not drained)
         self.reporter: MessageProgress | None = None
         # The header's bytes when it describes one unnamed array and nothing
-        # else: a driver may recognise the same bytes later without decoding.
+        # else: a driver's core may learn its layout and parse later headers
+        # of that layout itself.
         self.simple_header: bytes | None = None
 
     def reads(self) -> Iterator[list[Any]]:
