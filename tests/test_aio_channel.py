@@ -204,3 +204,17 @@ def test_iteration_raises_on_a_peer_gone_mid_message(backend: Backend) -> None:
             assert caught.value.bytes_done == len(whole.header) + 300
 
     run(main())
+
+
+def test_accept_on_a_closed_listener_says_so(backend: Backend) -> None:
+    async def main() -> None:
+        listener = await aio.listen(("127.0.0.1", 0))
+        waiting = asyncio.create_task(listener.accept())
+        await asyncio.sleep(0.05)
+        await listener.aclose()
+        with pytest.raises(OSError, match="closed Listener"):
+            await waiting  # woken, not left waiting forever
+        with pytest.raises(OSError, match="closed Listener"):
+            await listener.accept()
+
+    run(main())

@@ -4,6 +4,7 @@ what bad peers get."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import socket
@@ -370,6 +371,14 @@ def test_with_block_closes_on_an_exception(backend: Backend, tmp_path: pathlib.P
     assert not path.exists()
     with pytest.raises(EOFError):
         server.result()
+
+
+def test_accept_on_a_closed_listener_says_so(backend: Backend) -> None:
+    listener = arraywire.listen(("127.0.0.1", 0))
+    listener.close()
+    with pytest.raises(OSError, match="closed Listener") as caught:
+        listener.accept(timeout=1)
+    assert caught.value.errno == errno.EBADF
 
 
 # --- the hello ----------------------------------------------------------------

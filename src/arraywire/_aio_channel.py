@@ -24,6 +24,7 @@ from arraywire._connection import (
     RETRY_INTERVAL,
     Address,
     bound_address,
+    closed_listener,
     family_of,
     server_socket,
     tune,
@@ -272,6 +273,8 @@ class Listener:
 
     async def accept(self) -> Channel:
         """The next connection whose hello arrived, as an aio Channel."""
+        if self._sock.fileno() == -1:
+            raise closed_listener()
         item = await self._ready.get()
         if isinstance(item, BaseException):
             raise item
@@ -320,6 +323,7 @@ class Listener:
             if self._unlink is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._unlink)
+        self._ready.put_nowait(closed_listener())  # wakes an accept() waiting now
 
     async def aclose(self) -> None:
         """close(), after its tasks have stopped using the sockets."""

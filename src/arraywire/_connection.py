@@ -59,6 +59,11 @@ def bound_address(sock: socket.socket) -> Any:
     return name[:2] if isinstance(name, tuple) else name
 
 
+def closed_listener() -> OSError:
+    """What accept() raises once the Listener is closed, as a closed socket's would."""
+    return OSError(errno.EBADF, "accept() on a closed Listener")
+
+
 def tune(sock: socket.socket) -> None:
     """Small messages go out at once: no Nagle delay on TCP."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -207,6 +212,8 @@ class Listener:
         """The next connection whose hello arrived, as a Channel; with a timeout,
         TimeoutError when none did in time."""
         with self._accepting:
+            if self._sock.fileno() == -1:
+                raise closed_listener()
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 now = time.monotonic()
