@@ -1,0 +1,267 @@
+"""Dask distributed's ``aw://`` comm backend (the ``arraywire[dask]`` extra).
+
+Dask finds it through the entry point ``aw`` in ``distributed.comm.backends``:
+``LocalCluster(protocol="aw://")``, ``dask scheduler --protocol aw``. Each
+Dask message is one arraywire message on an ``arraywire.aio`` Channel, so its
+buffers move by the GIL-free core straight into arrays of their own. Addresses,
+resolution and the contact address of a wildcard listener are ``tcp://``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import dask.config
+from dask.utils import parse_bytes
+from distributed.comm.addressing import parse_host_port, unparse_host_port
+from distributed.comm.core import BaseListener, Comm, CommClosedError, Connector
+from distributed.comm.tcp import BaseTCPBackend, set_tcp_timeout
+from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
+
+from arraywire import _dask_frames, _transport, aio
+from arraywire._errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "aw://"
+# Dask's config key for a cap on the bytes of one received message; like
+# tcp://, none by default.
+MAX_MESSAGE_KEY = "distributed.comm.aw.max-message-bytes"
+# What a failed transfer raises that means the comm is gone.
+LOST = (EOFError, OSError, ProtocolError)
+
+
+def max_message_bytes() -> int | None:
+    """The cap set in Dask's config (bytes, or a string such as "2 GiB")."""
+    value = dask.config.get(MAX_MESSAGE_KEY, default=None)
+    if value is None:
+        return None
+    return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def refuse_encryption(address: str, connection_args: dict[str, Any]) -> None:
+    if connection_args.get("require_encryption"):
+        raise RuntimeError(
+            f"Dask's configuration requires encryption (distributed.comm.require-encryption), "
+            f"and aw:// does not encrypt yet: refusing {PREFIX}{address}; use tls:// for "
+            "encrypted connections"
+        )
+
+
+class ArraywireComm(Comm):
+    """One established ``aw://`` connection: Dask messages in, Dask messages out."""
+
+    def __init__(
+        self, channel: aio.Channel, local_addr: str, peer_addr: str, deserialize: bool = True
+    ) -> None:
+        self._closed = False
+        self._channel = channel
+        self._transfers = 0  # reads and writes holding the socket
+        super().__init__(deserialize=deserialize)
+        self._local_addr = local_addr
+        self._peer_addr = peer_addr
+        self.max_message_bytes = max_message_bytes()
+        set_tcp_timeout(self)  # keepalive and TCP_USER_TIMEOUT, as tcp:// sets them
+
+    @property
+    def socket(self) -> socket.socket:
+        """The connected socket."""
+        return self._channel.socket
+
+    @property
+    def local_address(self) -> str:
+        return self._local_addr
+
+    @property
+    def peer_address(self) -> str:
+        return self._peer_addr
+
+    @property
+    def extra_info(self) -> dict[str, Any]:
+        return {"arraywire_backend": _transport.impl.BACKEND}
+
+    async def read(self, deserializers: Any = None) -> Any:
+        if self._closed:
+            raise CommClosedError(f"in {self}: closed")
+        self._transfers += 1
+        try:
+            message = await self._channel.recv_message(max_bytes=self.max_message_bytes)
+            frames = _dask_frames.to_frames(message.arrays)
+        except LOST as exc:
+            self.abort()
+            raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # cancelled part-way, say: the stream is out of step
+            self.abort()
+            raise
+        finally:
+            self._release()
+        try:
+            return await from_frames(
+                frames,
+                deserialize=self.deserialize,
+                deserializers=deserializers,
+                allow_offload=self.allow_offload,
+            )
+        except EOFError:
+            self.abort()
+            raise CommClosedError(f"in {self}: aborted stream on truncated data") from None
+
+    async def write(self, msg: Any, serializers: Any = None, on_error: str = "message") -> int:
+        if self._closed:
+            raise CommClosedError(f"in {self}: closed")
+        frames = await to_frames(
+            msg,
+            allow_offload=self.allow_offload,
+            serializers=serializers,
+            on_error=on_error,
+            context={
+                "sender": self.local_info,
+                "recipient": self.remote_info,
+                **self.handshake_options,
+            },
+        )
+        if self._closed:  # closed while the message was serialized
+            raise CommClosedError(f"in {self}: closed")
+        self._transfers += 1
+        try:
+            return await self._channel.send_arrays(_dask_frames.to_arrays(frames))
+        except LOST as exc:
+            self.abort()
+            raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._transfers -= 1
+        if self._closed and not self._transfers:
+            self._channel.close()
+
+    async def close(self) -> None:
+        # A write returns once its last byte is with the kernel: nothing to flush.
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once. A read or write in progress wakes up (the socket is
+        shut down) and closes the socket when it lets go of it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._channel.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:  # never connected, or the peer is gone already
+            pass
+        if not self._transfers:
+            self._channel.close()
+
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ArraywireConnector(Connector):
+    async def connect(
+        self, address: str, deserialize: bool = True, **connection_args: Any
+    ) -> ArraywireComm:
+        refuse_encryption(address, connection_args)
+        host, port = parse_host_port(address)
+        channel = await aio.connect((host, port))
+        local = PREFIX + unparse_host_port(*channel.socket.getsockname()[:2])
+        return ArraywireComm(channel, local, PREFIX + address, deserialize)
+
+
+class ArraywireListener(BaseListener):
+    """Listens on a TCP address; each connection becomes a comm handed to
+    ``comm_handler`` after Dask's handshake."""
+
+    prefix = PREFIX  # read by Dask's Worker
+
+    def __init__(
+        self,
+        address: str,
+        comm_handler: Any,
+        deserialize: bool = True,
+        allow_offload: bool = True,
+        default_host: str | None = None,
+        default_port: int = 0,
+        **connection_args: Any,
+    ) -> None:
+        super().__init__()
+        refuse_encryption(address, connection_args)
+        self.ip, self.port = parse_host_port(address, default_port)
+        self.default_host = default_host
+        self.comm_handler = comm_handler
+        self.deserialize = deserialize
+        self.allow_offload = allow_offload
+        self._listener: aio.Listener | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        backlog = int(dask.config.get("distributed.comm.socket-backlog"))
+        self._listener = await aio.listen((self.ip, self.port), backlog=backlog)
+        self._spawn(self._accept_all(self._listener))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_all(self, listener: aio.Listener) -> None:
+        while True:
+            try:
+                channel = await listener.accept()
+            except OSError as exc:
+                if listener.fileno() == -1:  # stopped
+                    return
+                logger.warning("aw:// listener on %s: accept failed: %s", self.listen_address, exc)
+                continue
+            self._spawn(self._handle(channel))
+
+    async def _handle(self, channel: aio.Channel) -> None:
+        sock = channel.socket
+        peer = PREFIX + unparse_host_port(*sock.getpeername()[:2])
+        local = PREFIX + unparse_host_port(*sock.getsockname()[:2])
+        comm = ArraywireComm(channel, local, peer, self.deserialize)
+        comm.allow_offload = self.allow_offload
+        if self._listener is None:  # stopped after this connection was accepted
+            comm.abort()
+            return
+        try:
+            await self.on_connection(comm)
+        except CommClosedError:
+            logger.info("Connection from %s closed before handshake completed", peer)
+            return
+        await self.comm_handler(comm)
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def get_host_port(self) -> tuple[str, int]:
+        """The listening address as (host, port)."""
+        if self._listener is None:
+            raise ValueError("invalid operation on a non-started aw:// listener")
+        host, port = self._listener.address
+        return host, port
+
+    @property
+    def listen_address(self) -> str:
+        return PREFIX + unparse_host_port(*self.get_host_port())
+
+    @property
+    def contact_address(self) -> str:
+        host, port = self.get_host_port()
+        return PREFIX + unparse_host_port(ensure_concrete_host(host, self.default_host), port)
+
+
+class ArraywireBackend(BaseTCPBackend):
+    """The ``aw`` scheme: tcp://'s address rules, arraywire's comms."""
+
+    _connector_class = ArraywireConnector
+    _listener_class = ArraywireListener

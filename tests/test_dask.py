@@ -1,0 +1,435 @@
+"""The aw:// comm backend, under Dask distributed's own test harness
+(gen_test: fresh loop, thread and comm leak checks; gen_cluster), on both
+transport backends."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+from distributed.comm import connect, get_address_host, listen  # noqa: E402
+from distributed.comm.core import CommClosedError  # noqa: E402
+from distributed.comm.registry import get_backend  # noqa: E402
+from distributed.protocol import Serialized, to_serialize  # noqa: E402
+from distributed.protocol.serialize import merge_and_deserialize  # noqa: E402
+from distributed.protocol.utils_test import get_host_array  # noqa: E402
+from distributed.utils import get_ip  # noqa: E402
+from distributed.utils_test import gen_cluster, gen_test  # noqa: E402
+
+from arraywire import ProtocolError, _dask_frames, aio  # noqa: E402
+from arraywire.dask_comm import ArraywireBackend, ArraywireComm  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    # distributed's own deprecations are not arraywire's to fix
+    "ignore::DeprecationWarning",
+    "ignore::PendingDeprecationWarning",
+)
+
+
+async def echo(comm: ArraywireComm) -> None:
+    """A server that sends each message back until the peer leaves."""
+    try:
+        while True:
+            await comm.write(await comm.read())
+    except CommClosedError:
+        pass
+    finally:
+        await comm.close()
+
+
+def echo_server(**kwargs):
+    """An echo listener, started by ``async with`` or ``await``."""
+    # deserialize=False: arrays go back as they came, without pickle
+    return listen("aw://127.0.0.1:0", echo, deserialize=False, **kwargs)
+
+
+def test_the_entry_point_names_the_backend() -> None:
+    assert isinstance(get_backend("aw"), ArraywireBackend)
+
+
+def test_importing_arraywire_does_not_import_dask() -> None:
+    code = "import sys, arraywire, arraywire.aio; print('distributed' in sys.modules, 'dask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@gen_test()
+async def test_ping_pong(backend) -> None:
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        assert isinstance(comm, ArraywireComm)
+        for message in ({"op": "ping"}, {"op": "data", "x": b"z" * 100_000}, (1, 2.5, "three")):
+            await comm.write(message)
+            assert await comm.read() == message
+        await comm.close()
+
+
+@gen_test()
+async def test_twenty_concurrent_clients(backend) -> None:
+    async with echo_server() as listener:
+
+        async def client(number: int) -> None:
+            comm = await connect(listener.contact_address)
+            try:
+                for round_ in range(5):
+                    payload = {"client": number, "round": round_, "x": to_serialize(np.full(1000, number))}
+                    await comm.write(payload)
+                    reply = await comm.read()
+                    assert reply["client"] == number and reply["round"] == round_
+                    np.testing.assert_array_equal(reply["x"], np.full(1000, number))
+            finally:
+                await comm.close()
+
+        await asyncio.gather(*(client(n) for n in range(20)))
+
+
+@gen_test()
+async def test_explicit_close_makes_read_and_write_fail_at_once(backend) -> None:
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        assert not comm.closed()
+        await comm.close()
+        assert comm.closed()
+        with pytest.raises(CommClosedError):
+            await comm.read()
+        with pytest.raises(CommClosedError):
+            await comm.write({"op": "late"})
+        comm.abort()  # again: harmless
+        assert "(closed)" in repr(comm)
+
+
+@gen_test()
+async def test_implicit_close_reaches_the_peer(backend) -> None:
+    served: asyncio.Queue = asyncio.Queue()
+
+    async def keep(comm):
+        await served.put(comm)
+
+    async with listen("aw://127.0.0.1:0", keep) as listener:
+        comm = await connect(listener.contact_address)
+        server_side = await served.get()
+        await comm.close()
+        with pytest.raises(CommClosedError):
+            await server_side.read()
+        assert server_side.closed()
+        with pytest.raises(CommClosedError):
+            await server_side.write({"op": "after"})
+
+
+@gen_test()
+async def test_a_read_waiting_when_the_comm_is_aborted_fails_with_comm_closed(backend) -> None:
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        reading = asyncio.ensure_future(comm.read())
+        await asyncio.sleep(0.05)
+        comm.abort()
+        with pytest.raises(CommClosedError):
+            await asyncio.wait_for(reading, 5)
+        assert comm.closed()
+
+
+@gen_test()
+async def test_a_cancelled_read_leaves_the_comm_closed(backend) -> None:
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        reading = asyncio.ensure_future(comm.read())
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert comm.closed()
+        with pytest.raises(CommClosedError):
+            await comm.read()
+
+
+@gen_test()
+async def test_connect_times_out_when_nobody_listens(backend) -> None:
+    with socket.socket() as reserved:  # a port that refuses connections
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(OSError, match="Timed out trying to connect"):
+            await connect(f"aw://127.0.0.1:{port}", timeout=0.5)
+        assert loop.time() - start < 5
+
+
+@gen_test()
+async def test_many_listeners(backend) -> None:
+    listeners = [await echo_server() for _ in range(10)]
+    try:
+        assert len({listener.listen_address for listener in listeners}) == 10
+        comms = [await connect(listener.contact_address) for listener in listeners]
+        for number, comm in enumerate(comms):
+            await comm.write({"n": number})
+        assert [(await comm.read())["n"] for comm in comms] == list(range(10))
+        for comm in comms:
+            await comm.close()
+    finally:
+        for listener in listeners:
+            listener.stop()
+
+
+DTYPES = ["i1", "<u2", ">i4", "<i8", "<f4", ">f8", "<c16", "?", "S7", "<U3", "<M8[ns]", "<m8[s]", [("a", "<i4"), ("b", "<f8")]]
+
+
+@pytest.mark.parametrize("deserialize", [True, False], ids=["deserialize", "serialized"])
+@gen_test()
+async def test_deserialization_on_and_off(backend, deserialize) -> None:
+    arrays = {str(dtype): np.zeros(20, dtype=dtype) for dtype in DTYPES}
+    for array in arrays.values():
+        array.view(np.uint8)[:] = np.arange(array.nbytes, dtype=np.uint8)
+    big = np.random.default_rng(1).random(1_000_000)  # 8 MB
+    message = {"op": "data", "big": to_serialize(big), "arrays": {k: to_serialize(v) for k, v in arrays.items()}, "blob": b"b" * 8_000_000}
+    received: asyncio.Queue = asyncio.Queue()
+
+    async def keep(comm):
+        await received.put(await comm.read())
+        await comm.close()
+
+    async with listen("aw://127.0.0.1:0", keep, deserialize=deserialize) as listener:
+        comm = await connect(listener.contact_address)
+        await comm.write(message)
+        got = await received.get()
+        await comm.close()
+
+    def value(item):
+        if deserialize:
+            return item
+        assert isinstance(item, Serialized)
+        return merge_and_deserialize(item.header, item.frames)
+
+    assert got["op"] == "data" and got["blob"] == message["blob"]
+    np.testing.assert_array_equal(value(got["big"]), big)
+    for name, array in arrays.items():
+        out = value(got["arrays"][name])
+        assert out.dtype == array.dtype
+        np.testing.assert_array_equal(out.view(np.uint8), array.view(np.uint8))
+
+
+@gen_test()
+async def test_buffers_of_one_message_never_share_receive_memory(backend) -> None:
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        await comm.write({"data": to_serialize([np.array([1, 2]), np.array([3, 4])]), "big": to_serialize(np.ones(300_000))})
+        reply = await comm.read()
+        await comm.close()
+    a, b = reply["data"]
+    hosts = [get_host_array(a), get_host_array(b), get_host_array(reply["big"])]
+    assert len({id(host) for host in hosts}) == 3
+    np.testing.assert_array_equal(b, [3, 4])
+
+
+@gen_test()
+async def test_shards_of_one_buffer_rejoin_without_a_copy(backend) -> None:
+    with dask.config.set({"distributed.comm.shard": "1 MiB"}):
+        big = np.arange(1_000_000, dtype=np.int64)  # 8 MB: eight shards
+        async with echo_server() as listener:
+            comm = await connect(listener.contact_address)
+            await comm.write({"x": to_serialize(big)})
+            reply = await comm.read()
+            await comm.close()
+    np.testing.assert_array_equal(reply["x"], big)
+    host = get_host_array(reply["x"])
+    assert isinstance(host, np.ndarray) and host.nbytes == big.nbytes  # one array, its own
+
+
+@gen_test()
+async def test_more_buffers_than_the_descriptor_limit_still_go_through(backend) -> None:
+    count = _dask_frames.MAX_BUFFER_ARRAYS + 50
+    arrays = [np.full(3, n) for n in range(count)]
+    async with echo_server() as listener:
+        comm = await connect(listener.contact_address)
+        await comm.write({"many": [to_serialize(array) for array in arrays]})
+        reply = await comm.read()
+        await comm.close()
+    assert len(reply["many"]) == count
+    for n, array in enumerate(reply["many"]):
+        np.testing.assert_array_equal(array, [n, n, n])
+
+
+async def served_pair(listener_address: str = "aw://127.0.0.1:0"):
+    """A connected client comm and the server's comm of the same connection;
+    the listener is stopped already."""
+    served: asyncio.Queue = asyncio.Queue()
+
+    async def keep(comm):
+        await served.put(comm)
+
+    async with listen(listener_address, keep) as listener:
+        client = await connect(listener.contact_address)
+        server = await served.get()
+    return client, server
+
+
+@gen_test()
+async def test_the_config_cap_refuses_a_larger_message(backend) -> None:
+    with dask.config.set({"distributed.comm.aw.max-message-bytes": "1 MiB"}):
+        client, server = await served_pair()
+        await client.write({"x": to_serialize(np.zeros(10))})
+        assert (await server.read())["x"].shape == (10,)
+        await client.write({"x": to_serialize(np.zeros(200_000))})
+        with pytest.raises(CommClosedError, match="1,048,576"):
+            await server.read()
+        assert server.closed()
+        with pytest.raises(CommClosedError):
+            await client.read()
+        await client.close()
+
+
+@gen_test()
+async def test_a_message_that_is_not_dask_frames_closes_the_comm(backend) -> None:
+    client, server = await served_pair()
+    await aio.send_arrays([np.frombuffer(b"not a frame table", np.uint8)], client.socket)
+    with pytest.raises(CommClosedError, match=r"ProtocolError.*starts with b'not '"):
+        await server.read()
+    assert server.closed()
+    await client.close()
+
+
+@gen_test()
+async def test_encryption_required_is_refused_with_a_clear_error(backend) -> None:
+    with pytest.raises(RuntimeError, match="aw:// does not encrypt yet"):
+        await listen("aw://127.0.0.1:0", echo, require_encryption=True)
+    with pytest.raises(RuntimeError, match="aw:// does not encrypt yet"):
+        await connect("aw://127.0.0.1:1", require_encryption=True, timeout=1)
+
+
+@gen_test()
+async def test_unknown_connection_arguments_are_ignored(backend) -> None:
+    async with echo_server(some_future_option=3) as listener:
+        comm = await connect(listener.contact_address, another_option="x")
+        await comm.write({"op": "ping"})
+        assert await comm.read() == {"op": "ping"}
+        await comm.close()
+
+
+@gen_test()
+async def test_repr_and_addresses(backend) -> None:
+    async with echo_server() as listener:
+        assert listener.listen_address.startswith("aw://127.0.0.1:")
+        assert listener.contact_address == listener.listen_address
+        comm = await connect(listener.contact_address)
+        assert comm.peer_address == listener.contact_address
+        host, port = comm.local_address[len("aw://"):].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        assert repr(comm) == f"<ArraywireComm  local={comm.local_address} remote={comm.peer_address}>"
+        assert comm.extra_info["arraywire_backend"] == backend.name
+        assert comm.same_host
+        await comm.close()
+
+
+@gen_test()
+async def test_a_wildcard_listener_gives_a_concrete_contact_address(backend) -> None:
+    async with listen("aw://0.0.0.0:0", echo) as listener:
+        port = listener.listen_address.rsplit(":", 1)[1]
+        assert listener.listen_address == f"aw://0.0.0.0:{port}"
+        assert listener.contact_address == f"aw://{get_ip()}:{port}"
+    async with listen("aw://", echo, default_host="127.0.0.1") as listener:
+        assert listener.contact_address.startswith("aw://127.0.0.1:")
+        comm = await connect(listener.contact_address)
+        await comm.write({"op": "ping"})
+        assert await comm.read() == {"op": "ping"}
+        await comm.close()
+
+
+@gen_test()
+async def test_ipv6(backend) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    async with listen("aw://[::1]:0", echo) as listener:
+        assert listener.contact_address.startswith("aw://[::1]:")
+        comm = await connect(listener.contact_address)
+        await comm.write({"x": to_serialize(np.arange(5))})
+        np.testing.assert_array_equal((await comm.read())["x"], np.arange(5))
+        await comm.close()
+
+
+def test_address_rules_are_tcps() -> None:
+    backend = get_backend("aw")
+    tcp = get_backend("tcp")
+    for loc in ("127.0.0.1:8786", "[::1]:8786", "localhost:8786"):
+        assert backend.get_address_host(loc) == tcp.get_address_host(loc)
+        assert backend.get_address_host_port(loc) == tcp.get_address_host_port(loc)
+        assert backend.resolve_address(loc) == tcp.resolve_address(loc)
+        assert backend.get_local_address_for(loc) == tcp.get_local_address_for(loc)
+    assert get_address_host("aw://10.1.2.3:5") == "10.1.2.3"
+
+
+@gen_cluster(
+    client=True,
+    scheduler_kwargs={"protocol": "aw://"},
+    worker_kwargs={"protocol": "aw://"},
+)
+async def test_a_cluster_computes_and_moves_data_over_aw(c, s, a, b, backend) -> None:
+    assert s.address.startswith("aw://")
+    assert a.address.startswith("aw://") and b.address.startswith("aw://")
+    x = da.arange(2_000_000, chunks=250_000)
+    total = await c.compute(x.sum(), workers=None)
+    assert total == 2_000_000 * 1_999_999 // 2
+    data = np.random.default_rng(2).random(50_000_000 // 8)  # 50 MB
+    [future] = await c.scatter([data], workers=[a.address])
+    moved = c.submit(lambda array: array[::-1].copy(), future, workers=[b.address])
+    np.testing.assert_array_equal(await c.gather(moved), data[::-1])
+    np.testing.assert_array_equal(await c.gather(future), data)
+    assert set(await c.gather(c.map(lambda n: n * 2, range(20)))) == {n * 2 for n in range(20)}
+
+
+# --- the frame layout (docs/PROTOCOL.md, "Dask messages over aw://"), no sockets
+
+
+@given(st.lists(st.binary(max_size=300), max_size=12), st.lists(st.integers(0, 3), max_size=12))
+def test_frames_come_back_as_they_went(payloads, owners) -> None:
+    buffers = [bytearray(b"x" * 200 + bytes(range(50))) for _ in range(3)]
+    frames: list = []
+    for payload, source in zip(payloads, owners + [0] * len(payloads)):
+        frames.append(payload if source == 0 else memoryview(buffers[source - 1])[: len(payload)])
+    arrays = _dask_frames.to_arrays(frames)
+    assert [bytes(frame) for frame in _dask_frames.to_frames(arrays)] == [bytes(f) for f in frames]
+
+
+def test_shards_of_one_buffer_travel_as_one_view_of_it() -> None:
+    buffer = np.arange(1000, dtype=np.uint8)
+    shards = [memoryview(buffer)[:400], memoryview(buffer)[400:]]
+    head, joined = _dask_frames.to_arrays([b"header", *shards])
+    assert np.shares_memory(joined, buffer) and joined.nbytes == 1000
+    frames = _dask_frames.to_frames([head.copy(), joined.copy()])
+    assert frames[1].obj is frames[2].obj and bytes(frames[1]) + bytes(frames[2]) == buffer.tobytes()
+
+
+@given(st.binary(max_size=200), st.integers(0, 3))
+def test_a_corrupt_head_gives_protocol_error_or_frames_that_add_up(noise, extra_arrays) -> None:
+    head = np.frombuffer(_dask_frames.PREFIX.pack(b"AWDF", 1, len(noise) // 12) + noise, np.uint8)
+    arrays = [head, *(np.zeros(n, np.uint8) for n in range(extra_arrays))]
+    try:
+        frames = _dask_frames.to_frames(arrays)
+    except ProtocolError:
+        return
+    assert sum(frame.nbytes for frame in frames) == sum(a.nbytes for a in arrays) - _dask_frames.PREFIX.size - len(frames) * 12
+
+
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        ([], "at least its head"),
+        ({"a": np.zeros(20, np.uint8)}, "no array names"),
+        ([np.zeros(20, np.float64)], "uint8"),
+        ([np.zeros(5, np.uint8)], "shorter than its 16-byte prefix"),
+        ([np.frombuffer(b"AWDF\x02\0\0\0" + bytes(8), np.uint8)], "layout version 2"),
+        ([np.frombuffer(_dask_frames.PREFIX.pack(b"AWDF", 1, 10**15), np.uint8)], "frame table of"),
+    ],
+)
+def test_what_is_not_a_dask_message_is_named(arrays, reason) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        _dask_frames.to_frames(arrays)
