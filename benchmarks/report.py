@@ -118,6 +118,8 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                     ratio(rows, "us", me, [{"contender": PURE, "family": family}]), lambda x: x <= 1)
     if "latency" in data:
         channel_targets(data["latency"], add)
+    if data.get("dask", {}).get("comm"):
+        dask_targets(data["dask"], add)
     if "memory" in data:
         for r in data["memory"]["rows"]:
             if r["contender"] in (COMPILED, CHANNEL):
@@ -125,6 +127,26 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                 add(f"peak RSS added by {how} of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
                     r["added_bytes"] / r["payload"], lambda x: x <= 1.05)
     return checks
+
+
+def dask_targets(dask: dict[str, Any], add: Callable[..., None]) -> None:
+    """The targets of the Dask backend issue: aw:// against tcp:// in one run."""
+    def aw_over_tcp(rows: list[dict[str, Any]], field: str, **match: Any) -> float | None:
+        aw, tcp = pick(rows, scheme="aw", **match), pick(rows, scheme="tcp", **match)
+        return aw[field] / tcp[field] if aw and tcp else None
+
+    for size in sorted({r["size"] for r in dask["comm"]}):
+        add(f"Dask comm {size_label(size)}: aw:// / tcp:// >= 1.0",
+            aw_over_tcp(dask["comm"], "gbps", size=size, busy=False), lambda x: x >= 1.0)
+        add(f"Dask comm {size_label(size)}, busy receiver: aw:// / tcp:// >= 3",
+            aw_over_tcp(dask["comm"], "gbps", size=size, busy=True), lambda x: x >= 3)
+    add("Dask comm 64 B round trip: aw:// / tcp:// <= 1.0", aw_over_tcp(dask["rtt"], "us"),
+        lambda x: x <= 1.0)
+    aw = pick(dask["memory"], scheme="aw")
+    add("Dask comm: peak RSS added by aw:// receiving 2 x 200 MB <= 1.05x payload",
+        aw["added_bytes"] / aw["payload"] if aw else None, lambda x: x <= 1.05)
+    add("Dask cluster 400 MB worker to worker, busy receiver: aw:// / tcp:// >= 1.5",
+        aw_over_tcp(dask["cluster"], "gbps", busy=True), lambda x: x >= 1.5)
 
 
 def channel_targets(latency: dict[str, Any], add: Callable[..., None]) -> None:
@@ -208,7 +230,30 @@ def sections(data: dict[str, dict[str, Any]]) -> list[str]:
             out.append(title + markdown_table(["socket", "contender", *map(size_label, columns)], table))
         else:
             out.append(title + f"Not measured: {data['asyncio']['skipped']}.")
+    if "dask" in data:
+        out.append(dask_section(data["dask"]))
     return out
+
+
+def dask_section(dask: dict[str, Any]) -> str:
+    title = "### 7. Dask comms: aw:// against tcp:// (GB/s; round trip µs)\n\n"
+    if not dask.get("comm"):
+        return title + f"Not measured: {dask['skipped']}."
+    busy = {False: "idle", True: "CPU-bound thread in the receiver"}
+    columns, table = _grid(dask["comm"], ("busy", "scheme"), "size", lambda r: f"{r['gbps']:.3g}")
+    table = [[busy[row[0]], f"{row[1].lower()}://", *row[2:]] for row in table]
+    return (title + "Comm level, two processes, `{\"x\": to_serialize(array)}`:\n\n"
+            + markdown_table(["receiver", "scheme", *map(size_label, columns)], table)
+            + "\n\n" + markdown_table(
+                ["scheme", "64 B round trip (µs)", "peak RSS added, 2 x 200 MB (x payload)"],
+                [[f"{r['scheme']}://", f"{r['us']:.1f}",
+                  f"{pick(dask['memory'], scheme=r['scheme'])['added_bytes'] / (2 * 200e6):.3f}"]
+                 for r in dask["rtt"]])
+            + "\n\nCluster level, `LocalCluster(n_workers=2, processes=True)`, 400 MB from one "
+            "worker to the other (the receiving worker's `transfer_incoming_log`):\n\n"
+            + markdown_table(["receiving worker", "scheme", "GB/s"],
+                             [[busy[r["busy"]].replace("CPU-bound thread", "GIL-holding task"), f"{r['scheme']}://",
+                               f"{r['gbps']:.3g}"] for r in dask["cluster"]]))
 
 
 def environment(meta: dict[str, Any]) -> str:

@@ -267,6 +267,15 @@ def asyncio_vs_blocking(settings: Settings) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def dask_comms(settings: Settings) -> dict[str, Any]:
+    """7. Dask comms: aw:// against tcp:// (benchmarks/dask_comms.py)."""
+    if importlib.util.find_spec("distributed") is None:
+        return {"comm": [], "skipped": "distributed is not installed (pip install '.[dask]')"}
+    import dask_comms as dask_benchmark
+
+    return dask_benchmark.run(rounds=max(1, settings.rounds // 2), repeats=settings.repeats)
+
+
 SCENARIOS = {
     "throughput": throughput,
     "contention": contention,
@@ -274,4 +283,5 @@ SCENARIOS = {
     "latency": latency,
     "memory": memory,
     "asyncio": asyncio_vs_blocking,
+    "dask": dask_comms,
 }
