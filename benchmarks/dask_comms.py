@@ -51,13 +51,14 @@ def busy_thread(stop: threading.Event) -> threading.Thread:
 
 
 def rss_kib() -> tuple[int, int]:
-    """(current, peak) resident set size in KiB (Linux)."""
-    import os
-    import resource
-
-    with open("/proc/self/statm") as statm:
-        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """(current, peak) resident set size in KiB (Linux). VmHWM, unlike
+    ru_maxrss, starts afresh at exec: the sending parent's peak is not ours."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            fields[name] = value
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
 async def receiver(scheme: str, busy: bool) -> None:

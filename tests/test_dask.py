@@ -11,8 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 distributed = pytest.importorskip("distributed")
 
@@ -393,7 +392,7 @@ async def test_a_cluster_computes_and_moves_data_over_aw(c, s, a, b, backend) ->
 def test_frames_come_back_as_they_went(payloads, owners) -> None:
     buffers = [bytearray(b"x" * 200 + bytes(range(50))) for _ in range(3)]
     frames: list = []
-    for payload, source in zip(payloads, owners + [0] * len(payloads)):
+    for payload, source in zip(payloads, owners + [0] * len(payloads), strict=False):
         frames.append(payload if source == 0 else memoryview(buffers[source - 1])[: len(payload)])
     arrays = _dask_frames.to_arrays(frames)
     assert [bytes(frame) for frame in _dask_frames.to_frames(arrays)] == [bytes(f) for f in frames]
