@@ -153,6 +153,47 @@ async def test_a_cancelled_read_leaves_the_comm_closed(backend) -> None:
 
 
 @gen_test()
+async def test_an_abort_stops_a_large_write_in_progress(backend) -> None:
+    client, server = await served_pair()
+    writing = asyncio.ensure_future(client.write({"x": to_serialize(np.zeros(8_000_000))}))
+    await asyncio.sleep(0.2)  # the 64 MB cannot all be in the socket buffers: the write waits
+    assert not writing.done()
+    client.abort()
+    with pytest.raises(CommClosedError):
+        await asyncio.wait_for(writing, 10)
+    assert client.closed()
+    with pytest.raises(CommClosedError):
+        await server.read()
+    await server.close()
+
+
+@gen_test()
+async def test_close_waits_for_the_write_in_progress(backend) -> None:
+    client, server = await served_pair()
+    payload = np.arange(4_000_000, dtype=np.float64)
+    writing = asyncio.ensure_future(client.write({"x": to_serialize(payload)}))
+    await asyncio.sleep(0)
+    reading = asyncio.ensure_future(server.read())
+    await client.close()
+    assert writing.done() and not writing.exception()
+    np.testing.assert_array_equal((await reading)["x"], payload)
+    await server.close()
+
+
+@gen_test()
+async def test_comms_outlive_their_stopped_listener(backend) -> None:
+    listener = await echo_server()
+    address = listener.contact_address
+    comm = await connect(address)
+    listener.stop()
+    await comm.write({"op": "still here"})
+    assert await comm.read() == {"op": "still here"}
+    await comm.close()
+    with pytest.raises(OSError):
+        await connect(address, timeout=0.5)
+
+
+@gen_test()
 async def test_connect_times_out_when_nobody_listens(backend) -> None:
     with socket.socket() as reserved:  # a port that refuses connections
         reserved.bind(("127.0.0.1", 0))
@@ -231,17 +272,33 @@ async def test_buffers_of_one_message_never_share_receive_memory(backend) -> Non
 
 
 @gen_test()
-async def test_shards_of_one_buffer_rejoin_without_a_copy(backend) -> None:
+async def test_shards_of_one_buffer_rejoin_without_a_copy(backend, monkeypatch) -> None:
+    received: list = []
+    sent_frames: list = []
+
+    def recording_to_frames(arrays):
+        received.append(arrays)
+        return unpack(arrays)
+
+    def recording_to_arrays(frames):
+        sent_frames.append(len(frames))
+        return pack(frames)
+
+    unpack, pack = _dask_frames.to_frames, _dask_frames.to_arrays
+    monkeypatch.setattr(_dask_frames, "to_frames", recording_to_frames)
+    monkeypatch.setattr(_dask_frames, "to_arrays", recording_to_arrays)
+    big = np.arange(1_000_000, dtype=np.int64)  # 8 MB: eight shards of 1 MiB
     with dask.config.set({"distributed.comm.shard": "1 MiB"}):
-        big = np.arange(1_000_000, dtype=np.int64)  # 8 MB: eight shards
         async with echo_server() as listener:
             comm = await connect(listener.contact_address)
             await comm.write({"x": to_serialize(big)})
             reply = await comm.read()
             await comm.close()
+    assert sent_frames[-1] >= 2 + 8  # header, sub-header, the shards
     np.testing.assert_array_equal(reply["x"], big)
     host = get_host_array(reply["x"])
-    assert isinstance(host, np.ndarray) and host.nbytes == big.nbytes  # one array, its own
+    assert any(host is array for array in received[-1])  # a received array, not a join
+    assert host.nbytes == big.nbytes
 
 
 @gen_test()

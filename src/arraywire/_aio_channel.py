@@ -319,6 +319,10 @@ class Listener:
             if isinstance(item, Channel):
                 item.close()
         if self._sock.fileno() != -1:
+            # The cancelled accept still has the descriptor in the selector:
+            # take it out now, before the number can be reused.
+            with contextlib.suppress(RuntimeError):  # no loop running
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             if self._unlink is not None:
                 with contextlib.suppress(FileNotFoundError):

@@ -41,11 +41,9 @@ def owner(frame: Any) -> Any:
 def byte_view(frame: Any) -> memoryview:
     """A frame as a flat view of unsigned bytes (non-contiguous ones copied)."""
     view = memoryview(frame)
-    if view.ndim == 1 and view.format == "B":
-        return view
-    if view.contiguous:
-        return view.cast("B")
-    return memoryview(view.tobytes())
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
 def to_arrays(frames: Sequence[Any]) -> list[np.ndarray]:

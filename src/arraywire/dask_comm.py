@@ -51,6 +51,20 @@ def refuse_encryption(address: str, connection_args: dict[str, Any]) -> None:
         )
 
 
+async def resolve(host: str, port: int) -> str:
+    """The first IP address of host (IPv4 or IPv6). A numeric one needs no
+    thread; a name is looked up in the event loop's executor, as tcp:// does."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        )
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:
+            raise
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return str(infos[0][4][0])
+
+
 class ArraywireComm(Comm):
     """One established ``aw://`` connection: Dask messages in, Dask messages out."""
 
@@ -60,6 +74,10 @@ class ArraywireComm(Comm):
         self._closed = False
         self._channel = channel
         self._transfers = 0  # reads and writes holding the socket
+        self._write_idle = asyncio.Event()
+        self._write_idle.set()
+        # Shards of at most this size, as tcp:// cuts them
+        self._shard_bytes = parse_bytes(dask.config.get("distributed.comm.shard"))
         super().__init__(deserialize=deserialize)
         self._local_addr = local_addr
         self._peer_addr = peer_addr
@@ -113,22 +131,31 @@ class ArraywireComm(Comm):
     async def write(self, msg: Any, serializers: Any = None, on_error: str = "message") -> int:
         if self._closed:
             raise CommClosedError(f"in {self}: closed")
-        frames = await to_frames(
-            msg,
-            allow_offload=self.allow_offload,
-            serializers=serializers,
-            on_error=on_error,
-            context={
-                "sender": self.local_info,
-                "recipient": self.remote_info,
-                **self.handshake_options,
-            },
-        )
-        if self._closed:  # closed while the message was serialized
-            raise CommClosedError(f"in {self}: closed")
+        self._write_idle.clear()
+        try:
+            frames = await to_frames(
+                msg,
+                allow_offload=self.allow_offload,
+                serializers=serializers,
+                on_error=on_error,
+                context={
+                    "sender": self.local_info,
+                    "recipient": self.remote_info,
+                    **self.handshake_options,
+                },
+                frame_split_size=self._shard_bytes,
+            )
+            arrays = _dask_frames.to_arrays(frames)
+            if self._closed:  # aborted while the message was serialized
+                raise CommClosedError(f"in {self}: closed")
+            return await self._send(arrays)
+        finally:
+            self._write_idle.set()
+
+    async def _send(self, arrays: list[Any]) -> int:
         self._transfers += 1
         try:
-            return await self._channel.send_arrays(_dask_frames.to_arrays(frames))
+            return await self._channel.send_arrays(arrays)
         except LOST as exc:
             self.abort()
             raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
@@ -144,8 +171,12 @@ class ArraywireComm(Comm):
             self._channel.close()
 
     async def close(self) -> None:
-        # A write returns once its last byte is with the kernel: nothing to flush.
-        self.abort()
+        """Close once a write in progress has finished (a write returns when
+        its last byte is with the kernel: there is nothing else to flush)."""
+        try:
+            await self._write_idle.wait()
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         """Close at once. A read or write in progress wakes up (the socket is
@@ -170,7 +201,7 @@ class ArraywireConnector(Connector):
     ) -> ArraywireComm:
         refuse_encryption(address, connection_args)
         host, port = parse_host_port(address)
-        channel = await aio.connect((host, port))
+        channel = await aio.connect((await resolve(host, port), port))
         local = PREFIX + unparse_host_port(*channel.socket.getsockname()[:2])
         return ArraywireComm(channel, local, PREFIX + address, deserialize)
 
@@ -224,8 +255,12 @@ class ArraywireListener(BaseListener):
 
     async def _handle(self, channel: aio.Channel) -> None:
         sock = channel.socket
-        peer = PREFIX + unparse_host_port(*sock.getpeername()[:2])
-        local = PREFIX + unparse_host_port(*sock.getsockname()[:2])
+        try:
+            peer = PREFIX + unparse_host_port(*sock.getpeername()[:2])
+            local = PREFIX + unparse_host_port(*sock.getsockname()[:2])
+        except OSError:  # reset by the peer since its hello
+            channel.close()
+            return
         comm = ArraywireComm(channel, local, peer, self.deserialize)
         comm.allow_offload = self.allow_offload
         if self._listener is None:  # stopped after this connection was accepted
