@@ -29,7 +29,7 @@ from arraywire._connection import (
     server_socket,
     tune,
 )
-from arraywire._engine import Message
+from arraywire._engine import Message, Receive
 from arraywire._errors import IncompleteTransferError, ProtocolError
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
@@ -40,6 +40,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
         self._outbox = _transport.impl.Outbox(sock)  # packs send_many's small messages
+        self._inbox = _transport.impl.Inbox(sock)  # read-ahead: a small message, one receive
         sock.setblocking(False)
         self._sock = sock
         self._busy: set[str] = set()
@@ -109,11 +110,9 @@ class Channel:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Receive a one-array message, into ``out`` when given."""
-        self._claim("receive")
-        try:
-            return await aio.recv_array(self._sock, out=out, max_bytes=max_bytes, progress=progress)
-        finally:
-            self._busy.discard("receive")
+        message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+        await self._read("recv", message)
+        return message.result()[0]
 
     async def recv_arrays(
         self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
@@ -129,11 +128,14 @@ class Channel:
         progress: Progress | None = None,
     ) -> Message:
         """Receive one message with its metadata."""
+        message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+        await self._read("recv_message", message)
+        return message.message()
+
+    async def _read(self, name: str, message: Receive) -> None:
         self._claim("receive")
         try:
-            return await aio.recv_message(
-                self._sock, max_bytes=max_bytes, max_metadata=max_metadata, progress=progress
-            )
+            await aio.receive_buffered(self._sock, name, message, self._inbox)
         finally:
             self._busy.discard("receive")
 

@@ -48,6 +48,16 @@ def byte_view(frame: Any) -> memoryview:
 
 def to_arrays(frames: Sequence[Any]) -> list[np.ndarray]:
     """The arrays of one message that carries ``frames``."""
+    if all(type(frame) is bytes and len(frame) <= PACKED_FRAME_BYTES for frame in frames):
+        # all in the head, the usual small message: no views needed
+        count = len(frames)
+        head = b"".join((
+            PREFIX.pack(MAGIC, LAYOUT_VERSION, count),
+            struct.pack(f"<{count}Q", *map(len, frames)),
+            bytes(4 * count),
+            *frames,
+        ))
+        return [np.frombuffer(head, np.uint8)]
     views = [byte_view(frame) for frame in frames]
     where = [0] * len(views)  # the array each frame travels in; 0 is the head
     buffers: list[memoryview] = []
@@ -113,6 +123,15 @@ def to_frames(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[m
             f"array has {head.nbytes:,}"
         )
     lengths = struct.unpack_from(f"<{count}Q", head, PREFIX.size)
+    if len(arrays) == 1 and head[PREFIX.size + count * 8 : table_end] == bytes(4 * count):
+        body = head[table_end:]
+        if sum(lengths) == body.nbytes:  # else the checks below say what is wrong
+            frames = []
+            start = 0
+            for length in lengths:
+                frames.append(body[start : start + length])
+                start += length
+            return frames
     where = struct.unpack_from(f"<{count}I", head, PREFIX.size + count * 8)
     views = [head[table_end:], *(array.data for array in arrays[1:])]
     offsets = [0] * len(views)

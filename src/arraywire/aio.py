@@ -36,17 +36,28 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from arraywire import _transport
-from arraywire._common import MAX_CHUNK, Progress, check_socket, mark_progress
-from arraywire._engine import Message, MessageProgress, Receive, Reporter, Transfer, plan_send
+from arraywire._common import DIRECT_BYTES, MAX_CHUNK, Progress, check_socket, mark_progress
+from arraywire._engine import (
+    Message,
+    MessageProgress,
+    Receive,
+    Reporter,
+    Transfer,
+    buffered_reads,
+    plan_send,
+)
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._step import PendingViews, byte_view
+
+if TYPE_CHECKING:  # either twin's; they have the same signatures
+    from arraywire._transport_py import Inbox
 
 __all__ = [
     "NATIVE_BYTES",
@@ -451,6 +462,34 @@ async def _receive(sock: Any, name: str, message: Receive) -> None:
             if end is not None:
                 raise end from None
             raise
+
+
+async def receive_buffered(sock: Any, name: str, message: Receive, inbox: Inbox) -> None:
+    """``_receive`` through a connection's read-ahead buffer (the aio
+    Channel's): a small message costs one receive, a large payload still
+    goes straight into its array."""
+    async with _Claim(sock, name, False, message) as claim:
+        try:
+            for request in buffered_reads(message, inbox, DIRECT_BYTES):
+                if isinstance(request, int):
+                    if not await _fill(sock, inbox):
+                        raise IncompleteTransferError(0, request)
+                else:
+                    await _move(claim, request, False, message.reporter)
+        except IncompleteTransferError as exc:
+            end = message.end_of_stream(exc)
+            if end is not None:
+                raise end from None
+            raise
+
+
+async def _fill(sock: socket.socket, inbox: Inbox) -> int:
+    """One receive into the read-ahead buffer, once the socket has bytes."""
+    while True:
+        try:
+            return inbox.fill()
+        except BlockingIOError:
+            await _ready(sock, False)
 
 
 # The connection objects are built on the functions above.
