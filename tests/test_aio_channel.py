@@ -218,3 +218,59 @@ def test_accept_on_a_closed_listener_says_so(backend: Backend) -> None:
             await listener.accept()
 
     run(main())
+
+
+def test_read_ahead_keeps_messages_apart(backend: Backend, where: Any) -> None:
+    """Small messages that arrive together, a large one among them (received
+    straight into its array), a misfit out= (drained) and metadata: each
+    receive gets exactly its own message."""
+    small = [np.arange(n, dtype=np.int32) for n in range(1, 40)]
+    large = np.arange(3_000_000, dtype=np.float64)  # 24 MB: the direct path
+
+    async def main() -> None:
+        listener = await aio.listen(where)
+        client = await aio.connect(listener.address)
+        server = await listener.accept()
+        for array in small[:20]:
+            await client.send(array)
+        sending = asyncio.ensure_future(client.send(large))
+        for array in small[:20]:
+            np.testing.assert_array_equal(await server.recv(), array)
+        np.testing.assert_array_equal(await server.recv(), large)
+        await sending
+        await client.send_many(small[20:])
+        await client.send(np.zeros(5))
+        await client.send_arrays({"a": np.ones(3)}, metadata=b"meta")
+        for array in small[20:]:
+            np.testing.assert_array_equal(await server.recv(), array)
+        with pytest.raises(ValueError, match=r"out is float64 \(7,\) but the message holds float64 \(5,\)"):
+            await server.recv(out=np.empty(7))
+        message = await server.recv_message()
+        assert message.metadata == b"meta"
+        np.testing.assert_array_equal(message.arrays["a"], np.ones(3))
+        client.close()
+        with pytest.raises(EOFError) as ended:
+            await server.recv()
+        assert not isinstance(ended.value, IncompleteTransferError)
+        server.close()
+        await listener.aclose()
+
+    run(main())
+
+
+def test_a_cancelled_receive_of_a_large_message_breaks_the_channel(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(b) as right:
+            whole = plan_send((np.zeros(4_000_000),))
+            a.sendall(whole.header + bytes(100_000))  # fits in the socket buffer
+            receiving = asyncio.ensure_future(right.recv())
+            await asyncio.sleep(0.2)
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            with pytest.raises(BrokenStreamError, match="cancelled"):
+                await right.recv()
+        a.close()
+
+    run(main())
