@@ -81,12 +81,12 @@ def to_arrays(frames: Sequence[Any]) -> list[np.ndarray]:
         last_owner = source
         where[index] = len(buffers)
     count = len(views)
-    head = bytearray(PREFIX.pack(MAGIC, LAYOUT_VERSION, count))
-    head += struct.pack(f"<{count}Q{count}I", *(view.nbytes for view in views), *where)
+    packed = bytearray(PREFIX.pack(MAGIC, LAYOUT_VERSION, count))
+    packed += struct.pack(f"<{count}Q{count}I", *(view.nbytes for view in views), *where)
     for view, array_index in zip(views, where, strict=True):
         if array_index == 0:
-            head += view
-    return [np.frombuffer(head, np.uint8), *(np.frombuffer(view, np.uint8) for view in buffers)]
+            packed += view
+    return [np.frombuffer(packed, np.uint8), *(np.frombuffer(view, np.uint8) for view in buffers)]
 
 
 def to_frames(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[memoryview]:
