@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import dask.config
 from dask.utils import parse_bytes
@@ -25,6 +26,7 @@ from arraywire import _dask_frames, _transport, aio
 from arraywire._errors import ProtocolError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "aw://"
 # Dask's config key for a cap on the bytes of one received message; like
@@ -104,19 +106,14 @@ class ArraywireComm(Comm):
     async def read(self, deserializers: Any = None) -> Any:
         if self._closed:
             raise CommClosedError(f"in {self}: closed")
-        self._transfers += 1
+        message = await self._transfer(
+            self._channel.recv_message(max_bytes=self.max_message_bytes)
+        )
         try:
-            message = await self._channel.recv_message(max_bytes=self.max_message_bytes)
             frames = _dask_frames.to_frames(message.arrays)
-        except LOST as exc:
+        except ProtocolError as exc:
             self.abort()
-            raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            # cancelled part-way, say: the stream is out of step
-            self.abort()
-            raise
-        finally:
-            self._release()
+            raise CommClosedError(f"in {self}: ProtocolError: {exc}") from exc
         try:
             return await from_frames(
                 frames,
@@ -148,18 +145,20 @@ class ArraywireComm(Comm):
             arrays = _dask_frames.to_arrays(frames)
             if self._closed:  # aborted while the message was serialized
                 raise CommClosedError(f"in {self}: closed")
-            return await self._send(arrays)
+            return await self._transfer(self._channel.send_arrays(arrays))
         finally:
             self._write_idle.set()
 
-    async def _send(self, arrays: list[Any]) -> int:
+    async def _transfer(self, transfer: Awaitable[T]) -> T:
+        """Await a send or receive of the channel; a failure closes the comm."""
         self._transfers += 1
         try:
-            return await self._channel.send_arrays(arrays)
+            return await transfer
         except LOST as exc:
             self.abort()
             raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
         except BaseException:
+            # cancelled part-way, say: the stream is out of step
             self.abort()
             raise
         finally:
