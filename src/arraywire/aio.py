@@ -451,25 +451,17 @@ async def recv_array(
     return message.result()[0]
 
 
-async def _receive(sock: Any, name: str, message: Receive) -> None:
-    """Fill every read of the message; its result is then the caller's."""
+async def _receive(
+    sock: Any, name: str, message: Receive, inbox: Inbox | None = None
+) -> None:
+    """Fill every read of the message, through the read-ahead buffer when
+    given; its result is then the caller's."""
     async with _Claim(sock, name, False, message) as claim:
         try:
-            for buffers in message.reads():
-                await _move(claim, buffers, False, message.reporter)
-        except IncompleteTransferError as exc:
-            end = message.end_of_stream(exc)
-            if end is not None:
-                raise end from None
-            raise
-
-
-async def receive_buffered(sock: Any, name: str, message: Receive, inbox: Inbox) -> None:
-    """``_receive`` through a connection's read-ahead buffer (the aio
-    Channel's): a small message costs one receive, a large payload still
-    goes straight into its array."""
-    async with _Claim(sock, name, False, message) as claim:
-        try:
+            if inbox is None:
+                for buffers in message.reads():
+                    await _move(claim, buffers, False, message.reporter)
+                return
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
                     if not await _fill(sock, inbox):
@@ -481,6 +473,13 @@ async def receive_buffered(sock: Any, name: str, message: Receive, inbox: Inbox)
             if end is not None:
                 raise end from None
             raise
+
+
+async def receive_buffered(sock: Any, name: str, message: Receive, inbox: Inbox) -> None:
+    """A receive through a connection's read-ahead buffer (the aio Channel's):
+    a small message costs one receive, a large payload still goes straight
+    into its array."""
+    await _receive(sock, name, message, inbox)
 
 
 async def _fill(sock: socket.socket, inbox: Inbox) -> int:

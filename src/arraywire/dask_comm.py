@@ -253,6 +253,9 @@ class ArraywireListener(BaseListener):
             self._spawn(self._handle(channel))
 
     async def _handle(self, channel: aio.Channel) -> None:
+        if self._listener is None:  # stopped after this connection was accepted
+            channel.close()
+            return
         sock = channel.socket
         try:
             peer = PREFIX + unparse_host_port(*sock.getpeername()[:2])
@@ -262,9 +265,6 @@ class ArraywireListener(BaseListener):
             return
         comm = ArraywireComm(channel, local, peer, self.deserialize)
         comm.allow_offload = self.allow_offload
-        if self._listener is None:  # stopped after this connection was accepted
-            comm.abort()
-            return
         try:
             await self.on_connection(comm)
         except CommClosedError:
