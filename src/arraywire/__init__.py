@@ -8,7 +8,12 @@ or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 from arraywire._channel import Channel, ChannelItem
 from arraywire._connection import Listener, connect, listen
 from arraywire._engine import Message
-from arraywire._errors import BrokenStreamError, IncompleteTransferError, ProtocolError
+from arraywire._errors import (
+    AuthenticationError,
+    BrokenStreamError,
+    IncompleteTransferError,
+    ProtocolError,
+)
 from arraywire._framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._transport import BACKEND, impl as _impl
@@ -22,6 +27,7 @@ recvmsg_into = _impl.recvmsg_into
 
 __all__ = [
     "BACKEND",
+    "AuthenticationError",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_METADATA",
     "BrokenStreamError",

@@ -10,27 +10,31 @@ import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
+from ssl import SSLContext, SSLError
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from arraywire import _hello, _transport, aio
+from arraywire import _hello, _tls, _transport, _transport_py, aio
 from arraywire._channel import ChannelItem, check_peer_reads, coalesce
-from arraywire._common import Progress
+from arraywire._common import READ_AHEAD_BYTES, Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    NOT_TLS,
     RETRY_INTERVAL,
     Address,
     bound_address,
+    check_options,
     closed_listener,
     family_of,
+    reset_in_opening,
     server_socket,
     tune,
 )
-from arraywire._engine import Message, Receive
-from arraywire._errors import IncompleteTransferError, ProtocolError
+from arraywire._engine import Message, Receive, SendPlan, plan_send
+from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
 
@@ -39,7 +43,8 @@ class Channel:
     ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it."""
 
     def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
-        self._outbox = _transport.impl.Outbox(sock)  # packs send_many's small messages
+        # packs send_many's small messages (over TLS: none, they are staged)
+        self._outbox: _transport_py.Outbox | _tls.Outbox = _transport.impl.Outbox(sock)
         self._inbox = _transport.impl.Inbox(sock)  # read-ahead: a small message, one receive
         sock.setblocking(False)
         self._sock = sock
@@ -62,11 +67,7 @@ class Channel:
         """Send one array as a message; return the bytes sent."""
         if metadata is not None:
             check_peer_reads(2, self._peer_reads)
-        self._claim("send")
-        try:
-            return await aio.send_array(array, self._sock, metadata=metadata, progress=progress)
-        finally:
-            self._busy.discard("send")
+        return await self._send("send", plan_send((array,), progress, metadata))
 
     async def send_arrays(
         self,
@@ -78,9 +79,12 @@ class Channel:
         """Send arrays as one message; return the bytes sent."""
         if metadata is not None or isinstance(arrays, Mapping):
             check_peer_reads(2, self._peer_reads)
+        return await self._send("send_arrays", plan_send(arrays, progress, metadata))
+
+    async def _send(self, name: str, plan: SendPlan) -> int:
         self._claim("send")
         try:
-            return await aio.send_arrays(arrays, self._sock, metadata=metadata, progress=progress)
+            return await self._write(name, plan)
         finally:
             self._busy.discard("send")
 
@@ -91,10 +95,10 @@ class Channel:
         sent = 0
         try:
             for piece in coalesce(arrays, self._outbox):
-                if type(piece) is bytearray:
-                    sent += await aio.send_from(piece, self._sock)
+                if isinstance(piece, bytearray):
+                    sent += await self._write_bytes(piece)
                 else:
-                    sent += await aio.send_array(piece[0], self._sock)
+                    sent += await self._write("send_many", piece[1])
         except BaseException as exc:
             exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
             raise
@@ -111,7 +115,7 @@ class Channel:
     ) -> np.ndarray:
         """Receive a one-array message, into ``out`` when given."""
         message = Receive(max_bytes, progress=progress, one_array=True, out=out)
-        await self._read("recv", message)
+        await self._receive("recv", message)
         return message.result()[0]
 
     async def recv_arrays(
@@ -129,15 +133,26 @@ class Channel:
     ) -> Message:
         """Receive one message with its metadata."""
         message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
-        await self._read("recv_message", message)
+        await self._receive("recv_message", message)
         return message.message()
 
-    async def _read(self, name: str, message: Receive) -> None:
+    async def _receive(self, name: str, message: Receive) -> None:
         self._claim("receive")
         try:
-            await aio.receive_buffered(self._sock, name, message, self._inbox)
+            await self._read(name, message)
         finally:
             self._busy.discard("receive")
+
+    # The driver: these move the bytes (over TLS, TLSChannel's do).
+
+    async def _write(self, name: str, plan: SendPlan) -> int:
+        return await aio.send_plan(self._sock, name, plan)
+
+    async def _write_bytes(self, data: bytearray) -> int:
+        return await aio.send_from(data, self._sock)
+
+    async def _read(self, name: str, message: Receive) -> None:
+        await aio.receive_buffered(self._sock, name, message, self._inbox)
 
     def __aiter__(self) -> AsyncIterator[ChannelItem]:
         return self._messages()
@@ -175,21 +190,97 @@ class Channel:
         self.close()
 
 
-async def _exchange_hello(sock: socket.socket) -> _hello.Hello:
+class _SocketPipe:
+    """The bytes of an opening over a plain non-blocking socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+
+    async def send(self, data: bytes) -> None:
+        await self._loop.sock_sendall(self._sock, data)
+
+    async def receive(self, size: int) -> bytes:
+        data = bytearray(size)
+        view = memoryview(data)
+        filled = 0
+        while filled < size:
+            try:
+                count = await self._loop.sock_recv_into(self._sock, view[filled:])
+            except ConnectionResetError:
+                raise reset_in_opening() from None
+            if not count:
+                raise closed_in_opening(filled, size)
+            filled += count
+        return bytes(data)
+
+
+class _StreamPipe:
+    """The bytes of an opening over a TLS stream pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def receive(self, size: int) -> bytes:
+        try:
+            return await self._reader.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise closed_in_opening(len(exc.partial), size) from None
+
+
+def closed_in_opening(filled: int, size: int) -> ProtocolError:
+    return ProtocolError(
+        f"the peer closed the connection during the opening, after {filled} of the next "
+        f"{size} bytes (is it an arraywire Listener, with the same ssl= setting as this end?)"
+    )
+
+
+async def _run_opening(pipe: _SocketPipe | _StreamPipe, opening: _hello.Opening) -> _hello.Hello:
+    try:
+        while True:
+            data = opening.outgoing()
+            if data:
+                await pipe.send(data)
+            if not opening.wanted:
+                assert opening.peer is not None
+                return opening.peer
+            opening.received(await pipe.receive(opening.wanted))
+    except AuthenticationError:
+        refusal = opening.outgoing()  # tell the peer before closing
+        if refusal:
+            with contextlib.suppress(OSError):
+                await pipe.send(refusal)
+        raise
+
+
+async def _tls_streams(
+    sock: socket.socket, context: SSLContext, *, server_hostname: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The TLS handshake on a connected socket, as the client (server_hostname
+    given) or the server; the stream pair over the TLS transport."""
     loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, _hello.encode())
-    data = bytearray(_hello.SIZE)
-    view = memoryview(data)
-    filled = 0
-    while filled < _hello.SIZE:
-        count = await loop.sock_recv_into(sock, view[filled:])
-        if not count:
-            raise ProtocolError(
-                f"the peer closed the connection after {filled} of the {_hello.SIZE} bytes "
-                "of its hello (is it an arraywire Listener?)"
+    reader = asyncio.StreamReader(limit=READ_AHEAD_BYTES)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    try:
+        if server_hostname is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=context)
+        else:
+            transport, _ = await loop.create_connection(
+                lambda: protocol, sock=sock, ssl=context, server_hostname=server_hostname
             )
-        filled += count
-    return _hello.decode(bytes(data))
+    except SSLError as exc:
+        if exc.reason in NOT_TLS:
+            raise ProtocolError(
+                f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
+                "give the Listener ssl= too, or connect without it"
+            ) from exc
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def _timed(awaitable: Any, timeout: float, what: str) -> Any:
@@ -199,17 +290,35 @@ async def _timed(awaitable: Any, timeout: float, what: str) -> Any:
         raise TimeoutError(what) from None
 
 
-async def connect(address: Address, *, timeout: float | None = None) -> Channel:
+async def connect(
+    address: Address,
+    *,
+    timeout: float | None = None,
+    authkey: bytes | None = None,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Channel:
     """``arraywire.connect`` for asyncio: with a timeout, a refused connection
-    is tried again until it passes, and the timeout bounds the hello too."""
+    is tried again until it passes, and the timeout bounds the opening too;
+    ``authkey``, ``ssl`` and ``server_hostname`` as there."""
+    check_options(authkey, ssl)
+    opening = _hello.Opening(authkey, connecting=True)
+    connecting = _connect(address, opening, ssl, server_hostname, retry=timeout is not None)
     if timeout is None:
-        return await _connect(address, retry=False)
+        return await connecting
     return await _timed(  # type: ignore[no-any-return]
-        _connect(address, retry=True), timeout, "no Listener completed the hello in time"
+        connecting, timeout, "no Listener completed the opening in time"
     )
 
 
-async def _connect(address: Address, *, retry: bool) -> Channel:
+async def _connect(
+    address: Address,
+    opening: _hello.Opening,
+    context: SSLContext | None,
+    server_hostname: str | None,
+    *,
+    retry: bool,
+) -> Channel:
     while True:
         try:
             sock = await _connect_once(address)
@@ -218,13 +327,22 @@ async def _connect(address: Address, *, retry: bool) -> Channel:
             if not retry:
                 raise
             await asyncio.sleep(RETRY_INTERVAL)
+    writer = None
     try:
         tune(sock)
-        peer = await _exchange_hello(sock)
+        if context is None:
+            peer = await _run_opening(_SocketPipe(sock), opening)
+            return Channel(sock, peer_reads=peer.reads_messages)
+        if server_hostname is None:
+            server_hostname = address[0] if isinstance(address, tuple) else ""
+        reader, writer = await _tls_streams(sock, context, server_hostname=server_hostname)
+        peer = await _run_opening(_StreamPipe(reader, writer), opening)
+        return TLSChannel(sock, reader, writer, peer_reads=peer.reads_messages)
     except BaseException:
+        if writer is not None:
+            writer.transport.abort()
         sock.close()
         raise
-    return Channel(sock, peer_reads=peer.reads_messages)
 
 
 async def _connect_once(address: Address) -> socket.socket:
@@ -244,22 +362,37 @@ async def listen(
     *,
     backlog: int = DEFAULT_BACKLOG,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    authkey: bytes | None = None,
+    ssl: SSLContext | None = None,
 ) -> Listener:
-    """``arraywire.listen`` for asyncio: ``await listener.accept()``."""
+    """``arraywire.listen`` for asyncio: ``await listener.accept()``;
+    ``authkey`` and ``ssl`` as there."""
+    check_options(authkey, ssl)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, path)
+    return Listener(sock, handshake_timeout, path, authkey=authkey, ssl=ssl)
 
 
 class Listener:
-    """Accepts connections in a task of its own; each hello is awaited in a
-    task too, so a silent peer never holds up another. ``accept()`` gives the
-    next Channel whose hello arrived."""
+    """Accepts connections in a task of its own; each opening (TLS handshake,
+    hello, authentication) runs in a task too, so a silent peer never holds
+    up another. ``accept()`` gives the next Channel whose opening is done,
+    and raises AuthenticationError for a peer whose key does not match."""
 
-    def __init__(self, sock: socket.socket, handshake_timeout: float, unlink: str | None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        handshake_timeout: float,
+        unlink: str | None,
+        *,
+        authkey: bytes | None = None,
+        ssl: SSLContext | None = None,
+    ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
         self._unlink = unlink
+        self._authkey = authkey
+        self._ssl = ssl
         self._ready: asyncio.Queue[Channel | BaseException] = asyncio.Queue()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._acceptor = asyncio.get_running_loop().create_task(self._accept_all())
@@ -299,17 +432,38 @@ class Listener:
             task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket) -> None:
+        streams: list[asyncio.StreamWriter] = []  # the TLS writer, once there is one
         try:
             conn.setblocking(False)
             tune(conn)
-            peer = await _timed(_exchange_hello(conn), self._handshake_timeout, "hello")
+            channel = await _timed(self._open(conn, streams), self._handshake_timeout, "opening")
+        except AuthenticationError as exc:
+            self._drop(conn, streams)
+            self._ready.put_nowait(exc)
+            return
         except (OSError, ProtocolError):
-            conn.close()
+            self._drop(conn, streams)
             return
         except BaseException:
-            conn.close()
+            self._drop(conn, streams)
             raise
-        self._ready.put_nowait(Channel(conn, peer_reads=peer.reads_messages))
+        self._ready.put_nowait(channel)
+
+    async def _open(self, conn: socket.socket, streams: list[asyncio.StreamWriter]) -> Channel:
+        opening = _hello.Opening(self._authkey, connecting=False)
+        if self._ssl is None:
+            peer = await _run_opening(_SocketPipe(conn), opening)
+            return Channel(conn, peer_reads=peer.reads_messages)
+        reader, writer = await _tls_streams(conn, self._ssl)
+        streams.append(writer)
+        peer = await _run_opening(_StreamPipe(reader, writer), opening)
+        return TLSChannel(conn, reader, writer, peer_reads=peer.reads_messages)
+
+    @staticmethod
+    def _drop(conn: socket.socket, streams: list[asyncio.StreamWriter]) -> None:
+        for writer in streams:
+            writer.transport.abort()
+        conn.close()
 
     def close(self) -> None:
         """Stop listening; drop connections not yet accepted."""
@@ -349,3 +503,7 @@ class Listener:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+# The TLS driver subclasses Channel above.
+from arraywire._aio_tls import TLSChannel  # noqa: E402

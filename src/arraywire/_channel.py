@@ -13,6 +13,7 @@ other message is planned by the engine.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
@@ -20,7 +21,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from arraywire import _transport
+from arraywire import _tls, _transport
 from arraywire._common import DIRECT_BYTES, Progress, numpy_bytes
 from arraywire._engine import (
     Message,
@@ -61,12 +62,16 @@ class Channel:
     later calls raise BrokenStreamError saying what happened. The socket's
     timeout (``channel.socket.settimeout``) bounds each wait for bytes.
 
+    Over an ``ssl.SSLSocket`` (what ``connect``/``listen`` with ``ssl=``
+    make) every byte goes through Python's ssl module, with the same methods
+    and errors.
+
     ``peer_reads`` is the newest message version the peer reads, from its
     hello (2 for a socket without one).
     """
 
     def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
-        core = _transport.impl
+        core: Any = _tls if isinstance(sock, ssl.SSLSocket) else _transport.impl
         self._core = core
         self._inbox = core.Inbox(sock)
         self._outbox = core.Outbox(sock)
@@ -99,7 +104,7 @@ class Channel:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot send: {self._broken}")
             if metadata is None and progress is None:
-                sent = self._outbox.send(array)
+                sent: int | None = self._outbox.send(array)
                 if sent is not None:
                     return sent
             plan = plan_send((array,), progress, metadata)
@@ -159,7 +164,7 @@ class Channel:
     def _write(self, plan: SendPlan, what: str) -> None:
         check_peer_reads(plan.header[4], self._peer_reads)
         try:
-            write_plan(plan, self._sock, plan.reporter)
+            write_plan(plan, self._sock, plan.reporter, self._core)
         except BaseException as exc:
             if plan.fail(exc):
                 self._break(what, exc, plan)
@@ -183,7 +188,7 @@ class Channel:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
             if out is None and progress is None:
-                array = self._inbox.take_array(max_bytes)
+                array: np.ndarray | None = self._inbox.take_array(max_bytes)
                 if array is not None:
                     return array
             message = Receive(max_bytes, progress=progress, one_array=True, out=out)
@@ -235,7 +240,7 @@ class Channel:
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
-            array = self._inbox.take_array(DEFAULT_MAX_BYTES)
+            array: np.ndarray | None = self._inbox.take_array(DEFAULT_MAX_BYTES)
             if array is not None:
                 return array
             message = Receive(DEFAULT_MAX_BYTES)

@@ -43,7 +43,9 @@ def check_socket(sock: Any) -> tuple[int, float | None]:
     """Return (fd, timeout) of a socket arraywire may use, or raise."""
     if type(sock) is not socket.socket and SSLSocket is not None and isinstance(sock, SSLSocket):
         raise TypeError(
-            "arraywire cannot use an ssl.SSLSocket: raw socket I/O would bypass TLS"
+            "arraywire cannot use an ssl.SSLSocket: raw socket I/O would bypass TLS; "
+            "for TLS, open the connection with arraywire.connect(..., ssl=context) and "
+            "arraywire.listen(..., ssl=context)"
         )
     if not isinstance(sock, socket.socket):
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")

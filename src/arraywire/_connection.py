@@ -1,5 +1,6 @@
 """Opening connections: ``listen``, ``connect`` and the ``Listener``, with the
-hello of ``_hello`` exchanged before the first message.
+opening of ``_hello`` (the hello, and with a key the authentication)
+exchanged before the first message, over TLS when given an SSLContext.
 
 Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
 tuple is TCP (IPv4 or IPv6 by the host; ``""`` all IPv4 interfaces, ``"::"``
@@ -16,12 +17,13 @@ import selectors
 import socket
 import threading
 import time
+from ssl import SSLContext, SSLError, SSLSocket, SSLWantReadError, SSLWantWriteError
 from types import TracebackType
 from typing import Any, TypeAlias
 
 from arraywire import _hello
 from arraywire._channel import Channel
-from arraywire._errors import ProtocolError
+from arraywire._errors import AuthenticationError, ProtocolError
 
 Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
 
@@ -75,12 +77,28 @@ def listen(
     *,
     backlog: int = DEFAULT_BACKLOG,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    authkey: bytes | None = None,
+    ssl: SSLContext | None = None,
 ) -> Listener:
     """Listen for connections at address; ``accept()`` gives a Channel each.
-    A peer whose hello has not arrived after handshake_timeout seconds is
-    dropped; it never holds up the others."""
+
+    A peer whose opening (TLS handshake, hello, authentication) has not
+    completed handshake_timeout seconds after it was accepted is dropped; it
+    never holds up the others. With ``authkey`` only peers that hold the same
+    key are accepted (``accept()`` raises AuthenticationError for one that
+    does not, and the Listener goes on); with ``ssl`` (a server-side
+    ``ssl.SSLContext``) every connection is TLS.
+    """
+    check_options(authkey, ssl)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, unlink=path)
+    return Listener(sock, handshake_timeout, unlink=path, authkey=authkey, ssl=ssl)
+
+
+def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
+    """Refuse a key or TLS context of the wrong kind before any connection."""
+    _hello.Opening(authkey, connecting=True)  # checks the key
+    if ssl is not None and not isinstance(ssl, SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
 
 
 def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | None]:
@@ -104,12 +122,27 @@ def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | 
     return sock, None
 
 
-def connect(address: Address, *, timeout: float | None = None) -> Channel:
-    """Connect to a Listener at address; return the Channel once both hellos
-    are exchanged. With a timeout, a refused connection (nobody listening
-    yet) is tried again until the timeout passes, so start order does not
-    matter, and the timeout bounds the hello too. A peer that is not
-    arraywire raises ProtocolError."""
+def connect(
+    address: Address,
+    *,
+    timeout: float | None = None,
+    authkey: bytes | None = None,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Channel:
+    """Connect to a Listener at address; return the Channel once the opening
+    is done.
+
+    With a timeout, a refused connection (nobody listening yet) is tried
+    again until the timeout passes, so start order does not matter, and the
+    timeout bounds the opening too. ``authkey`` proves this end holds the
+    Listener's key and checks that the Listener holds it (AuthenticationError
+    otherwise); ``ssl`` (a client-side ``ssl.SSLContext``) makes the
+    connection TLS, its certificate checked for ``server_hostname`` (by
+    default the address's host). A peer that is not arraywire raises
+    ProtocolError.
+    """
+    check_options(authkey, ssl)
     family, where = family_of(address)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -122,14 +155,69 @@ def connect(address: Address, *, timeout: float | None = None) -> Channel:
             time.sleep(RETRY_INTERVAL)
     try:
         tune(sock)
-        sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.001))
-        sock.sendall(_hello.encode())
-        peer = _hello.decode(_read_hello(sock))
+        sock.settimeout(remaining(deadline))
+        if ssl is not None:
+            if server_hostname is None and family != socket.AF_UNIX:
+                server_hostname = where[0]
+            sock = secure(ssl, sock, server_hostname)
+        peer = run_opening(sock, _hello.Opening(authkey, connecting=True), deadline)
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
     return Channel(sock, peer_reads=peer.reads_messages)
+
+
+def remaining(deadline: float | None) -> float | None:
+    """The socket timeout that ends at deadline (None: no deadline)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
+
+# OpenSSL's reasons when the peer's first bytes are not TLS at all.
+NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                     "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
+
+
+def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None) -> SSLSocket:
+    """The TLS client handshake on a connected socket, within its timeout."""
+    try:
+        return context.wrap_socket(sock, server_hostname=server_hostname)
+    except SSLError as exc:
+        if exc.reason in NOT_TLS:
+            raise ProtocolError(
+                f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
+                "give the Listener ssl= too, or connect without it"
+            ) from exc
+        raise
+
+
+def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | None) -> _hello.Hello:
+    """Drive an opening over a blocking socket (plain or TLS) to its end."""
+    try:
+        while True:
+            data = opening.outgoing()
+            if data:
+                sock.settimeout(remaining(deadline))
+                sock.sendall(data)
+            if not opening.wanted:
+                assert opening.peer is not None
+                return opening.peer
+            opening.received(_read_exactly(sock, opening.wanted, deadline))
+    except AuthenticationError:
+        refusal = opening.outgoing()  # tell the peer before closing
+        if refusal:
+            with contextlib.suppress(OSError):
+                sock.sendall(refusal)
+        raise
+
+
+def reset_in_opening() -> ConnectionResetError:
+    """A reset during the opening, saying the likely cause."""
+    return ConnectionResetError(
+        errno.ECONNRESET,
+        "the peer reset the connection during the opening: a Listener that uses TLS "
+        "does so to a peer that does not (pass ssl= at this end too)",
+    )
 
 
 def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | None) -> socket.socket:
@@ -145,59 +233,71 @@ def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | Non
     return sock
 
 
-def _read_hello(sock: socket.socket) -> bytes:
-    data = bytearray(_hello.SIZE)
+def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+    data = bytearray(size)
     view = memoryview(data)
     filled = 0
-    while filled < _hello.SIZE:
+    while filled < size:
+        sock.settimeout(remaining(deadline))
         try:
             count = sock.recv_into(view[filled:])
         except TimeoutError:
             raise TimeoutError(
-                f"the peer sent {filled} of the {_hello.SIZE} bytes of its hello in time"
+                f"the peer's opening stalled: {filled} of the next {size} bytes came in time"
             ) from None
+        except ConnectionResetError:
+            raise reset_in_opening() from None
         if not count:
             raise ProtocolError(
-                f"the peer closed the connection after {filled} of the {_hello.SIZE} bytes "
-                "of its hello (is it an arraywire Listener?)"
+                f"the peer closed the connection during the opening, after {filled} of "
+                f"the next {size} bytes (is it an arraywire Listener, with the same "
+                "ssl= setting as this end?)"
             )
         filled += count
     return bytes(data)
 
 
-class _Handshake:
-    """An accepted connection whose hello is still coming."""
+class _Pending:
+    """An accepted connection whose opening is still going on."""
 
-    __slots__ = ("data", "deadline", "filled", "sock")
+    __slots__ = ("data", "deadline", "filled", "handshaking", "opening", "sock")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, opening: _hello.Opening) -> None:
         self.sock = sock
         self.deadline = deadline
-        self.data = bytearray(_hello.SIZE)
+        self.opening = opening
+        self.handshaking = isinstance(sock, SSLSocket)  # the TLS handshake comes first
+        self.data = bytearray(64)  # the largest part of an opening is 33 bytes
         self.filled = 0
 
 
 class Listener:
-    """Accepts connections; each becomes a Channel once its hello arrived.
+    """Accepts connections; each becomes a Channel once its opening is done.
 
-    Hellos are awaited side by side: a peer that connects and stays silent, or
-    sends something else, never holds up ``accept()`` for others. It is
-    dropped after ``handshake_timeout`` seconds, or as soon as its hello is
-    wrong.
+    Openings (TLS handshakes, hellos, authentication) go on side by side: a
+    peer that connects and stays silent, or sends something else, never
+    holds up ``accept()`` for others. It is dropped after
+    ``handshake_timeout`` seconds, or as soon as its bytes are wrong.
     """
 
     def __init__(
-        self, sock: socket.socket, handshake_timeout: float, unlink: str | None = None
+        self,
+        sock: socket.socket,
+        handshake_timeout: float,
+        unlink: str | None = None,
+        authkey: bytes | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
         self._unlink = unlink
-        self._pending: dict[socket.socket, _Handshake] = {}
+        self._authkey = authkey
+        self._ssl = ssl
+        self._pending: dict[socket.socket, _Pending] = {}
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
         self._accepting = threading.Lock()
-        self._hello = _hello.encode()
 
     @property
     def address(self) -> Any:
@@ -209,8 +309,10 @@ class Listener:
         return self._sock.fileno()
 
     def accept(self, *, timeout: float | None = None) -> Channel:
-        """The next connection whose hello arrived, as a Channel; with a timeout,
-        TimeoutError when none did in time."""
+        """The next connection whose opening is done, as a Channel; with a
+        timeout, TimeoutError when none was in time. A peer whose key does
+        not match raises AuthenticationError (its connection is closed; the
+        next call goes on with the others)."""
         with self._accepting:
             if self._sock.fileno() == -1:
                 raise closed_listener()
@@ -218,10 +320,10 @@ class Listener:
             while True:
                 now = time.monotonic()
                 self._drop_late(now)
-                wait = min((h.deadline for h in self._pending.values()), default=None)
+                wait = min((p.deadline for p in self._pending.values()), default=None)
                 if deadline is not None:
                     if now >= deadline:
-                        raise TimeoutError("no connection completed its hello in time")
+                        raise TimeoutError("no connection completed its opening in time")
                     wait = deadline if wait is None else min(wait, deadline)
                 events = self._selector.select(None if wait is None else max(wait - now, 0))
                 for key, _ in events:
@@ -248,32 +350,61 @@ class Listener:
             try:
                 conn.setblocking(False)
                 tune(conn)
-                conn.send(self._hello)  # 16 bytes into an empty send buffer
+                if self._ssl is not None:
+                    conn = self._ssl.wrap_socket(
+                        conn, server_side=True, do_handshake_on_connect=False
+                    )
+                pending = _Pending(conn, deadline, _hello.Opening(self._authkey, connecting=False))
+                if not pending.handshaking:
+                    conn.send(pending.opening.outgoing())  # 16 or 48 bytes into an empty buffer
             except OSError:
                 conn.close()
                 continue
-            self._pending[conn] = _Handshake(conn, deadline)
+            self._pending[conn] = pending
             self._selector.register(conn, selectors.EVENT_READ)
 
-    def _advance(self, handshake: _Handshake) -> Channel | None:
-        sock = handshake.sock
+    def _advance(self, pending: _Pending) -> Channel | None:
+        sock = pending.sock
+        opening = pending.opening
         try:
-            count = sock.recv_into(memoryview(handshake.data)[handshake.filled :])
-            if not count:
-                raise ConnectionError("closed during the hello")
-            handshake.filled += count
-            if handshake.filled < _hello.SIZE:
-                return None
-            peer = _hello.decode(bytes(handshake.data))
-        except (BlockingIOError, InterruptedError):
+            if pending.handshaking:
+                sock.do_handshake()  # type: ignore[attr-defined]
+                pending.handshaking = False
+            while True:
+                data = opening.outgoing()
+                # A few dozen bytes on a connection that has sent nothing else.
+                if data and sock.send(data) != len(data):
+                    raise ConnectionError("the opening did not fit the send buffer")
+                wanted = opening.wanted
+                if not wanted:
+                    break
+                count = sock.recv_into(memoryview(pending.data)[pending.filled : wanted])
+                if not count:
+                    raise ConnectionError("closed during the opening")
+                pending.filled += count
+                if pending.filled == wanted:
+                    pending.filled = 0
+                    opening.received(bytes(pending.data[:wanted]))
+        except SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE)
             return None
+        except (BlockingIOError, InterruptedError, SSLWantReadError):
+            self._selector.modify(sock, selectors.EVENT_READ)
+            return None
+        except AuthenticationError:
+            refusal = opening.outgoing()  # the verdict the peer waits for
+            with contextlib.suppress(OSError):
+                sock.send(refusal)
+            self._drop(sock)
+            raise
         except (OSError, ProtocolError):
             self._drop(sock)
             return None
         self._selector.unregister(sock)
         del self._pending[sock]
         sock.setblocking(True)
-        return Channel(sock, peer_reads=peer.reads_messages)
+        assert opening.peer is not None
+        return Channel(sock, peer_reads=opening.peer.reads_messages)
 
     def _drop_late(self, now: float) -> None:
         for sock in [s for s, h in self._pending.items() if h.deadline <= now]:
@@ -285,7 +416,7 @@ class Listener:
         sock.close()
 
     def close(self) -> None:
-        """Stop listening; drop connections whose hello had not arrived."""
+        """Stop listening; drop connections whose opening was not done."""
         for sock in list(self._pending):
             self._drop(sock)
         if self._sock.fileno() != -1:

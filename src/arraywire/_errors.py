@@ -33,3 +33,8 @@ class ProtocolError(ValueError):
 class BrokenStreamError(ConnectionError):
     """An earlier transfer on this socket stopped part-way (cancelled), so the
     byte stream is out of step with the peer; close the socket."""
+
+
+class AuthenticationError(Exception):
+    """The peer's key differs from this end's, or one end has a key and the
+    other none: the connection was refused before any message."""

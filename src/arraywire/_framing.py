@@ -52,17 +52,21 @@ def send_array(
     return send_arrays((array,), sock, metadata=metadata, progress=progress)
 
 
-def write_plan(plan: SendPlan, sock: Any, reporter: Reporter | None) -> None:
-    """Write every batch of a plan with the core's gather sends."""
-    sendmsg_from = _transport.impl.sendmsg_from
+def write_plan(
+    plan: SendPlan, sock: Any, reporter: Reporter | None, core: Any = _transport.impl
+) -> None:
+    """Write every batch of a plan with the core's gather sends (a Channel
+    over TLS passes its own core)."""
+    sendmsg_from = core.sendmsg_from
     for batch in plan.batches():
         part = None if reporter is None else reporter.part(plan.offset)
         plan.moved(sendmsg_from(batch, sock, progress=part))
 
 
-def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
+def read_into(
+    message: Receive, reads: Iterator[list[Any]], sock: Any, core: Any = _transport.impl
+) -> None:
     """Fill the message's reads with the core's scatter receives."""
-    core = _transport.impl
     moved = message.moved
     try:
         for buffers in reads:
@@ -80,10 +84,12 @@ def read_into(message: Receive, reads: Iterator[list[Any]], sock: Any) -> None:
         raise
 
 
-def recv_header(sock: Any, max_bytes: int | None) -> tuple[ArraySpec, ...]:
+def recv_header(
+    sock: Any, max_bytes: int | None, core: Any = _transport.impl
+) -> tuple[ArraySpec, ...]:
     """Receive and check a message header; return what it says of each array."""
     message = Receive(max_bytes)
-    read_into(message, message.header_reads(), sock)
+    read_into(message, message.header_reads(), sock, core)
     return message.specs
 
 

@@ -1,19 +1,28 @@
-"""The hello that opens a connection made by ``listen``/``connect``: encoding
-and a decoder that trusts nothing (docs/PROTOCOL.md, "Connections").
+"""The opening of a connection made by ``listen``/``connect``: the hello, and
+with a key the authentication that follows it, sans I/O (docs/PROTOCOL.md,
+"Connections").
 
 Both ends send their hello at once, then read the peer's: one round trip.
 Each end then speaks the lower of the two hello versions and sends messages
-of at most the version the peer reads. Feature bits request what later
-hello versions add (authentication, stream groups); an end that does not
-know a requested feature refuses the connection.
+of at most the version the peer reads. Feature bits request what the
+connection adds; an end that does not know a requested feature refuses it.
+
+With a key (feature ``AUTH``) each hello carries a fresh random nonce. The
+connecting end then proves it holds the key with an HMAC-SHA256 over both
+nonces; the listening end checks it and answers with its verdict and its own
+proof, so neither end sees a message before both are authenticated, and a
+recorded exchange is worth nothing against a fresh nonce.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import struct
 from typing import NamedTuple
 
-from arraywire._errors import ProtocolError
+from arraywire._errors import AuthenticationError, ProtocolError
 from arraywire._protocol import MAGIC as MESSAGE_MAGIC, VERSION as MESSAGE_VERSION
 
 MAGIC = b"AWHI"
@@ -22,19 +31,32 @@ VERSION = 1
 # the feature data that follows, reserved
 HELLO = struct.Struct("<4sBBHII")
 SIZE = HELLO.size
-# Bits of the feature field; none is defined in hello version 1.
-KNOWN_FEATURES = 0
+# Feature bit 0: authentication with a shared key; its data is the nonce.
+AUTH = 0x0001
+KNOWN_FEATURES = AUTH
+NONCE_BYTES = 32
+PROOF_BYTES = hashlib.sha256().digest_size
+# The listening end's answer to the connecting end's proof.
+ACCEPTED = b"\x01"
+REFUSED = b"\x00"
+VERDICT_BYTES = 1 + PROOF_BYTES
+# Each proof says which end made it, so one end's proof is never the other's.
+CONNECTING_LABEL = b"arraywire auth v1: connecting end"
+LISTENING_LABEL = b"arraywire auth v1: listening end"
+# First bytes of a TLS record (handshake or alert, protocol major version 3).
+TLS_RECORDS = (b"\x16\x03", b"\x15\x03")
 
 
 class Hello(NamedTuple):
     version: int
     reads_messages: int
     features: int
+    feature_data: int
 
 
-def encode() -> bytes:
-    """This end's hello."""
-    return HELLO.pack(MAGIC, VERSION, MESSAGE_VERSION, 0, 0, 0)
+def encode(features: int = 0, feature_data: int = 0) -> bytes:
+    """A hello of this end."""
+    return HELLO.pack(MAGIC, VERSION, MESSAGE_VERSION, features, feature_data, 0)
 
 
 def decode(data: bytes) -> Hello:
@@ -47,6 +69,11 @@ def decode(data: bytes) -> Hello:
             raise ProtocolError(
                 "the peer sent a message without the hello of a connection: it uses a "
                 "bare socket, so wrap that socket in arraywire.Channel(sock) at this end"
+            )
+        if magic[:2] in TLS_RECORDS:
+            raise ProtocolError(
+                "the peer speaks TLS and this end does not: pass ssl= (an "
+                "ssl.SSLContext) at this end too"
             )
         raise ProtocolError(
             f"the peer is not arraywire: its hello begins with {magic!r}, expected {MAGIC!r}"
@@ -61,11 +88,121 @@ def decode(data: bytes) -> Hello:
             f"the peer asks for features {features:#06x} that this arraywire lacks "
             "(upgrade arraywire at this end)"
         )
-    # Feature data comes only with a feature bit, and no bit is known yet;
-    # the reserved field is for hello versions after 1.
-    if extra or (version == VERSION and reserved):
+    expected = NONCE_BYTES if features & AUTH else 0
+    # The reserved field is for hello versions after 1.
+    if extra != expected or (version == VERSION and reserved):
         raise ProtocolError(
-            f"hello without features carries no feature data and, in version {VERSION}, "
-            f"a zero reserved field; got {extra} bytes of feature data, reserved {reserved:#x}"
+            f"hello with features {features:#06x} carries {expected} bytes of feature "
+            f"data and, in version {VERSION}, a zero reserved field; got {extra} bytes "
+            f"of feature data, reserved {reserved:#x}"
         )
-    return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features)
+    return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features, extra)
+
+
+def proof(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, label + first + second, hashlib.sha256).digest()
+
+
+class Opening:
+    """One end's side of a connection's opening, sans I/O.
+
+    The driver sends ``outgoing()`` whenever it is not empty, reads exactly
+    ``wanted`` bytes and hands them to ``received``, until ``wanted`` is 0;
+    ``peer`` is then the peer's hello. ``received`` raises ProtocolError for
+    bytes that are not an arraywire opening and AuthenticationError for a
+    key that does not match; the driver sends ``outgoing()`` (a refusal the
+    peer should read) before it closes the connection.
+    """
+
+    __slots__ = ("_connecting", "_key", "_nonce", "_outgoing", "_peer_nonce", "_step", "peer", "wanted")
+
+    def __init__(self, authkey: bytes | None, *, connecting: bool) -> None:
+        if authkey is not None:
+            if not isinstance(authkey, bytes):
+                raise TypeError(f"authkey must be bytes, got {type(authkey).__name__}")
+            if not authkey:
+                raise ValueError("authkey is empty: a key of 32 random bytes is usual")
+        self._key = authkey
+        self._connecting = connecting
+        self._nonce = b"" if authkey is None else os.urandom(NONCE_BYTES)
+        features = 0 if authkey is None else AUTH
+        self._outgoing = encode(features, len(self._nonce)) + self._nonce
+        self._peer_nonce = b""
+        self._step = "hello"
+        self.peer: Hello | None = None
+        self.wanted = SIZE
+
+    def outgoing(self) -> bytes:
+        """The bytes to send now (taken: a second call gives b"")."""
+        data, self._outgoing = self._outgoing, b""
+        return data
+
+    def received(self, data: bytes) -> None:
+        """The peer's next ``wanted`` bytes."""
+        step = self._step
+        if step == "hello":
+            self._take_hello(decode(data))
+        elif step == "nonce":
+            self._peer_nonce = data
+            if self._connecting:
+                self._outgoing += proof(self._key, CONNECTING_LABEL, data, self._nonce)  # type: ignore[arg-type]
+                self._expect("verdict", VERDICT_BYTES)
+            else:
+                self._expect("proof", PROOF_BYTES)
+        elif step == "proof":
+            self._check_proof(data)
+        else:
+            self._check_verdict(data)
+
+    def _expect(self, step: str, size: int) -> None:
+        self._step = step
+        self.wanted = size
+
+    def _take_hello(self, hello: Hello) -> None:
+        self.peer = hello
+        peer_authenticates = bool(hello.features & AUTH)
+        if peer_authenticates and self._key is None:
+            raise AuthenticationError(
+                "the peer requires authentication and this end has no key: pass the "
+                "peer's authkey (command line: --key-file or ARRAYWIRE_KEY_FILE)"
+            )
+        if self._key is not None and not peer_authenticates:
+            raise AuthenticationError(
+                "this end requires authentication and the peer has no key: give it the "
+                "same authkey (command line: --key-file or ARRAYWIRE_KEY_FILE)"
+            )
+        if peer_authenticates:
+            self._expect("nonce", NONCE_BYTES)
+        else:
+            self._expect("done", 0)
+
+    def _check_proof(self, data: bytes) -> None:
+        key = self._key
+        assert key is not None
+        expected = proof(key, CONNECTING_LABEL, self._nonce, self._peer_nonce)
+        if not hmac.compare_digest(data, expected):
+            self._outgoing += REFUSED + bytes(PROOF_BYTES)
+            self._expect("done", 0)
+            raise AuthenticationError(
+                "the connecting peer's key differs from this end's key: connection refused"
+            )
+        self._outgoing += ACCEPTED + proof(key, LISTENING_LABEL, self._peer_nonce, self._nonce)
+        self._expect("done", 0)
+
+    def _check_verdict(self, data: bytes) -> None:
+        key = self._key
+        assert key is not None
+        self._expect("done", 0)
+        verdict = data[:1]
+        if verdict == REFUSED:
+            raise AuthenticationError(
+                "the listening peer refused this end's key: the keys differ"
+            )
+        if verdict != ACCEPTED:
+            raise ProtocolError(f"authentication verdict {verdict!r} is neither accepted nor refused")
+        expected = proof(key, LISTENING_LABEL, self._nonce, self._peer_nonce)
+        if not hmac.compare_digest(data[1:], expected):
+            raise AuthenticationError(
+                "the listening peer's proof does not match this end's key: it is not "
+                "the peer that holds the key"
+            )

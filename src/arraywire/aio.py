@@ -47,6 +47,7 @@ from arraywire._engine import (
     MessageProgress,
     Receive,
     Reporter,
+    SendPlan,
     Transfer,
     buffered_reads,
     plan_send,
@@ -389,7 +390,11 @@ async def _send_message(
     progress: Progress | None,
     name: str,
 ) -> int:
-    plan = plan_send(items, progress, metadata)
+    return await send_plan(sock, name, plan_send(items, progress, metadata))
+
+
+async def send_plan(sock: Any, name: str, plan: SendPlan) -> int:
+    """Write a planned message (the aio Channel's sends); return its bytes."""
     async with _Claim(sock, name, True, plan) as claim:
         if plan.total <= NATIVE_BYTES:
             for batch in plan.batches():
