@@ -27,9 +27,9 @@ recvmsg_into = _impl.recvmsg_into
 
 __all__ = [
     "BACKEND",
-    "AuthenticationError",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_METADATA",
+    "AuthenticationError",
     "BrokenStreamError",
     "Channel",
     "ChannelItem",
