@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any
 
 from arraywire._aio_channel import Channel
@@ -81,6 +82,11 @@ class TLSChannel(Channel):
         self._busy: set[str] = set()
         self._peer_reads = peer_reads
         self._broken: str | None = None
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The TLS session: ``getpeercert()``, ``cipher()``, ``version()``."""
+        return self._writer.get_extra_info("ssl_object")  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         state = "broken" if self._broken else "closed" if self._writer.is_closing() else "open"
