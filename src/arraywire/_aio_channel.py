@@ -27,6 +27,7 @@ from arraywire._connection import (
     Address,
     bound_address,
     check_options,
+    closed_in_opening,
     closed_listener,
     family_of,
     reset_in_opening,
@@ -200,7 +201,7 @@ class _SocketPipe:
     async def send(self, data: bytes) -> None:
         await self._loop.sock_sendall(self._sock, data)
 
-    async def receive(self, size: int) -> bytes:
+    async def receive(self, size: int, part: str) -> bytes:
         data = bytearray(size)
         view = memoryview(data)
         filled = 0
@@ -210,7 +211,7 @@ class _SocketPipe:
             except ConnectionResetError:
                 raise reset_in_opening() from None
             if not count:
-                raise closed_in_opening(filled, size)
+                raise closed_in_opening(filled, size, part)
             filled += count
         return bytes(data)
 
@@ -226,18 +227,11 @@ class _StreamPipe:
         self._writer.write(data)
         await self._writer.drain()
 
-    async def receive(self, size: int) -> bytes:
+    async def receive(self, size: int, part: str) -> bytes:
         try:
             return await self._reader.readexactly(size)
         except asyncio.IncompleteReadError as exc:
-            raise closed_in_opening(len(exc.partial), size) from None
-
-
-def closed_in_opening(filled: int, size: int) -> ProtocolError:
-    return ProtocolError(
-        f"the peer closed the connection during the opening, after {filled} of the next "
-        f"{size} bytes (is it an arraywire Listener, with the same ssl= setting as this end?)"
-    )
+            raise closed_in_opening(len(exc.partial), size, part) from None
 
 
 async def _run_opening(pipe: _SocketPipe | _StreamPipe, opening: _hello.Opening) -> _hello.Hello:
@@ -249,7 +243,7 @@ async def _run_opening(pipe: _SocketPipe | _StreamPipe, opening: _hello.Opening)
             if not opening.wanted:
                 assert opening.peer is not None
                 return opening.peer
-            opening.received(await pipe.receive(opening.wanted))
+            opening.received(await pipe.receive(opening.wanted, opening.part))
     except AuthenticationError:
         refusal = opening.outgoing()  # tell the peer before closing
         if refusal:

@@ -202,13 +202,20 @@ def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | 
             if not opening.wanted:
                 assert opening.peer is not None
                 return opening.peer
-            opening.received(_read_exactly(sock, opening.wanted, deadline))
+            opening.received(_read_exactly(sock, opening.wanted, opening.part, deadline))
     except AuthenticationError:
         refusal = opening.outgoing()  # tell the peer before closing
         if refusal:
             with contextlib.suppress(OSError):
                 sock.sendall(refusal)
         raise
+
+
+def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
+    return ProtocolError(
+        f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
+        "(is it an arraywire Listener, with the same ssl= setting as this end?)"
+    )
 
 
 def reset_in_opening() -> ConnectionResetError:
@@ -233,7 +240,7 @@ def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | Non
     return sock
 
 
-def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | None) -> bytes:
     data = bytearray(size)
     view = memoryview(data)
     filled = 0
@@ -243,16 +250,12 @@ def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> byt
             count = sock.recv_into(view[filled:])
         except TimeoutError:
             raise TimeoutError(
-                f"the peer's opening stalled: {filled} of the next {size} bytes came in time"
+                f"the peer sent {filled} of the {size} bytes of its {part} in time"
             ) from None
         except ConnectionResetError:
             raise reset_in_opening() from None
         if not count:
-            raise ProtocolError(
-                f"the peer closed the connection during the opening, after {filled} of "
-                f"the next {size} bytes (is it an arraywire Listener, with the same "
-                "ssl= setting as this end?)"
-            )
+            raise closed_in_opening(filled, size, part)
         filled += count
     return bytes(data)
 

@@ -53,20 +53,23 @@ def send_array(
 
 
 def write_plan(
-    plan: SendPlan, sock: Any, reporter: Reporter | None, core: Any = _transport.impl
+    plan: SendPlan, sock: Any, reporter: Reporter | None, core: Any = None
 ) -> None:
-    """Write every batch of a plan with the core's gather sends (a Channel
-    over TLS passes its own core)."""
-    sendmsg_from = core.sendmsg_from
+    """Write every batch of a plan with the core's gather sends (the
+    transport's, unless given: a Channel over TLS passes its own)."""
+    sendmsg_from = (_transport.impl if core is None else core).sendmsg_from
     for batch in plan.batches():
         part = None if reporter is None else reporter.part(plan.offset)
         plan.moved(sendmsg_from(batch, sock, progress=part))
 
 
 def read_into(
-    message: Receive, reads: Iterator[list[Any]], sock: Any, core: Any = _transport.impl
+    message: Receive, reads: Iterator[list[Any]], sock: Any, core: Any = None
 ) -> None:
-    """Fill the message's reads with the core's scatter receives."""
+    """Fill the message's reads with the core's scatter receives (the
+    transport's, unless given)."""
+    if core is None:
+        core = _transport.impl
     moved = message.moved
     try:
         for buffers in reads:
@@ -85,7 +88,7 @@ def read_into(
 
 
 def recv_header(
-    sock: Any, max_bytes: int | None, core: Any = _transport.impl
+    sock: Any, max_bytes: int | None, core: Any = None
 ) -> tuple[ArraySpec, ...]:
     """Receive and check a message header; return what it says of each array."""
     message = Receive(max_bytes)

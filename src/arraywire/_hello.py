@@ -47,6 +47,15 @@ LISTENING_LABEL = b"arraywire auth v1: listening end"
 TLS_RECORDS = (b"\x16\x03", b"\x15\x03")
 
 
+PARTS = {
+    "hello": "hello",
+    "nonce": "authentication nonce",
+    "proof": "authentication proof",
+    "verdict": "authentication verdict",
+    "done": "opening",
+}
+
+
 class Hello(NamedTuple):
     version: int
     reads_messages: int
@@ -131,6 +140,11 @@ class Opening:
         self._step = "hello"
         self.peer: Hello | None = None
         self.wanted = SIZE
+
+    @property
+    def part(self) -> str:
+        """What the wanted bytes are, for error messages."""
+        return PARTS[self._step]
 
     def outgoing(self) -> bytes:
         """The bytes to send now (taken: a second call gives b"")."""
