@@ -14,6 +14,7 @@ import itertools
 import os
 import resource
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ import numpy as np
 
 import arraywire
 from arraywire import _bench
-from arraywire._bench import check, pattern, repetitions
+from arraywire._bench import check, pattern, recv_line, repetitions, send_line
 
 HERE = str(Path(__file__).resolve().parent)
 CHILD = (sys.executable, str(Path(__file__).resolve()))
@@ -65,6 +66,10 @@ class Contender:
     def close(self) -> None:
         self.sock.close()
 
+    def details(self) -> dict[str, Any]:
+        """What the result should say about the connection, beyond its timings."""
+        return {}
+
 
 class Raw(Contender):
     """arraywire.send_from / recv_into."""
@@ -92,7 +97,10 @@ class ChannelMessages(Contender):
 
     def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
         super().__init__(sock, ctl, job, role)
-        self.channel = arraywire.Channel(sock)
+        self.channel = self.open(sock, ctl, job, role)
+
+    def open(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str) -> arraywire.Channel:
+        return arraywire.Channel(sock)
 
     def send(self, array: np.ndarray) -> None:
         self.channel.send(array)
@@ -102,6 +110,32 @@ class ChannelMessages(Contender):
 
     def close(self) -> None:
         self.channel.close()
+
+
+class Connected(ChannelMessages):
+    """A Channel from arraywire.listen / connect over loopback TCP, as users
+    open one (hello included), over TLS when job["certs"] names the PEM files.
+    The measuring side listens and passes its port over the control socket."""
+
+    def open(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str) -> arraywire.Channel:
+        sock.close()
+        certs = job.get("certs")
+        if role != "measure":
+            context = ssl.create_default_context(cafile=certs["ca"]) if certs else None
+            return arraywire.connect(("127.0.0.1", int(recv_line(ctl))), ssl=context)
+        context = None
+        if certs:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certs["cert"])
+        with arraywire.listen(("127.0.0.1", 0), ssl=context) as listener:
+            send_line(ctl, str(listener.address[1]))
+            return listener.accept()
+
+    def details(self) -> dict[str, Any]:
+        tls = self.channel.socket
+        if not isinstance(tls, ssl.SSLSocket):
+            return {}
+        return {"tls": f"{tls.version()}, {tls.cipher()[0]}, {ssl.OPENSSL_VERSION}"}
 
 
 class ChannelBatched(ChannelMessages):
@@ -212,7 +246,8 @@ def measure(
     contenders = [factory(sock, ctl, job, role) for sock in socks]
     for contender in contenders:
         closing.callback(contender.close)
-    return (pingpong if job["kind"] == "pingpong" else stream)(job, role, ctl, contenders)
+    result = (pingpong if job["kind"] == "pingpong" else stream)(job, role, ctl, contenders)
+    return {**result, **contenders[0].details()}
 
 
 if __name__ == "__main__":

@@ -232,6 +232,8 @@ def sections(data: dict[str, dict[str, Any]]) -> list[str]:
             out.append(title + f"Not measured: {data['asyncio']['skipped']}.")
     if "dask" in data:
         out.append(dask_section(data["dask"]))
+    if "tls" in data:
+        out.append(tls_section(data["tls"]))
     return out
 
 
@@ -254,6 +256,22 @@ def dask_section(dask: dict[str, Any]) -> str:
             + markdown_table(["receiving worker", "scheme", "GB/s"],
                              [[busy[r["busy"]].replace("CPU-bound thread", "GIL-holding task"), f"{r['scheme']}://",
                                f"{r['gbps']:.3g}"] for r in dask["cluster"]]))
+
+
+def tls_section(tls: dict[str, Any]) -> str:
+    table = []
+    for contender in dict.fromkeys(r["contender"] for r in tls["rtt"]):
+        rtt = {c: pick(tls["rtt"], contender=contender, connection=c)["us"] for c in ("plain", "TLS")}
+        speed = {c: pick(tls["transfer"], contender=contender, connection=c)["gbps"] for c in ("plain", "TLS")}
+        table.append([contender, f"{rtt['plain']:.1f}", f"{rtt['TLS']:.1f}", f"{rtt['TLS'] / rtt['plain']:.2f}",
+                      f"{speed['plain']:.3g}", f"{speed['TLS']:.3g}", f"{speed['TLS'] / speed['plain']:.2f}"])
+    return ("### 8. TLS against plain TCP (Channels from `listen` / `connect`)\n\n"
+            "Loopback TCP, connections opened by `arraywire.listen` / `connect` (the handshake "
+            "is not timed); 400 MB one way, timed by the receiver. "
+            f"TLS: {'; '.join(tls['tls'])}.\n\n"
+            + markdown_table(["contender", "64 B round trip, plain (µs)", "64 B round trip, TLS (µs)",
+                              "TLS / plain", "400 MB, plain (GB/s)", "400 MB, TLS (GB/s)", "TLS / plain"],
+                             table))
 
 
 def environment(meta: dict[str, Any]) -> str:

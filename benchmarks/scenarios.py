@@ -17,10 +17,13 @@ import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import trustme
 from harness import HERE, run_pair
 
 from arraywire._bench import FAMILIES, median_gbps, median_seconds
@@ -81,6 +84,10 @@ RATE_CONTENDERS = {
 ASYNCIO_CONTENDERS = {
     "arraywire compiled, blocking": STREAM_CONTENDERS["arraywire compiled"],
     "arraywire.aio, compiled": ("contenders:Aio", "c", {}),
+}
+CONNECTED = {
+    "arraywire Channel compiled": ("harness:Connected", "c", {}),
+    "arraywire Channel pure": ("harness:Connected", "python", {}),
 }
 PLACEMENTS = {"any CPU": None, "one CPU": [0]}
 # The copying contenders take seconds per GiB; 400 MB shows them well enough.
@@ -276,6 +283,46 @@ def dask_comms(settings: Settings) -> dict[str, Any]:
     return dask_benchmark.run(rounds=max(1, settings.rounds // 2), repeats=settings.repeats)
 
 
+def tls(settings: Settings) -> dict[str, Any]:
+    """8. Channels opened by arraywire.listen / connect over loopback TCP,
+    plain and TLS: 64 B round trips, and 400 MB one way (timed by the
+    receiver, as every stream)."""
+    with tempfile.TemporaryDirectory() as directory:
+        certs = certificates(Path(directory))
+        cases = {
+            (label, connection, kind): job(
+                contender, family="tcp", kind=kind, sizes=[64 if kind == "pingpong" else ARRAY_400MB],
+                **({"certs": certs} if connection == "TLS" else {}),
+            )
+            for label, contender in CONNECTED.items()
+            for connection in ("plain", "TLS")
+            for kind in ("pingpong", "stream")
+        }
+        results = run_rounds(cases, settings)
+    rtt = [
+        {"contender": label, "connection": connection, "size": 64, "us": median_seconds(result, 64) * 1e6}
+        for (label, connection, kind), result in results.items()
+        if kind == "pingpong"
+    ]
+    transfer = [
+        {"contender": label, "connection": connection, "size": ARRAY_400MB,
+         "gbps": median_gbps(result, ARRAY_400MB)}
+        for (label, connection, kind), result in results.items()
+        if kind == "stream"
+    ]
+    return {"rtt": rtt, "transfer": transfer,
+            "tls": sorted({result["tls"] for result in results.values() if "tls" in result})}
+
+
+def certificates(directory: Path) -> dict[str, str]:
+    """A CA and its certificate for 127.0.0.1, as PEM files the children load."""
+    ca = trustme.CA()
+    paths = {"cert": str(directory / "cert.pem"), "ca": str(directory / "ca.pem")}
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(paths["cert"])
+    ca.cert_pem.write_to_path(paths["ca"])
+    return paths
+
+
 SCENARIOS = {
     "throughput": throughput,
     "contention": contention,
@@ -284,4 +331,5 @@ SCENARIOS = {
     "memory": memory,
     "asyncio": asyncio_vs_blocking,
     "dask": dask_comms,
+    "tls": tls,
 }

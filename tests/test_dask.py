@@ -1,6 +1,6 @@
 """The aw:// comm backend, under Dask distributed's own test harness
 (gen_test: fresh loop, thread and comm leak checks; gen_cluster), on both
-transport backends."""
+transport backends, plain and with TLS from Dask's Security."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import trustme
 from hypothesis import given, strategies as st
 
 distributed = pytest.importorskip("distributed")
@@ -18,11 +19,12 @@ distributed = pytest.importorskip("distributed")
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 from distributed.comm import connect, get_address_host, listen  # noqa: E402
-from distributed.comm.core import CommClosedError  # noqa: E402
+from distributed.comm.core import CommClosedError, FatalCommClosedError  # noqa: E402
 from distributed.comm.registry import get_backend  # noqa: E402
 from distributed.protocol import Serialized, to_serialize  # noqa: E402
 from distributed.protocol.serialize import merge_and_deserialize  # noqa: E402
 from distributed.protocol.utils_test import get_host_array  # noqa: E402
+from distributed.security import Security  # noqa: E402
 from distributed.utils import get_ip  # noqa: E402
 from distributed.utils_test import gen_cluster, gen_test  # noqa: E402
 
@@ -34,6 +36,51 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning",
     "ignore::PendingDeprecationWarning",
 )
+
+# One certificate for every role: the test clusters run on one host
+CA = trustme.CA()
+CERT = CA.issue_cert("127.0.0.1", "localhost")
+
+
+def pem(*blobs: trustme.Blob) -> str:
+    return "".join(blob.bytes().decode() for blob in blobs)
+
+
+def tls_security(ca: str, cert: str, key: str) -> Security:
+    """TLS for the scheduler, workers and clients; plain connections refused."""
+    return Security(
+        tls_ca_file=ca,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        require_encryption=True,
+    )
+
+
+# gen_cluster takes its Security when the test is defined: PEM text, no files
+TLS = tls_security(pem(CA.cert_pem), pem(*CERT.cert_chain_pems), pem(CERT.private_key_pem))
+PLAIN_AND_TLS = pytest.mark.parametrize("security", [None, TLS], ids=["plain", "tls"])
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Security:
+    """The same certificates as files, as a deployment has them."""
+    where = tmp_path_factory.mktemp("tls")
+    CA.cert_pem.write_to_path(where / "ca.pem")
+    for blob in CERT.cert_chain_pems:
+        blob.write_to_path(where / "cert.pem", append=True)
+    CERT.private_key_pem.write_to_path(where / "key.pem")
+    return tls_security(str(where / "ca.pem"), str(where / "cert.pem"), str(where / "key.pem"))
+
+
+def check_tls(comm: ArraywireComm) -> None:
+    """The comm runs inside TLS, and its peer showed the test certificate."""
+    _, version, bits = comm.extra_info["cipher"]
+    assert version.startswith("TLSv1.") and bits >= 128
+    assert ("IP Address", "127.0.0.1") in comm.extra_info["peercert"]["subjectAltName"]
 
 
 async def echo(comm: ArraywireComm) -> None:
@@ -108,22 +155,30 @@ async def test_explicit_close_makes_read_and_write_fail_at_once(backend) -> None
         assert "(closed)" in repr(comm)
 
 
+@PLAIN_AND_TLS
 @gen_test()
-async def test_implicit_close_reaches_the_peer(backend) -> None:
-    served: asyncio.Queue = asyncio.Queue()
+async def test_implicit_close_reaches_the_peer(backend, security) -> None:
+    comm, server_side = await served_pair(security=security)
+    await comm.close()
+    with pytest.raises(CommClosedError):
+        await server_side.read()
+    assert server_side.closed()
+    with pytest.raises(CommClosedError):
+        await server_side.write({"op": "after"})
 
-    async def keep(comm):
-        await served.put(comm)
 
-    async with listen("aw://127.0.0.1:0", keep) as listener:
-        comm = await connect(listener.contact_address)
-        server_side = await served.get()
-        await comm.close()
-        with pytest.raises(CommClosedError):
-            await server_side.read()
-        assert server_side.closed()
-        with pytest.raises(CommClosedError):
-            await server_side.write({"op": "after"})
+@PLAIN_AND_TLS
+@gen_test()
+async def test_close_ends_a_read_in_progress(backend, security) -> None:
+    comm, server_side = await served_pair(security=security)
+    reading = asyncio.ensure_future(comm.read())
+    await asyncio.sleep(0.05)
+    await comm.close()
+    with pytest.raises(CommClosedError):
+        await asyncio.wait_for(reading, 10)
+    with pytest.raises(CommClosedError):
+        await server_side.read()
+    await server_side.close()
 
 
 @gen_test()
@@ -152,9 +207,10 @@ async def test_a_cancelled_read_leaves_the_comm_closed(backend) -> None:
             await comm.read()
 
 
+@PLAIN_AND_TLS
 @gen_test()
-async def test_an_abort_stops_a_large_write_in_progress(backend) -> None:
-    client, server = await served_pair()
+async def test_an_abort_stops_a_large_write_in_progress(backend, security) -> None:
+    client, server = await served_pair(security=security)
     writing = asyncio.ensure_future(client.write({"x": to_serialize(np.zeros(8_000_000))}))
     await asyncio.sleep(0.2)  # the 64 MB cannot all be in the socket buffers: the write waits
     assert not writing.done()
@@ -167,9 +223,10 @@ async def test_an_abort_stops_a_large_write_in_progress(backend) -> None:
     await server.close()
 
 
+@PLAIN_AND_TLS
 @gen_test()
-async def test_close_waits_for_the_write_in_progress(backend) -> None:
-    client, server = await served_pair()
+async def test_close_waits_for_the_write_in_progress(backend, security) -> None:
+    client, server = await served_pair(security=security)
     payload = np.arange(4_000_000, dtype=np.float64)
     writing = asyncio.ensure_future(client.write({"x": to_serialize(payload)}))
     await asyncio.sleep(0)
@@ -315,16 +372,17 @@ async def test_more_buffers_than_the_descriptor_limit_still_go_through(backend) 
         np.testing.assert_array_equal(array, [n, n, n])
 
 
-async def served_pair(listener_address: str = "aw://127.0.0.1:0"):
-    """A connected client comm and the server's comm of the same connection;
-    the listener is stopped already."""
+async def served_pair(listener_address: str = "aw://127.0.0.1:0", security: Security | None = None):
+    """A connected client comm and the server's comm of the same connection
+    (over TLS with a Security); the listener is stopped already."""
     served: asyncio.Queue = asyncio.Queue()
 
     async def keep(comm):
         await served.put(comm)
 
-    async with listen(listener_address, keep) as listener:
-        client = await connect(listener.contact_address)
+    security = security or Security()
+    async with listen(listener_address, keep, **security.get_listen_args("scheduler")) as listener:
+        client = await connect(listener.contact_address, **security.get_connection_args("client"))
         server = await served.get()
     return client, server
 
@@ -355,11 +413,79 @@ async def test_a_message_that_is_not_dask_frames_closes_the_comm(backend) -> Non
 
 
 @gen_test()
-async def test_encryption_required_is_refused_with_a_clear_error(backend) -> None:
-    with pytest.raises(RuntimeError, match="aw:// does not encrypt yet"):
-        await listen("aw://127.0.0.1:0", echo, require_encryption=True)
-    with pytest.raises(RuntimeError, match="aw:// does not encrypt yet"):
-        await connect("aw://127.0.0.1:1", require_encryption=True, timeout=1)
+async def test_encryption_required_without_tls_is_refused_with_a_clear_error(backend) -> None:
+    no_tls = Security(require_encryption=True)
+    refused = r"requires encryption .* no TLS is configured: refusing aw://127\.0\.0\.1:.*distributed\.comm\.tls"
+    with pytest.raises(RuntimeError, match=refused):
+        await listen("aw://127.0.0.1:0", echo, **no_tls.get_listen_args("scheduler"))
+    with pytest.raises(RuntimeError, match=refused):
+        await connect("aw://127.0.0.1:1", timeout=1, **no_tls.get_connection_args("client"))
+
+
+@gen_test()
+async def test_ping_pong_over_tls_with_encryption_required(backend, tls_files) -> None:
+    assert tls_files.require_encryption
+    big = np.random.default_rng(3).random(1_000_000)  # 8 MB: more than one TLS write
+    async with echo_server(**tls_files.get_listen_args("scheduler")) as listener:
+        assert listener.contact_address.startswith("aw://127.0.0.1:")
+        comm = await connect(listener.contact_address, **tls_files.get_connection_args("client"))
+        check_tls(comm)
+        assert comm.extra_info["arraywire_backend"] == backend.name
+        for message in ({"op": "ping"}, {"op": "data", "x": b"z" * 100_000}):
+            await comm.write(message)
+            assert await comm.read() == message
+        await comm.write({"x": to_serialize(big)})
+        np.testing.assert_array_equal((await comm.read())["x"], big)
+        await comm.close()
+
+
+@gen_test()
+async def test_the_listening_end_of_a_tls_comm_sees_the_clients_certificate(backend) -> None:
+    client, server = await served_pair(security=TLS)
+    check_tls(server)
+    assert server.extra_info["cipher"] == client.extra_info["cipher"]
+    await client.write({"x": to_serialize(np.arange(10))})
+    np.testing.assert_array_equal((await server.read())["x"], np.arange(10))
+    await client.close()
+    await server.close()
+
+
+@gen_test()
+async def test_tls_against_a_plain_listener_and_back_fails_at_once(backend) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with echo_server() as plain:
+        with pytest.raises(FatalCommClosedError, match="does not speak TLS"):
+            await connect(plain.contact_address, timeout=30, **TLS.get_connection_args("client"))
+        comm = await connect(plain.contact_address)  # plain clients are still served
+        await comm.write({"op": "ping"})
+        assert await comm.read() == {"op": "ping"}
+        await comm.close()
+    async with echo_server(**TLS.get_listen_args("scheduler")) as encrypted:
+        with pytest.raises(ProtocolError, match="peer closed the connection"):
+            await connect(encrypted.contact_address, timeout=30)
+        comm = await connect(encrypted.contact_address, **TLS.get_connection_args("client"))
+        await comm.write({"op": "ping"})
+        assert await comm.read() == {"op": "ping"}
+        await comm.close()
+    assert loop.time() - start < 15  # neither failure was retried until its timeout
+
+
+@gen_test()
+async def test_a_certificate_the_other_end_does_not_trust_is_refused_at_once(backend) -> None:
+    stranger_ca = trustme.CA()
+    stranger = stranger_ca.issue_cert("127.0.0.1", "localhost")
+    # a client that trusts another CA, then a client with a certificate of another CA
+    distrusting = tls_security(pem(stranger_ca.cert_pem), pem(*CERT.cert_chain_pems), pem(CERT.private_key_pem))
+    distrusted = tls_security(pem(CA.cert_pem), pem(*stranger.cert_chain_pems), pem(stranger.private_key_pem))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with echo_server(**TLS.get_listen_args("scheduler")) as listener:
+        with pytest.raises(FatalCommClosedError, match=r"TLS certificate of aw://\S+ was not accepted"):
+            await connect(listener.contact_address, timeout=30, **distrusting.get_connection_args("client"))
+        with pytest.raises(FatalCommClosedError, match=r"TLS with aw://\S+ failed"):
+            await connect(listener.contact_address, timeout=30, **distrusted.get_connection_args("client"))
+    assert loop.time() - start < 15
 
 
 @gen_test()
@@ -440,6 +566,26 @@ async def test_a_cluster_computes_and_moves_data_over_aw(c, s, a, b, backend) ->
     np.testing.assert_array_equal(await c.gather(moved), data[::-1])
     np.testing.assert_array_equal(await c.gather(future), data)
     assert set(await c.gather(c.map(lambda n: n * 2, range(20)))) == {n * 2 for n in range(20)}
+
+
+@gen_cluster(
+    client=True,
+    security=TLS,
+    scheduler_kwargs={"protocol": "aw://"},
+    worker_kwargs={"protocol": "aw://"},
+)
+async def test_a_cluster_computes_over_aw_with_tls(c, s, a, b, backend) -> None:
+    assert s.address.startswith("aw://")
+    assert a.address.startswith("aw://") and b.address.startswith("aw://")
+    for comm in (c.scheduler_comm.comm, s.stream_comms[a.address].comm, s.stream_comms[b.address].comm):
+        assert isinstance(comm, ArraywireComm)
+        check_tls(comm)
+    x = da.arange(2_000_000, chunks=250_000)
+    assert await c.compute(x.sum()) == 2_000_000 * 1_999_999 // 2
+    data = np.random.default_rng(4).random(20_000_000 // 8)  # 20 MB, from worker to worker
+    [future] = await c.scatter([data], workers=[a.address])
+    moved = c.submit(lambda array: array[::-1].copy(), future, workers=[b.address])
+    np.testing.assert_array_equal(await c.gather(moved), data[::-1])
 
 
 # --- the frame layout (docs/PROTOCOL.md, "Dask messages over aw://"), no sockets

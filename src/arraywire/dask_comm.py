@@ -5,6 +5,8 @@ Dask finds it through the entry point ``aw`` in ``distributed.comm.backends``:
 Dask message is one arraywire message on an ``arraywire.aio`` Channel, so its
 buffers move by the GIL-free core straight into arrays of their own. Addresses,
 resolution and the contact address of a wildcard listener are ``tcp://``'s.
+With TLS configured in Dask's Security (``ssl_context`` in the connection
+arguments), each connection runs inside TLS, as ``tls://``'s do.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import dask.config
 from dask.utils import parse_bytes
 from distributed.comm.addressing import parse_host_port, unparse_host_port
-from distributed.comm.core import BaseListener, Comm, CommClosedError, Connector
+from distributed.comm.core import (
+    BaseListener,
+    Comm,
+    CommClosedError,
+    Connector,
+    FatalCommClosedError,
+)
 from distributed.comm.tcp import BaseTCPBackend, set_tcp_timeout
 from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 
 from arraywire import _dask_frames, _transport, aio
+from arraywire._aio_tls import TLSChannel
 from arraywire._errors import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -44,13 +54,22 @@ def max_message_bytes() -> int | None:
     return parse_bytes(value) if isinstance(value, str) else int(value)
 
 
-def refuse_encryption(address: str, connection_args: dict[str, Any]) -> None:
-    if connection_args.get("require_encryption"):
-        raise RuntimeError(
-            f"Dask's configuration requires encryption (distributed.comm.require-encryption), "
-            f"and aw:// does not encrypt yet: refusing {PREFIX}{address}; use tls:// for "
-            "encrypted connections"
-        )
+def tls_context(address: str, connection_args: dict[str, Any]) -> ssl.SSLContext | None:
+    """The SSLContext of Dask's Security (None: plain TCP). Encryption required
+    without one is refused, as tcp:// refuses it."""
+    context = connection_args.get("ssl_context")
+    if context is None:
+        if connection_args.get("require_encryption"):
+            raise RuntimeError(
+                "Dask's configuration requires encryption (distributed.comm.require-encryption) "
+                f"but no TLS is configured: refusing {PREFIX}{address}. Configure TLS in "
+                "Dask's Security: the distributed.comm.tls.* settings (ca-file and each "
+                "role's cert and key), or Security(tls_ca_file=..., tls_client_cert=..., ...)"
+            )
+        return None
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"aw:// expects ssl_context to be an ssl.SSLContext, got {context!r}")
+    return context
 
 
 async def resolve(host: str, port: int) -> str:
@@ -84,6 +103,10 @@ class ArraywireComm(Comm):
         self._local_addr = local_addr
         self._peer_addr = peer_addr
         self.max_message_bytes = max_message_bytes()
+        self._extra: dict[str, Any] = {"arraywire_backend": _transport.impl.BACKEND}
+        if isinstance(channel, TLSChannel):  # read now: the session is gone once closed
+            session = channel.ssl_object
+            self._extra.update(peercert=session.getpeercert(), cipher=session.cipher())
         set_tcp_timeout(self)  # keepalive and TCP_USER_TIMEOUT, as tcp:// sets them
 
     @property
@@ -101,7 +124,7 @@ class ArraywireComm(Comm):
 
     @property
     def extra_info(self) -> dict[str, Any]:
-        return {"arraywire_backend": _transport.impl.BACKEND}
+        return self._extra
 
     async def read(self, deserializers: Any = None) -> Any:
         if self._closed:
@@ -170,11 +193,19 @@ class ArraywireComm(Comm):
             self._channel.close()
 
     async def close(self) -> None:
-        """Close once a write in progress has finished (a write returns when
-        its last byte is with the kernel: there is nothing else to flush)."""
+        """Close once a write in progress has finished. A plain write returns
+        when its last byte is with the kernel: there is nothing else to flush.
+        A TLS write can return with its last bytes still in the TLS transport,
+        which closing the channel sends first (abort's shutdown would drop them)."""
         try:
             await self._write_idle.wait()
-        finally:
+        except BaseException:
+            self.abort()
+            raise
+        if isinstance(self._channel, TLSChannel) and not self._closed:
+            self._closed = True
+            self._channel.close()  # a read in progress ends when the TLS close does
+        else:
             self.abort()
 
     def abort(self) -> None:
@@ -198,11 +229,41 @@ class ArraywireConnector(Connector):
     async def connect(
         self, address: str, deserialize: bool = True, **connection_args: Any
     ) -> ArraywireComm:
-        refuse_encryption(address, connection_args)
+        context = tls_context(address, connection_args)
         host, port = parse_host_port(address)
-        channel = await aio.connect((await resolve(host, port), port))
+        where = (await resolve(host, port), port)
+        if context is None:
+            channel = await aio.connect(where)
+        else:
+            # the server name tls:// gives: the worker's scheduler-sni, else the host
+            server_hostname = connection_args.get("server_hostname") or host
+            channel = await connect_tls(address, where, context, server_hostname)
         local = PREFIX + unparse_host_port(*channel.socket.getsockname()[:2])
         return ArraywireComm(channel, local, PREFIX + address, deserialize)
+
+
+async def connect_tls(
+    address: str,
+    where: tuple[str, int],
+    context: ssl.SSLContext,
+    server_hostname: str,
+) -> aio.Channel:
+    """Connect over TLS. A failed handshake is fatal, as in tls://: trying
+    again cannot help."""
+    try:
+        return await aio.connect(where, ssl=context, server_hostname=server_hostname)
+    except ssl.SSLCertVerificationError as exc:
+        raise FatalCommClosedError(
+            f"the TLS certificate of {PREFIX}{address} was not accepted ({exc.verify_message}); "
+            "check Dask's Security settings (https://distributed.dask.org/en/latest/tls.html)"
+        ) from exc
+    except (ssl.SSLError, ProtocolError) as exc:
+        # ProtocolError: the peer does not speak TLS, or closed the connection
+        # after the handshake (it refused this end's certificate, say)
+        raise FatalCommClosedError(
+            f"TLS with {PREFIX}{address} failed: {exc}. Check that both ends have TLS in "
+            "their Dask Security, with certificates the other end's CA trusts"
+        ) from exc
 
 
 class ArraywireListener(BaseListener):
@@ -222,7 +283,7 @@ class ArraywireListener(BaseListener):
         **connection_args: Any,
     ) -> None:
         super().__init__()
-        refuse_encryption(address, connection_args)
+        self._ssl = tls_context(address, connection_args)
         self.ip, self.port = parse_host_port(address, default_port)
         self.default_host = default_host
         self.comm_handler = comm_handler
@@ -233,7 +294,7 @@ class ArraywireListener(BaseListener):
 
     async def start(self) -> None:
         backlog = int(dask.config.get("distributed.comm.socket-backlog"))
-        self._listener = await aio.listen((self.ip, self.port), backlog=backlog)
+        self._listener = await aio.listen((self.ip, self.port), backlog=backlog, ssl=self._ssl)
         self._spawn(self._accept_all(self._listener))
 
     def _spawn(self, coroutine: Any) -> None:
