@@ -18,7 +18,7 @@ import numpy as np
 
 from arraywire import _hello, _tls, _transport, _transport_py, aio
 from arraywire._channel import ChannelItem, check_peer_reads, coalesce
-from arraywire._common import READ_AHEAD_BYTES, Progress
+from arraywire._common import Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -216,25 +216,28 @@ class _SocketPipe:
         return bytes(data)
 
 
-class _StreamPipe:
-    """The bytes of an opening over a TLS stream pair."""
+class _SessionPipe:
+    """The bytes of an opening inside a TLS session."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, session: TLSSession) -> None:
+        self._session = session
 
     async def send(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
+        await self._session.write(data)
 
     async def receive(self, size: int, part: str) -> bytes:
-        try:
-            return await self._reader.readexactly(size)
-        except asyncio.IncompleteReadError as exc:
-            raise closed_in_opening(len(exc.partial), size, part) from None
+        data = bytearray(size)
+        view = memoryview(data)
+        filled = 0
+        while filled < size:
+            count = await self._session.read_into(view[filled:])
+            if not count:
+                raise closed_in_opening(filled, size, part)
+            filled += count
+        return bytes(data)
 
 
-async def _run_opening(pipe: _SocketPipe | _StreamPipe, opening: _hello.Opening) -> _hello.Hello:
+async def _run_opening(pipe: _SocketPipe | _SessionPipe, opening: _hello.Opening) -> _hello.Hello:
     try:
         while True:
             data = opening.outgoing()
@@ -252,21 +255,13 @@ async def _run_opening(pipe: _SocketPipe | _StreamPipe, opening: _hello.Opening)
         raise
 
 
-async def _tls_streams(
-    sock: socket.socket, context: SSLContext, *, server_hostname: str | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The TLS handshake on a connected socket, as the client (server_hostname
-    given) or the server; the stream pair over the TLS transport."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_AHEAD_BYTES)
-    protocol = asyncio.StreamReaderProtocol(reader)
+async def _secure(
+    sock: socket.socket, context: SSLContext, *, server_side: bool, server_hostname: str | None
+) -> TLSSession:
+    """A TLS session on a connected socket, its handshake done."""
+    session = TLSSession(sock, context, server_side=server_side, server_hostname=server_hostname)
     try:
-        if server_hostname is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=context)
-        else:
-            transport, _ = await loop.create_connection(
-                lambda: protocol, sock=sock, ssl=context, server_hostname=server_hostname
-            )
+        await session.handshake()
     except SSLError as exc:
         if exc.reason in NOT_TLS:
             raise ProtocolError(
@@ -274,7 +269,9 @@ async def _tls_streams(
                 "give the Listener ssl= too, or connect without it"
             ) from exc
         raise
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    except ConnectionResetError:
+        raise reset_in_opening() from None
+    return session
 
 
 async def _timed(awaitable: Any, timeout: float, what: str) -> Any:
@@ -321,20 +318,17 @@ async def _connect(
             if not retry:
                 raise
             await asyncio.sleep(RETRY_INTERVAL)
-    writer = None
     try:
         tune(sock)
         if context is None:
             peer = await _run_opening(_SocketPipe(sock), opening)
             return Channel(sock, peer_reads=peer.reads_messages)
-        if server_hostname is None:
-            server_hostname = address[0] if isinstance(address, tuple) else ""
-        reader, writer = await _tls_streams(sock, context, server_hostname=server_hostname)
-        peer = await _run_opening(_StreamPipe(reader, writer), opening)
-        return TLSChannel(sock, reader, writer, peer_reads=peer.reads_messages)
+        if server_hostname is None and isinstance(address, tuple):
+            server_hostname = address[0]
+        session = await _secure(sock, context, server_side=False, server_hostname=server_hostname)
+        peer = await _run_opening(_SessionPipe(session), opening)
+        return TLSChannel(session, peer_reads=peer.reads_messages)
     except BaseException:
-        if writer is not None:
-            writer.transport.abort()
         sock.close()
         raise
 
@@ -426,38 +420,30 @@ class Listener:
             task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket) -> None:
-        streams: list[asyncio.StreamWriter] = []  # the TLS writer, once there is one
         try:
             conn.setblocking(False)
             tune(conn)
-            channel = await _timed(self._open(conn, streams), self._handshake_timeout, "opening")
+            channel = await _timed(self._open(conn), self._handshake_timeout, "opening")
         except AuthenticationError as exc:
-            self._drop(conn, streams)
+            conn.close()
             self._ready.put_nowait(exc)
             return
         except (OSError, ProtocolError):
-            self._drop(conn, streams)
+            conn.close()
             return
         except BaseException:
-            self._drop(conn, streams)
+            conn.close()
             raise
         self._ready.put_nowait(channel)
 
-    async def _open(self, conn: socket.socket, streams: list[asyncio.StreamWriter]) -> Channel:
+    async def _open(self, conn: socket.socket) -> Channel:
         opening = _hello.Opening(self._authkey, connecting=False)
         if self._ssl is None:
             peer = await _run_opening(_SocketPipe(conn), opening)
             return Channel(conn, peer_reads=peer.reads_messages)
-        reader, writer = await _tls_streams(conn, self._ssl)
-        streams.append(writer)
-        peer = await _run_opening(_StreamPipe(reader, writer), opening)
-        return TLSChannel(conn, reader, writer, peer_reads=peer.reads_messages)
-
-    @staticmethod
-    def _drop(conn: socket.socket, streams: list[asyncio.StreamWriter]) -> None:
-        for writer in streams:
-            writer.transport.abort()
-        conn.close()
+        session = await _secure(conn, self._ssl, server_side=True, server_hostname=None)
+        peer = await _run_opening(_SessionPipe(session), opening)
+        return TLSChannel(session, peer_reads=peer.reads_messages)
 
     def close(self) -> None:
         """Stop listening; drop connections not yet accepted."""
@@ -500,4 +486,4 @@ class Listener:
 
 
 # The TLS driver subclasses Channel above.
-from arraywire._aio_tls import TLSChannel  # noqa: E402
+from arraywire._aio_tls import TLSChannel, TLSSession  # noqa: E402

@@ -1,21 +1,21 @@
-"""The aio Channel over TLS: asyncio's SSL transport moves the bytes and the
-message engine decides what they mean.
+"""The aio Channel over TLS: an ``ssl.SSLObject`` between memory BIOs, fed by
+the event loop's non-blocking socket calls, drives the bytes; the message
+engine decides what they mean.
 
 asyncio cannot hand an ``ssl.SSLSocket`` to its ``sock_*`` methods, so this
-driver reads and writes through a StreamReader/StreamWriter pair on the
-loop's TLS transport (``ssl.SSLObject`` over memory BIOs, in the event
-loop's thread). Sends go out in pieces of ``WRITE_BYTES``, each encrypted
-when written, with the transport's flow control between pieces; receives go
-through a read-ahead buffer, as the plain Channel's do, and large payloads
-are copied straight from the reader into their arrays.
+driver encrypts and decrypts in the event loop's thread and moves the
+records with ``loop.sock_sendall`` and ``loop.sock_recv_into``. A send
+returns once its last record is with the kernel, as the plain Channel's
+does; received records are decrypted straight into the message's arrays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from arraywire._aio_channel import Channel
 from arraywire._common import DIRECT_BYTES, READ_AHEAD_BYTES
@@ -24,61 +24,140 @@ from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._step import byte_view
 from arraywire._tls import Outbox
 
-# A send writes at most this much into the transport before it waits for
-# the transport's buffer to drain.
+# Plaintext encrypted per step of a send: the records of one step are in
+# memory at once.
 WRITE_BYTES = 1 << 20
 
 
-class StreamInbox:
-    """The read-ahead buffer of a TLS stream: what the reader gave and the
-    engine has not taken yet."""
+class TLSSession:
+    """One TLS connection on a non-blocking socket: the SSLObject, its two
+    memory BIOs, and the socket calls that empty and fill them."""
 
-    __slots__ = ("_data", "_reader", "_start")
+    def __init__(
+        self,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=server_hostname,
+        )
+        # Records leave in the order the SSLObject made them: one flush at a time.
+        self._flushing = asyncio.Lock()
+        self._records = bytearray(READ_AHEAD_BYTES)
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
-        self._data = b""
+    async def handshake(self) -> None:
+        """The TLS handshake; SSLError (e.g. SSLCertVerificationError) when it fails."""
+        try:
+            while True:
+                try:
+                    self.ssl_object.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await self.flush()
+                    await self._receive_records()
+        finally:
+            with contextlib.suppress(OSError):
+                await self.flush()  # the last flight, or the alert that says why
+
+    async def flush(self) -> None:
+        """Send every record the SSLObject has made."""
+        async with self._flushing:
+            data = self._outgoing.read()
+            if data:
+                await self._loop.sock_sendall(self.sock, data)
+
+    async def _receive_records(self) -> None:
+        view = memoryview(self._records)
+        count = await self._loop.sock_recv_into(self.sock, view)
+        if count:
+            self._incoming.write(view[:count])
+        else:
+            self._incoming.write_eof()
+
+    async def write(self, data: Any) -> None:
+        """Encrypt data and send it; returns once it is with the kernel."""
+        view = memoryview(data)
+        while view:
+            view = view[self.ssl_object.write(view) :]
+        await self.flush()
+
+    async def read_into(self, view: memoryview) -> int:
+        """Decrypt into the front of view, waiting for records when none is
+        buffered; return the count, 0 at the end of the stream."""
+        while True:
+            try:
+                count = cast(int, self.ssl_object.read(len(view), view))  # into view: a count
+            except ssl.SSLWantReadError:
+                await self._receive_records()
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+            if self._outgoing.pending:  # a reply the session owes the peer
+                await self.flush()
+            return count
+
+    def close(self) -> None:
+        """Say goodbye with close_notify when the socket takes it at once, and close."""
+        with contextlib.suppress(ssl.SSLError, OSError):
+            self.ssl_object.unwrap()
+        with contextlib.suppress(OSError):
+            self.sock.send(self._outgoing.read())
+        self.sock.close()
+
+
+class SessionInbox:
+    """A TLS session's read-ahead buffer: decrypted bytes the engine has not
+    taken yet."""
+
+    __slots__ = ("_end", "_session", "_start", "_view")
+
+    def __init__(self, session: TLSSession) -> None:
+        self._session = session
+        self._view = memoryview(bytearray(READ_AHEAD_BYTES))
         self._start = 0
+        self._end = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._data) - self._start
+        return self._end - self._start
 
     def take(self, obj: Any) -> int:
         """Copy buffered bytes into the front of a writable buffer; return the count."""
         view = byte_view(obj, writable=True)
-        count = min(len(view), len(self._data) - self._start)
-        view[:count] = memoryview(self._data)[self._start : self._start + count]
+        count = min(len(view), self._end - self._start)
+        view[:count] = self._view[self._start : self._start + count]
         self._start += count
         return count
 
     async def fill(self) -> int:
-        """Take what the reader has (waiting for it); return the count (0: end of stream)."""
-        self._data = await self._reader.read(READ_AHEAD_BYTES)
+        """Decrypt what has come (waiting for it) into the emptied buffer;
+        return the count (0: end of stream)."""
+        count = await self._session.read_into(self._view)
         self._start = 0
-        return len(self._data)
+        self._end = count
+        return count
 
 
 class TLSChannel(Channel):
     """``arraywire.aio.Channel`` over TLS, made by ``arraywire.aio.connect``
     and ``Listener.accept`` with ``ssl=``: the same methods, item types and
-    errors. ``socket`` is the TCP socket under the TLS transport."""
+    errors. ``socket`` is the TCP socket under the TLS session."""
 
-    # The plain Channel's __init__ wraps a socket's own read-ahead buffer;
-    # this one reads through the stream pair instead.
-    def __init__(
-        self,
-        sock: socket.socket,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        peer_reads: int = 2,
-    ) -> None:
-        self._sock = sock
-        self._reader = reader
-        self._writer = writer
-        self._stream_inbox = StreamInbox(reader)
-        self._outbox = Outbox(sock)  # nothing learned: coalesce stages small messages itself
+    # The plain Channel's __init__ makes the socket's own read-ahead buffer;
+    # this one reads through the TLS session instead.
+    def __init__(self, session: TLSSession, *, peer_reads: int = 2) -> None:
+        self._session = session
+        self._sock = session.sock
+        self._inbox_tls = SessionInbox(session)
+        self._outbox = Outbox(session.sock)  # nothing learned: coalesce stages small messages
         self._busy: set[str] = set()
         self._peer_reads = peer_reads
         self._broken: str | None = None
@@ -86,10 +165,10 @@ class TLSChannel(Channel):
     @property
     def ssl_object(self) -> ssl.SSLObject:
         """The TLS session: ``getpeercert()``, ``cipher()``, ``version()``."""
-        return self._writer.get_extra_info("ssl_object")  # type: ignore[no-any-return]
+        return self._session.ssl_object
 
     def __repr__(self) -> str:
-        state = "broken" if self._broken else "closed" if self._writer.is_closing() else "open"
+        state = "broken" if self._broken else "closed" if self.fileno() == -1 else "open"
         return f"<arraywire.aio.Channel over TLS {state} fd={self.fileno()}>"
 
     def _check(self, name: str) -> None:
@@ -109,25 +188,22 @@ class TLSChannel(Channel):
             f"{getattr(exc, 'bytes_done', 0) or 0:,}{total} bytes, so the byte stream is "
             "out of step with the peer and the Channel was closed"
         )
-        self._writer.transport.abort()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     async def _write(self, name: str, plan: SendPlan) -> int:
         self._check(name)
-        writer = self._writer
+        session = self._session
         try:
             for batch in plan.batches():
                 for buffer in batch:
                     view = byte_view(buffer, writable=False)
                     for start in range(0, len(view), WRITE_BYTES):
                         piece = view[start : start + WRITE_BYTES]
-                        # After the handshake the transport encrypts a piece
-                        # as it is written: no reference to it is kept.
-                        writer.write(piece)
+                        await session.write(piece)
                         plan.moved(len(piece))
                         if plan.reporter is not None:
                             plan.reporter.report(plan.offset)
-                        await writer.drain()
-            await writer.drain()
         except BaseException as exc:
             self._fail(name, plan, exc)
             raise
@@ -135,20 +211,17 @@ class TLSChannel(Channel):
 
     async def _write_bytes(self, data: bytearray) -> int:
         self._check("send_many")
-        transfer = Transfer(len(data))
         try:
-            self._writer.write(data)
-            transfer.moved(len(data))
-            await self._writer.drain()
+            await self._session.write(data)
         except BaseException as exc:
-            self._fail("send_many", transfer, exc)
+            self._fail("send_many", Transfer(len(data)), exc)
             raise
         return len(data)
 
     async def _read(self, name: str, message: Receive) -> None:
         self._check(name)
-        inbox = self._stream_inbox
-        reader = self._reader
+        inbox = self._inbox_tls
+        session = self._session
         try:
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
@@ -156,14 +229,12 @@ class TLSChannel(Channel):
                         raise IncompleteTransferError(0, request)
                     continue
                 view = writable_bytes(request[0])
-                filled = 0
-                while filled < len(view):
-                    data = await reader.read(min(len(view) - filled, READ_AHEAD_BYTES))
-                    if not data:
-                        raise IncompleteTransferError(0, len(view) - filled)
-                    view[filled : filled + len(data)] = data
-                    filled += len(data)
-                    message.moved(len(data))
+                while view:
+                    count = await session.read_into(view)
+                    if not count:
+                        raise IncompleteTransferError(0, len(view))
+                    view = view[count:]
+                    message.moved(count)
                     if message.reporter is not None:
                         message.reporter.report(message.offset)
         except BaseException as exc:
@@ -174,9 +245,6 @@ class TLSChannel(Channel):
             raise
 
     def close(self) -> None:
-        """Close the connection: the TLS transport and its socket."""
-        self._writer.close()
-
-    def fileno(self) -> int:
-        """The socket's descriptor (-1 once closed)."""
-        return -1 if self._writer.is_closing() else self._sock.fileno()
+        """Close the connection: close_notify when it can go at once, then the socket."""
+        if self._sock.fileno() != -1:
+            self._session.close()

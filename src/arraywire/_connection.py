@@ -214,7 +214,7 @@ def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | 
 def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
     return ProtocolError(
         f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
-        "(is it an arraywire Listener, with the same ssl= setting as this end?)"
+        "(is it an arraywire Listener, with the same TLS setting, ssl=, as this end?)"
     )
 
 

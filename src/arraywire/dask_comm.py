@@ -193,19 +193,12 @@ class ArraywireComm(Comm):
             self._channel.close()
 
     async def close(self) -> None:
-        """Close once a write in progress has finished. A plain write returns
-        when its last byte is with the kernel: there is nothing else to flush.
-        A TLS write can return with its last bytes still in the TLS transport,
-        which closing the channel sends first (abort's shutdown would drop them)."""
+        """Close once a write in progress has finished (a write returns when
+        its last byte, or TLS record, is with the kernel: there is nothing
+        else to flush)."""
         try:
             await self._write_idle.wait()
-        except BaseException:
-            self.abort()
-            raise
-        if isinstance(self._channel, TLSChannel) and not self._closed:
-            self._closed = True
-            self._channel.close()  # a read in progress ends when the TLS close does
-        else:
+        finally:
             self.abort()
 
     def abort(self) -> None:
