@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -338,6 +341,30 @@ def _receive(sock: socket.socket, size: int) -> bytes:
         assert chunk, f"closed after {len(data)} of {size} bytes"
         data += chunk
     return data
+
+
+def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backend) -> None:
+    """docs/PROTOCOL.md's exchange, written out with struct and hmac."""
+    hello = struct.pack("<4sBBHII", b"AWHI", 1, 2, 0x0001, 32, 0)
+
+    def client() -> None:
+        with socket.create_connection(listener.address, timeout=LIMIT) as sock:
+            nonce = os.urandom(32)
+            sock.sendall(hello + nonce)
+            reply = _receive(sock, 16 + 32)
+            assert reply[:16] == hello
+            theirs = reply[16:]
+            mine = b"arraywire auth v1: connecting end" + theirs + nonce
+            sock.sendall(hmac.new(KEY, mine, "sha256").digest())
+            expected = b"arraywire auth v1: listening end" + nonce + theirs
+            assert _receive(sock, 33) == b"\x01" + hmac.new(KEY, expected, "sha256").digest()
+            arraywire.send_array(np.arange(3), sock)
+
+    with arraywire.listen(("127.0.0.1", 0), authkey=KEY) as listener:
+        peer = Peer(client)
+        with listener.accept(timeout=LIMIT) as channel:
+            np.testing.assert_array_equal(channel.recv(), np.arange(3))
+        peer.result()
 
 
 def test_a_replayed_opening_is_refused(backend: Backend) -> None:
