@@ -177,7 +177,10 @@ def test_a_timeout_between_tls_messages_keeps_the_channel(backend: Backend, tls)
 # --- cut connections over TLS -------------------------------------------------------
 
 
-def test_a_tls_connection_cut_mid_message_counts_the_bytes(backend: Backend, tls) -> None:
+@pytest.mark.parametrize("learned", [False, True], ids=["first message", "learned layout"])
+def test_a_tls_connection_cut_mid_message_counts_the_bytes(
+    backend: Backend, tls, learned: bool
+) -> None:
     server, client = tls
     array = np.arange(1_000_000, dtype=np.uint8)
     plan = plan_send((array,))
@@ -185,10 +188,14 @@ def test_a_tls_connection_cut_mid_message_counts_the_bytes(backend: Backend, tls
     with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
 
         def cut(channel: arraywire.Channel) -> None:
+            if learned:  # the receiver learns the layout, then parses the cut one itself
+                channel.send(array[::-1].copy())
             channel.socket.sendall(wire[:300_000])  # the TLS socket itself: no Channel rule
 
         peer = serve(listener, cut)
         with arraywire.connect(listener.address, ssl=client, timeout=LIMIT) as channel:
+            if learned:
+                np.testing.assert_array_equal(channel.recv(), array[::-1])
             with pytest.raises(IncompleteTransferError) as caught:
                 channel.recv()
             assert caught.value.bytes_done == 300_000

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from arraywire import _hello, _tls, _transport, _transport_py, aio
+from arraywire import _hello, _transport, aio
 from arraywire._channel import ChannelItem, check_peer_reads, coalesce
 from arraywire._common import Progress
 from arraywire._connection import (
@@ -44,8 +44,7 @@ class Channel:
     ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it."""
 
     def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
-        # packs send_many's small messages (over TLS: none, they are staged)
-        self._outbox: _transport_py.Outbox | _tls.Outbox = _transport.impl.Outbox(sock)
+        self._outbox = _transport.impl.Outbox(sock)  # packs send_many's small messages
         self._inbox = _transport.impl.Inbox(sock)  # read-ahead: a small message, one receive
         sock.setblocking(False)
         self._sock = sock

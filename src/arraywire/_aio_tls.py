@@ -22,7 +22,7 @@ from arraywire._common import DIRECT_BYTES, READ_AHEAD_BYTES
 from arraywire._engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._step import byte_view
-from arraywire._tls import Outbox
+from arraywire._transport_py import Outbox
 
 # Plaintext encrypted per step of a send: the records of one step are in
 # memory at once.
@@ -157,7 +157,7 @@ class TLSChannel(Channel):
         self._session = session
         self._sock = session.sock
         self._inbox_tls = SessionInbox(session)
-        self._outbox = Outbox(session.sock)  # nothing learned: coalesce stages small messages
+        self._outbox = Outbox(session.sock)  # packs send_many's small messages; never sends
         self._busy: set[str] = set()
         self._peer_reads = peer_reads
         self._broken: str | None = None

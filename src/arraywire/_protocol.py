@@ -167,7 +167,7 @@ def decode_preamble(data: bytes) -> Preamble:
         raise ProtocolError(f"preamble is {len(data)} bytes, expected {PREAMBLE.size}")
     magic, version, flag_bytes, block_len, count = PREAMBLE.unpack(data)
     if magic != MAGIC:
-        raise ProtocolError(f"not an arraywire message: magic {magic!r}, expected {MAGIC!r}")
+        raise ProtocolError(_not_a_message(magic))
     if not 1 <= version <= VERSION:
         raise ProtocolError(
             f"message of protocol version {version}; this arraywire reads versions 1 to "
@@ -188,6 +188,24 @@ def decode_preamble(data: bytes) -> Preamble:
             f"{count} arrays cannot fit in a descriptor block of {block_len} bytes"
         )
     return Preamble(version, flags, block_len, count)
+
+
+def _not_a_message(magic: bytes) -> str:
+    """What a preamble's wrong magic says of the peer."""
+    from arraywire import _hello  # here: _hello imports this module
+
+    if magic == _hello.MAGIC:
+        return (
+            "the peer opened with a connection hello, not a message: it holds a key or "
+            "connected with arraywire.connect; the receiving end needs the same key "
+            "(command line: --key-file) or arraywire.listen"
+        )
+    if magic[:2] in _hello.TLS_RECORDS:
+        return (
+            "the peer speaks TLS and this end does not: use TLS at this end too "
+            "(arraywire.listen(ssl=...); command line: --tls-cert and --tls-key)"
+        )
+    return f"not an arraywire message: magic {magic!r}, expected {MAGIC!r}"
 
 
 def decode_block(

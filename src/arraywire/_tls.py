@@ -1,6 +1,7 @@
 """The transfer core over TLS: what a Channel needs of ``_transport_c`` and
-``_transport_py`` (sends, receives, the read-ahead ``Inbox``, the ``Outbox``),
-for an ``ssl.SSLSocket``.
+``_transport_py`` (sends, receives, the read-ahead ``Inbox``, the ``Outbox``,
+the last two the pure twin's with this module's loop), for an
+``ssl.SSLSocket``.
 
 Every byte goes through Python's ssl module: OpenSSL encrypts or decrypts
 each record with a copy, and the module releases the GIL for each call. An
@@ -20,13 +21,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
+from arraywire import _transport_py
 from arraywire._common import (
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
-    READ_AHEAD_BYTES,
     Progress,
     mark_progress,
 )
@@ -40,14 +39,16 @@ SMALL_BYTES = 16 << 10
 JOIN_BYTES = 64 << 10
 
 
-def check_tls_socket(sock: Any) -> None:
-    """Refuse anything but an open, connected stream SSLSocket."""
+def check_tls_socket(sock: Any) -> tuple[int, float | None]:
+    """Return (fd, timeout) of an open stream SSLSocket, or raise."""
     if not isinstance(sock, ssl.SSLSocket):
         raise TypeError(f"expected an ssl.SSLSocket, got {type(sock).__name__}")
     if super(socket.socket, sock).type != socket.SOCK_STREAM:
         raise TypeError(f"arraywire needs a stream socket (SOCK_STREAM), got {sock.type!r}")
-    if sock.fileno() == -1:
+    fd: int = sock.fileno()
+    if fd == -1:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return fd, sock.gettimeout()
 
 
 def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
@@ -134,66 +135,26 @@ def transfer(
     return total
 
 
-class Inbox:
-    """A TLS connection's read-ahead buffer: one receive can bring several
-    small messages. Headers are left to the engine: over TLS, decrypting a
-    record costs more than parsing its header."""
-
-    __slots__ = ("_end", "_sock", "_start", "_view")
-
-    def __init__(self, sock: Any, capacity: int = READ_AHEAD_BYTES) -> None:
-        check_tls_socket(sock)
-        self._sock = sock
-        self._view = memoryview(bytearray(capacity))
-        self._start = 0
-        self._end = 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet taken."""
-        return self._end - self._start
-
-    def fill(self) -> int:
-        """One receive into the free space, after moving what is buffered to
-        the front; return its count (0: the peer closed)."""
-        if self._start:
-            kept = self._end - self._start
-            self._view[:kept] = bytes(self._view[self._start : self._end])
-            self._start = 0
-            self._end = kept
-        received: int = self._sock.recv_into(self._view[self._end :])
-        self._end += received
-        return received
-
-    def take(self, obj: Any) -> int:
-        """Copy buffered bytes into the front of a writable buffer; return the count."""
-        view = byte_view(obj, writable=True)
-        count = min(len(view), self._end - self._start)
-        view[:count] = self._view[self._start : self._start + count]
-        self._start += count
-        return count
-
-    def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:
-        """Nothing to learn: every header goes to the engine."""
-
-    def take_array(self, max_bytes: int | None) -> None:
-        """Always None: the engine decodes every message over TLS."""
+def send_joined(
+    sock: ssl.SSLSocket, views: list[memoryview], sending: bool, progress: Progress | None
+) -> int:
+    """transfer, small neighbours joined first when sending."""
+    return transfer(sock, joined(views) if sending else views, sending, progress)
 
 
-class Outbox:
-    """Over TLS every message is planned by the engine: nothing is learned."""
+class Inbox(_transport_py.Inbox):
+    """The pure twin's read-ahead buffer, over TLS: a message of the learned
+    layout is still parsed and taken whole without the engine."""
 
     __slots__ = ()
+    _check = staticmethod(check_tls_socket)
+    _move = staticmethod(transfer)
 
-    def __init__(self, sock: Any) -> None:
-        """Nothing is sent from here, so the socket is not kept."""
 
-    def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:
-        """Nothing to learn: the engine plans every send."""
+class Outbox(_transport_py.Outbox):
+    """The pure twin's sender of learned layouts, over TLS: header and
+    payload of a small message go out as one record."""
 
-    def send(self, array: Any) -> None:
-        """None: nothing sent, the engine plans it."""
-
-    def pack(self, array: Any, staging: bytearray) -> int:
-        """0: nothing packed, the engine plans it."""
-        return 0
+    __slots__ = ()
+    _check = staticmethod(check_tls_socket)
+    _move = staticmethod(send_joined)

@@ -12,6 +12,13 @@ instead of raising SIGBUS in a mapped write), fills it, flushes it, renames
 it to ``OUT`` and only then confirms to the sender with ``ACK``. Either side
 exits 0 only after that confirmation; on failure ``OUT.partial`` is removed.
 A refusal carries its reason to the sender (``REFUSE``), which prints it.
+
+With a key (``--key-file``, or the file ``ARRAYWIRE_KEY_FILE`` names) both
+ends run the opening of ``arraywire.connect``/``listen`` (hello, then
+authentication) before the exchange. With TLS (``--tls``, ``--tls-*``) the end
+that listens is the TLS server and everything, the opening too, runs inside
+TLS. An end with a key or TLS recognises what a peer without them sends in
+their place, and says which end lacks what.
 """
 
 from __future__ import annotations
@@ -24,21 +31,22 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from contextlib import contextmanager, suppress
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from arraywire import _framing, _transport
+from arraywire import _connection, _framing, _hello, _tls, _transport
 from arraywire._common import Progress
-from arraywire._engine import plan_send
-from arraywire._errors import IncompleteTransferError, ProtocolError
-from arraywire._protocol import check_transferable
+from arraywire._engine import MessageProgress, plan_send
+from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
+from arraywire._protocol import MAGIC as MESSAGE_MAGIC, check_transferable
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
 # once the file is complete on its disk, or REFUSE, the reason's length and
@@ -49,11 +57,33 @@ REASON_LENGTH = struct.Struct("<I")
 MAX_REASON = 4096
 # How long a refusing receiver takes in what the sender still sends.
 DISCARD_SECONDS = 10.0
+KEY_FILE_VARIABLE = "ARRAYWIRE_KEY_FILE"
+# A key is a short secret: a larger file was named by mistake.
+MAX_KEY_BYTES = 64 << 10
+# The first byte a TLS client sends: a handshake record.
+TLS_HANDSHAKE = b"\x16"
+# OpenSSL's verify codes for a certificate of another host.
+HOSTNAME_MISMATCH = 62
+IP_ADDRESS_MISMATCH = 64
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class Failure(Exception):
     """An expected failure, reported as one line."""
+
+
+class Ends(NamedTuple):
+    """This end and its peer, as messages name them."""
+
+    me: str
+    peer: str
+    peer_command: str
+
+
+ENDS = {
+    "send": Ends("sender", "receiver", "recv"),
+    "recv": Ends("receiver", "sender", "send"),
+}
 
 
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +135,36 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS",
         help="give up when the peer does not connect, or no byte moves, for this long "
-             "(default: wait forever)",
+             "(default: wait forever; 10 s for the TLS handshake and the key's opening)",
+    )
+    security = parser.add_argument_group(
+        "security",
+        "Without these the connection is plain TCP: no authentication, no encryption. "
+        "The end that listens is the TLS server.",
+    )
+    security.add_argument(
+        "--key-file", metavar="PATH",
+        help="authenticate the peer with the key in this file (its bytes, surrounding "
+             "whitespace stripped); the peer needs the same key (default: the file "
+             f"{KEY_FILE_VARIABLE} names, if set)",
+    )
+    security.add_argument(
+        "--tls", action="store_true",
+        help="encrypt the connection with TLS (implied by the --tls-* options); the "
+             "connecting end checks the server's certificate against the system's CAs "
+             "unless --tls-ca",
+    )
+    security.add_argument(
+        "--tls-cert", metavar="PEM",
+        help="this end's certificate (chain): the listening end needs one; the "
+             "connecting end presents it when given",
+    )
+    security.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    security.add_argument(
+        "--tls-ca", metavar="PEM",
+        help="CA certificates to trust: the connecting end checks the server's certificate "
+             "and host name against them; the listening end then requires the client "
+             "to present a certificate they signed",
     )
 
 
@@ -138,24 +197,26 @@ def run_send(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> str:
     array = open_source(args.file)
     host, port = parse_address(args.address, need_host=not args.listen)
-    with _connected(args, host, port, args.listen) as sock:
-        total = plan_send([array]).total
-        with _bar(args, total, f"send {os.path.basename(args.file)}") as progress:
+    plan = plan_send([array])
+    with _connected(args, host, port, args.listen, ENDS["send"]) as sock:
+        incoming = Incoming(sock)
+        with _bar(args, plan.total, f"send {os.path.basename(args.file)}") as progress:
+            reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
             try:
-                _framing.send_array(array, sock, progress=_stop_on_reply(sock, progress))
-            except _ReplyWaiting:
-                _raise_refusal(_read_reply(sock))
-            except ConnectionError as exc:
-                _raise_refusal(_read_reply(sock))
-                raise Failure(
+                _framing.write_plan(plan, sock, reporter, _core(sock))
+            # A TLS send to a closed peer raises SSLEOFError; the reason (an
+            # alert, a refusal) may still wait to be read.
+            except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
+                plan.fail(exc)  # counts the bytes from the message's start
+                raise _reply_failure(incoming.reply()) or Failure(
                     f"the receiver closed the connection after {_moved(exc):,} of "
-                    f"{total:,} bytes"
+                    f"{plan.total:,} bytes"
                 ) from None
+            reporter.finish()
         if not args.no_confirm:
-            reply = _read_reply(sock)
-            _raise_refusal(reply)
+            reply = incoming.reply()
             if reply[0] != ACK:
-                raise Failure(
+                raise _reply_failure(reply) or Failure(
                     "the receiver closed the connection without confirming that it wrote "
                     "the array (see its messages; a program that receives with "
                     "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
@@ -202,65 +263,112 @@ class _ReplyWaiting(Exception):
     """The receiver answered before the array was sent: it refused it."""
 
 
-def _stop_on_reply(sock: socket.socket, progress: Progress) -> Progress:
+def _stop_on_reply(incoming: Incoming, progress: Progress) -> Progress:
     """progress, which also stops the send once the receiver has answered."""
 
     def report(done: int, total: int) -> None:
         progress(done, total)
-        if done < total and select.select([sock], [], [], 0)[0]:
+        if done < total and incoming.answered():
             raise _ReplyWaiting
 
     return report
 
 
-def _read_reply(sock: socket.socket) -> tuple[bytes, str]:
-    """The receiver's reply: (ACK, "") or (REFUSE, reason); (b"", "") if it
-    closed the connection without one."""
-    try:
-        tag = _read_exactly(sock, len(ACK))
-        if tag != REFUSE:
-            return tag, ""
-        (size,) = REASON_LENGTH.unpack(_read_exactly(sock, REASON_LENGTH.size))
-        return tag, _read_exactly(sock, min(size, MAX_REASON)).decode("utf-8", "replace")
-    except (ConnectionError, TimeoutError):
-        return b"", ""
+class Incoming:
+    """What the peer sends outside messages (a reply, a refusal), read exactly."""
+
+    def __init__(self, sock: socket.socket, early: bytes = b"") -> None:
+        self.sock = sock
+        self.early = early  # received already
+        self.ended = False
+
+    def answered(self) -> bool:
+        """Whether the peer has sent something, or closed, without waiting."""
+        sock = self.sock
+        if self.early or self.ended:
+            return True
+        if True:
+            return bool(select.select([sock], [], [], 0)[0])
+        # select cannot see decrypted bytes waiting in pending(), and sees TLS
+        # records that carry none (the session tickets of a TLS 1.3 server).
+        if not sock.pending() and not select.select([sock], [], [], 0)[0]:
+            return False
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            self.early = sock.recv(MAX_REASON)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        finally:
+            sock.settimeout(timeout)
+        self.ended = not self.early
+        return True
+
+    def read(self, size: int) -> bytes:
+        """size bytes, or fewer when the peer closed."""
+        data, self.early = self.early[:size], self.early[size:]
+        while len(data) < size and not self.ended:
+            chunk = self.sock.recv(size - len(data))
+            self.ended = not chunk
+            data += chunk
+        return data
+
+    def reply(self) -> tuple[bytes, str]:
+        """(ACK, "") or (REFUSE, reason), else the first bytes that came instead
+        ((b"", "") if the peer closed the connection without a reply)."""
+        try:
+            tag = self.read(len(ACK))
+            if tag != REFUSE:
+                return tag, ""
+            length = self.read(REASON_LENGTH.size)
+            size = REASON_LENGTH.unpack(length)[0] if len(length) == REASON_LENGTH.size else 0
+            return tag, self.read(min(size, MAX_REASON)).decode("utf-8", "replace")
+        except (ConnectionError, TimeoutError):
+            return b"", ""
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def _raise_refusal(reply: tuple[bytes, str]) -> None:
-    if reply[0] == REFUSE:
-        raise Failure(f"the receiver refused: {reply[1]}")
+def _reply_failure(reply: tuple[bytes, str]) -> Failure | None:
+    """What a reply other than ACK says went wrong; None if it says nothing."""
+    tag, reason = reply
+    if tag == REFUSE:
+        return Failure(f"the receiver refused: {reason}")
+    if tag == _hello.MAGIC:
+        return Failure(
+            "the receiver requires a key and this end has none (it opened with a "
+            f"connection hello): give this end the same key (--key-file or {KEY_FILE_VARIABLE})"
+        )
+    if tag[:2] in _hello.TLS_RECORDS:
+        return Failure(
+            "the receiver uses TLS and this end does not: give this end --tls too "
+            "(and --tls-ca for a CA of your own)"
+        )
+    return None
 
 
 # --- receiving ---------------------------------------------------------------
 
 
-def _refuse(sock: socket.socket, reason: str) -> NoReturn:
-    """Tell the sender why its array is refused (docs/PROTOCOL.md, "The
-    command line's exchange"), take in what it still sends until it closes,
-    then fail with the reason."""
+def _refuse(sock: socket.socket, reason: str, failure: str | None = None) -> NoReturn:
+    """Tell the peer why this end refuses (docs/PROTOCOL.md, "The command
+    line's exchange"), hang up, then fail with failure (by default: the
+    sender's array was refused for reason)."""
     text = reason.encode("utf-8")[:MAX_REASON]
-    try:
+    with suppress(OSError):
         sock.sendall(REFUSE + REASON_LENGTH.pack(len(text)) + text)
-        sock.shutdown(socket.SHUT_WR)
-        # Closing with unread bytes would reset the connection and could
-        # discard the reason before the sender reads it.
+        _hang_up(sock)
+    raise Failure(failure or f"refused the sender's array: {reason}")
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Shut this end's side, then take in what the peer still sends until it
+    closes: closing with unread bytes would reset the connection and could
+    discard what this end sent before the peer reads it."""
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)  # on an SSLSocket, reads are raw from here on
         deadline = time.monotonic() + DISCARD_SECONDS
         sock.settimeout(DISCARD_SECONDS)
         while time.monotonic() < deadline and sock.recv(1 << 20):
             pass
-    except OSError:
-        pass
-    raise Failure(f"refused the sender's array: {reason}")
 
 
 def run_recv(args: argparse.Namespace) -> int:
@@ -272,9 +380,10 @@ def _recv(args: argparse.Namespace) -> str:
     partial = output + ".partial"
     host, port = parse_address(args.address, need_host=args.connect)
     _check_output(output, args.force)
-    with _connected(args, host, port, not args.connect) as sock:
+    with _connected(args, host, port, not args.connect, ENDS["recv"]) as sock:
+        core = _core(sock)
         try:
-            specs = _framing.recv_header(sock, None)
+            specs = _framing.recv_header(sock, None, core)
         except ProtocolError as exc:
             _refuse(sock, str(exc))
         except EOFError:  # cleanly or inside the header
@@ -298,7 +407,7 @@ def _recv(args: argparse.Namespace) -> str:
         try:
             try:
                 with _bar(args, spec.nbytes, f"recv {os.path.basename(output)}") as progress:
-                    _receive(sock, target, spec.nbytes, progress)
+                    _receive(sock, target, spec.nbytes, progress, core)
                 target.flush()
             finally:
                 del target
@@ -364,9 +473,11 @@ def _preallocate(path: str) -> None:
                 raise
 
 
-def _receive(sock: socket.socket, target: np.ndarray, nbytes: int, progress: Progress) -> None:
+def _receive(
+    sock: socket.socket, target: np.ndarray, nbytes: int, progress: Progress, core: Any
+) -> None:
     try:
-        _transport.impl.recv_into(target, sock, progress=progress)
+        core.recv_into(target, sock, progress=progress)
     except IncompleteTransferError as exc:
         raise Failure(
             f"the sender closed the connection after {exc.bytes_done:,} of {nbytes:,} "
@@ -401,6 +512,8 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
         return _fail(command, "interrupted", 130)
     except TimeoutError:
         return _fail(command, f"nothing moved for {args.timeout:g} s; gave up")
+    except ssl.SSLError as exc:
+        return _fail(command, _tls_failure(exc, ENDS[command].peer))
     except OSError as exc:
         return _fail(command, _os_error(exc))
     if not args.quiet:
@@ -429,8 +542,11 @@ def _os_error(exc: OSError) -> str:
 
 @contextmanager
 def _connected(
-    args: argparse.Namespace, host: str, port: int, listen: bool
+    args: argparse.Namespace, host: str, port: int, listen: bool, ends: Ends
 ) -> Iterator[socket.socket]:
+    """The connection to the peer, once its opening is done: an SSLSocket with TLS."""
+    key = read_key(args.key_file)
+    context = tls_context(args, listen)
     where = f"{host or '*'}:{port}"
     if listen:
         try:
@@ -464,8 +580,201 @@ def _connected(
         except OSError as exc:
             raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
     with sock:
-        sock.settimeout(args.timeout)
-        yield sock
+        wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
+        deadline = time.monotonic() + wait
+        if context is not None:
+            sock.settimeout(wait)
+            sock = _start_tls(context, sock, host, listen, ends, wait)
+        with sock:  # the SSLSocket: the TCP socket above is detached from it
+            if key is not None:
+                _authenticate(sock, key, not listen, deadline, ends, wait)
+            sock.settimeout(args.timeout)
+            yield sock
+
+
+def _core(sock: socket.socket) -> Any:
+    """The transfer core for sock: the plain cores refuse an SSLSocket."""
+    return _tls if isinstance(sock, ssl.SSLSocket) else _transport.impl
+
+
+def read_key(path: str | None) -> bytes | None:
+    """The key in the file --key-file names, else ARRAYWIRE_KEY_FILE; None
+    when neither names one."""
+    source = "--key-file"
+    if path is None:
+        path = os.environ.get(KEY_FILE_VARIABLE) or None
+        source = KEY_FILE_VARIABLE
+        if path is None:
+            return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise Failure(f"cannot read the key file {path} ({source}): {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_BYTES:
+        raise Failure(
+            f"the key file {path} ({source}) holds over {MAX_KEY_BYTES:,} bytes: a key is "
+            "a short secret (32 random bytes are usual)"
+        )
+    key = data.strip()
+    if not key:
+        raise Failure(f"the key file {path} ({source}) is empty")
+    return key
+
+
+def tls_context(args: argparse.Namespace, listen: bool) -> ssl.SSLContext | None:
+    """This end's TLS context (the server's when it listens); None without TLS."""
+    cert, key, ca = args.tls_cert, args.tls_key, args.tls_ca
+    if not (args.tls or cert or key or ca):
+        return None
+    if (cert is None) != (key is None):
+        raise Failure("--tls-cert and --tls-key go together: a certificate and its private key")
+    if listen and cert is None:
+        raise Failure("this end listens, so it is the TLS server: give it --tls-cert and --tls-key")
+    for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise Failure(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+    purpose = ssl.Purpose.CLIENT_AUTH if listen else ssl.Purpose.SERVER_AUTH
+    try:
+        context = ssl.create_default_context(purpose, cafile=ca)
+    except ssl.SSLError:
+        raise Failure(f"--tls-ca {ca} holds no PEM certificate") from None
+    if listen and ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key, password=lambda: _encrypted(key))
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise Failure(
+                    f"--tls-key {key} is not the private key of the certificate in "
+                    f"--tls-cert {cert}"
+                ) from None
+            raise Failure(
+                f"cannot load --tls-cert {cert} and --tls-key {key}: expected a PEM "
+                "certificate (chain) and its PEM private key"
+            ) from None
+    return context
+
+
+def _encrypted(path: str) -> NoReturn:
+    """The passphrase callback: a prompt would hang an unattended transfer."""
+    raise Failure(f"--tls-key {path} is encrypted: give the private key unencrypted")
+
+
+def _start_tls(
+    context: ssl.SSLContext, sock: socket.socket, host: str, listen: bool, ends: Ends,
+    wait: float,
+) -> ssl.SSLSocket:
+    """The TLS handshake: the end that listens is the server."""
+    try:
+        if not listen:
+            return _connection.secure(context, sock, host)
+        first = sock.recv(1, socket.MSG_PEEK)
+        if first != TLS_HANDSHAKE:
+            if not first:
+                raise Failure(f"the {ends.peer} closed the connection before the TLS handshake")
+            # Told in clear, in the words of the exchange: the peer reads it
+            # as a refusal.
+            _refuse(
+                sock,
+                f"the {ends.me} uses TLS: run arraywire {ends.peer_command} with --tls too "
+                "(and --tls-ca for a CA of your own)",
+                f"the {ends.peer} does not use TLS: run arraywire {ends.peer_command} with "
+                "--tls too",
+            )
+        return context.wrap_socket(sock, server_side=True)
+    except TimeoutError:
+        raise Failure(
+            f"the TLS handshake with the {ends.peer} did not complete within {wait:g} s "
+            f"(does it use TLS? run arraywire {ends.peer_command} with --tls too)"
+        ) from None
+    except ProtocolError:  # from secure(): the server answered in clear
+        raise Failure(
+            f"the {ends.peer} does not use TLS: run arraywire {ends.peer_command} with "
+            "--tls-cert and --tls-key too"
+        ) from None
+
+
+def _tls_failure(exc: ssl.SSLError, peer: str) -> str:
+    """A failed TLS connection, in one line."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in (HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH):
+            hint = "connect to a host name or address the certificate names"
+        else:
+            hint = "--tls-ca names the CA to trust"
+        return f"cannot verify the {peer}'s TLS certificate: {exc.verify_message} ({hint})"
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return f"the {peer} closed the TLS connection"
+    reason = exc.reason or str(exc)
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return (
+            f"the {peer} presented no TLS certificate and --tls-ca requires one: give it "
+            "--tls-cert and --tls-key"
+        )
+    if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+        return f"the {peer} requires a TLS certificate of this end: give it --tls-cert and --tls-key"
+    if "CERTIFICATE" in reason or reason == "TLSV1_ALERT_UNKNOWN_CA":
+        return f"the {peer} rejected this end's TLS certificate ({reason}; its message says why)"
+    return f"the TLS connection with the {peer} failed: {reason}"
+
+
+class _NotAHello(Exception):
+    """What an end without a key or TLS sends came where the peer's hello should."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+
+class _Opening(_hello.Opening):
+    """The opening of arraywire.connect/listen, which stops at a refusal, a
+    message or a TLS handshake in place of the peer's hello."""
+
+    __slots__ = ()
+
+    def received(self, data: bytes) -> None:
+        if self.part == "hello" and (
+            data.startswith((REFUSE, MESSAGE_MAGIC)) or data[:2] in _hello.TLS_RECORDS
+        ):
+            raise _NotAHello(data)
+        super().received(data)
+
+
+def _authenticate(
+    sock: socket.socket, key: bytes, connecting: bool, deadline: float, ends: Ends, wait: float
+) -> None:
+    """The connection opening with a key (docs/PROTOCOL.md, "Connections")."""
+    try:
+        _connection.run_opening(sock, _Opening(key, connecting=connecting), deadline)
+    except _NotAHello as exc:
+        data = exc.data
+        if data.startswith(REFUSE):
+            raise Failure(f"the {ends.peer} refused: {Incoming(sock, data).reply()[1]}") from None
+        _hang_up(sock)  # the peer reads this end's hello as what is wrong
+        if data.startswith(MESSAGE_MAGIC):  # only a sender sends messages
+            raise Failure(
+                "the sender has no key: it sent its array without the connection opening; "
+                f"give it the same key (--key-file or {KEY_FILE_VARIABLE})"
+            ) from None
+        raise Failure(
+            f"the {ends.peer} uses TLS and this end does not: give this end --tls-cert and "
+            "--tls-key too"
+        ) from None
+    except AuthenticationError as exc:
+        raise Failure(f"authentication with the {ends.peer} failed: {exc}") from None
+    except TimeoutError as exc:
+        raise Failure(
+            f"the {ends.peer} did not complete the connection opening within {wait:g} s: {exc}"
+        ) from None
+    except ConnectionResetError:
+        raise Failure(f"the {ends.peer} reset the connection during the opening") from None
+    except ProtocolError as exc:
+        raise Failure(f"the connection opening with the {ends.peer} failed: {exc}") from None
 
 
 @contextmanager

@@ -148,9 +148,13 @@ class Inbox:
     dimensions, order) is parsed here and taken whole, without the engine."""
 
     __slots__ = ("_buffer", "_end", "_last_dims", "_last_shape", "_layout", "_sock", "_start", "_view")
+    # The socket rule and the loop that receives a payload in place; the TLS
+    # core's subclass has its own.
+    _check = staticmethod(check_socket)
+    _move = staticmethod(_transfer)
 
     def __init__(self, sock: Any, capacity: int = READ_AHEAD_BYTES) -> None:
-        check_socket(sock)
+        self._check(sock)
         self._sock = sock
         self._buffer = bytearray(capacity)
         self._view = memoryview(self._buffer)
@@ -242,7 +246,7 @@ class Inbox:
         target[:available] = self._view[self._start : self._end]
         self._start = self._end = 0
         try:
-            _transfer(self._sock, [target[available:]], False, None)
+            self._move(self._sock, [target[available:]], False, None)
         except BaseException as exc:
             # counted from the message start, as the engine counts
             exc.bytes_done = header + available + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
@@ -256,9 +260,12 @@ class Outbox:
     writing each header from the learned one: one gather call, no planning."""
 
     __slots__ = ("_header", "_last_shape", "_layout", "_sock")
+    # The socket rule and the send loop; the TLS core's subclass has its own.
+    _check = staticmethod(check_socket)
+    _move = staticmethod(_transfer)
 
     def __init__(self, sock: Any) -> None:
-        check_socket(sock)
+        self._check(sock)
         self._sock = sock
         self._layout: _Layout | None = None
         self._last_shape: tuple[int, ...] | None = None
@@ -296,7 +303,7 @@ class Outbox:
         payload = self._payload(array)
         if payload is None:
             return None
-        return _transfer(self._sock, [memoryview(self._header), payload], True, None)
+        return self._move(self._sock, [memoryview(self._header), payload], True, None)
 
     def pack(self, array: Any, staging: bytearray) -> int:
         """Append the message of array to staging when its layout is the one
