@@ -240,6 +240,30 @@ def test_a_peer_gone_before_a_tls_message_is_a_clean_end(backend: Backend, tls) 
         peer.result()
 
 
+def test_over_tls_a_send_and_a_receive_take_turns(backend: Backend, tls) -> None:
+    """OpenSSL cannot read and write one connection from two threads: the
+    second transfer is refused, not run into a crash."""
+    server, client = tls
+    with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
+        release = threading.Event()
+
+        def later(channel: arraywire.Channel) -> None:
+            release.wait(LIMIT)
+            channel.send(np.arange(2))
+            np.testing.assert_array_equal(channel.recv(), np.arange(3))
+
+        peer = serve(listener, later)
+        with arraywire.connect(listener.address, ssl=client, timeout=LIMIT) as channel:
+            receiving = Peer(channel.recv)
+            time.sleep(0.2)  # the receive is waiting for the peer
+            with pytest.raises(RuntimeError, match="over TLS they take turns"):
+                channel.send(np.arange(3))
+            release.set()
+            np.testing.assert_array_equal(receiving.result(), np.arange(2))
+            channel.send(np.arange(3))
+        peer.result()
+
+
 def test_send_from_refuses_a_bare_ssl_socket(backend: Backend, tls) -> None:
     server, client = tls
     with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:

@@ -64,7 +64,8 @@ class Channel:
 
     Over an ``ssl.SSLSocket`` (what ``connect``/``listen`` with ``ssl=``
     make) every byte goes through Python's ssl module, with the same methods
-    and errors.
+    and errors, and a send and a receive take turns: OpenSSL cannot read and
+    write one connection from two threads at once.
 
     ``peer_reads`` is the newest message version the peer reads, from its
     hello (2 for a socket without one).
@@ -77,7 +78,10 @@ class Channel:
         self._outbox = core.Outbox(sock)
         self._sock = sock
         self._sending = threading.Lock()
-        self._receiving = threading.Lock()
+        # OpenSSL cannot read and write one connection from two threads at
+        # once: over TLS a send and a receive take turns.
+        self._tls = core is _tls
+        self._receiving = self._sending if self._tls else threading.Lock()
         self._broken: str | None = None
         self._peer_reads = peer_reads
 
@@ -99,7 +103,7 @@ class Channel:
         Refuses what ``send_array`` refuses, before the first byte."""
         # The claim is written out in the methods that small messages use.
         if not self._sending.acquire(False):
-            raise RuntimeError("another thread is in a send on this Channel")
+            raise self._busy("send")
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot send: {self._broken}")
@@ -183,7 +187,7 @@ class Channel:
         ``max_bytes`` as ``recv_array``; EOFError when the peer closed
         cleanly between messages)."""
         if not self._receiving.acquire(False):
-            raise RuntimeError("another thread is in a receive on this Channel")
+            raise self._busy("receive")
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
@@ -236,7 +240,7 @@ class Channel:
 
     def _next(self) -> ChannelItem:
         if not self._receiving.acquire(False):
-            raise RuntimeError("another thread is in a receive on this Channel")
+            raise self._busy("receive")
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
@@ -285,10 +289,19 @@ class Channel:
 
     def _claim(self, lock: threading.Lock, direction: str) -> None:
         if not lock.acquire(blocking=False):
-            raise RuntimeError(f"another thread is in a {direction} on this Channel")
+            raise self._busy(direction)
         if self._broken is not None:
             lock.release()
             raise BrokenStreamError(f"cannot {direction}: {self._broken}")
+
+    def _busy(self, direction: str) -> RuntimeError:
+        if self._tls:
+            return RuntimeError(
+                "another thread is in a send or receive on this Channel: over TLS they "
+                "take turns, since OpenSSL cannot read and write one connection from two "
+                "threads at once (arraywire.aio's TLS Channel can do both)"
+            )
+        return RuntimeError(f"another thread is in a {direction} on this Channel")
 
     def _break(self, what: str, exc: BaseException, transfer: Transfer | None = None) -> None:
         if self._broken is not None:
