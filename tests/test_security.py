@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import hmac
 import os
 import socket
@@ -97,8 +98,13 @@ def test_every_kind_of_message_round_trips(backend: Backend, tls, kind: str) -> 
             strided = np.arange(4000.0).reshape(40, 100)[:, ::3]
             channel.send(np.arange(10))
             np.testing.assert_array_equal(channel.recv_arrays()[0], np.arange(10))
-            channel.send(big)
-            np.testing.assert_array_equal(channel.recv(max_bytes=None), big)
+            sent: list[tuple[int, int]] = []
+            received: list[tuple[int, int]] = []
+            total = channel.send(big, progress=lambda done, of: sent.append((done, of)))
+            echoed = channel.recv(max_bytes=None, progress=lambda d, of: received.append((d, of)))
+            np.testing.assert_array_equal(echoed, big)
+            assert sent[-1] == received[-1] == (total, total)
+            assert all(a[0] <= b[0] for a, b in itertools.pairwise(received))
             channel.send(strided)
             np.testing.assert_array_equal(channel.recv(), strided)
             channel.send_arrays({"a": np.arange(3), "b": np.ones((2, 2), ">f4")})
