@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import hmac
+import itertools
 import os
 import socket
 import ssl
