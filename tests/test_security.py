@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import trustme
 from backends import Backend
+from hypothesis import given, settings, strategies as st
 from sockets import Peer
 
 import arraywire
@@ -590,3 +591,31 @@ def test_bad_options_are_refused_before_connecting(backend: Backend, tls) -> Non
         arraywire.connect(("127.0.0.1", 9), ssl=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="authkey must be bytes"):
         run(aio.connect(("127.0.0.1", 9), authkey=bytearray(b"k")))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hello=st.one_of(
+        st.binary(min_size=16, max_size=16),
+        st.builds(
+            lambda features, extra, nonce: _hello.encode(features, extra) + nonce,
+            st.integers(0, 0xFFFF), st.integers(0, 64), st.binary(min_size=32, max_size=32),
+        ),
+    ),
+    rest=st.binary(max_size=80),
+    connecting=st.booleans(),
+)
+def test_any_bytes_in_an_opening_end_in_a_named_error_or_a_peer(
+    hello: bytes, rest: bytes, connecting: bool
+) -> None:
+    """Hostile openings: ProtocolError or AuthenticationError, never anything else,
+    and never a finished opening without the key's proof."""
+    opening = _hello.Opening(KEY, connecting=connecting)
+    data = hello + rest
+    try:
+        while opening.wanted and len(data) >= opening.wanted:
+            part, data = data[: opening.wanted], data[opening.wanted :]
+            opening.received(part)
+    except (ProtocolError, AuthenticationError):
+        return
+    assert opening.wanted, "an opening finished without a valid proof"
