@@ -41,11 +41,19 @@ def _reap_children() -> Iterator[None]:
         proc.communicate()
 
 
+def cli_env(backend: Backend, extra: dict[str, str] | None) -> dict[str, str]:
+    """The child's environment: the backend's, with no key file but one a test names."""
+    env = backend_env(backend.name)
+    env.pop("ARRAYWIRE_KEY_FILE", None)
+    env.update(extra or {})
+    return env
+
+
 class Cli:
     """One `python -m arraywire ...` child process."""
 
     def __init__(self, backend: Backend, *args: str, limit_data: int | None = None,
-                 limit_file: int | None = None) -> None:
+                 limit_file: int | None = None, env: dict[str, str] | None = None) -> None:
         def limits() -> None:
             if limit_data is not None:
                 resource.setrlimit(resource.RLIMIT_DATA, (limit_data, limit_data))
@@ -54,7 +62,7 @@ class Cli:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "arraywire", *args],
-            env=backend_env(backend.name), stdin=subprocess.DEVNULL,
+            env=cli_env(backend, env), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             preexec_fn=limits if limit_data or limit_file else None,
         )

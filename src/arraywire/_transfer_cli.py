@@ -55,7 +55,7 @@ ACK = b"AWOK"
 REFUSE = b"AWNO"
 REASON_LENGTH = struct.Struct("<I")
 MAX_REASON = 4096
-# How long a refusing receiver takes in what the sender still sends.
+# How long an end that refuses takes in what the peer still sends.
 DISCARD_SECONDS = 10.0
 KEY_FILE_VARIABLE = "ARRAYWIRE_KEY_FILE"
 # A key is a short secret: a larger file was named by mistake.
@@ -199,14 +199,14 @@ def _send(args: argparse.Namespace) -> str:
     host, port = parse_address(args.address, need_host=not args.listen)
     plan = plan_send([array])
     with _connected(args, host, port, args.listen, ENDS["send"]) as sock:
-        incoming = Incoming(sock)
+        incoming = _Incoming(sock)
         with _bar(args, plan.total, f"send {os.path.basename(args.file)}") as progress:
             reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
             try:
                 _framing.write_plan(plan, sock, reporter, _core(sock))
-            # A TLS send to a closed peer raises SSLEOFError; the reason (an
-            # alert, a refusal) may still wait to be read.
             except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
+                # A TLS send to a closed peer raises SSLEOFError; why it closed
+                # (an alert, a refusal) may still wait to be read.
                 plan.fail(exc)  # counts the bytes from the message's start
                 raise _reply_failure(incoming.reply()) or Failure(
                     f"the receiver closed the connection after {_moved(exc):,} of "
@@ -263,7 +263,7 @@ class _ReplyWaiting(Exception):
     """The receiver answered before the array was sent: it refused it."""
 
 
-def _stop_on_reply(incoming: Incoming, progress: Progress) -> Progress:
+def _stop_on_reply(incoming: _Incoming, progress: Progress) -> Progress:
     """progress, which also stops the send once the receiver has answered."""
 
     def report(done: int, total: int) -> None:
@@ -274,7 +274,7 @@ def _stop_on_reply(incoming: Incoming, progress: Progress) -> Progress:
     return report
 
 
-class Incoming:
+class _Incoming:
     """What the peer sends outside messages (a reply, a refusal), read exactly."""
 
     def __init__(self, sock: socket.socket, early: bytes = b"") -> None:
@@ -287,7 +287,7 @@ class Incoming:
         sock = self.sock
         if self.early or self.ended:
             return True
-        if True:
+        if not isinstance(sock, ssl.SSLSocket):
             return bool(select.select([sock], [], [], 0)[0])
         # select cannot see decrypted bytes waiting in pending(), and sees TLS
         # records that carry none (the session tickets of a TLS 1.3 server).
@@ -754,7 +754,7 @@ def _authenticate(
     except _NotAHello as exc:
         data = exc.data
         if data.startswith(REFUSE):
-            raise Failure(f"the {ends.peer} refused: {Incoming(sock, data).reply()[1]}") from None
+            raise Failure(f"the {ends.peer} refused: {_Incoming(sock, data).reply()[1]}") from None
         _hang_up(sock)  # the peer reads this end's hello as what is wrong
         if data.startswith(MESSAGE_MAGIC):  # only a sender sends messages
             raise Failure(
