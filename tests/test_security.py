@@ -11,6 +11,8 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 import trustme
-from backends import Backend
+from backends import Backend, backend_env
 from hypothesis import given, settings, strategies as st
 from sockets import Peer
 
@@ -619,3 +621,63 @@ def test_any_bytes_in_an_opening_end_in_a_named_error_or_a_peer(
     except (ProtocolError, AuthenticationError):
         return
     assert opening.wanted, "an opening finished without a valid proof"
+
+
+SIGPIPE_AT_DEFAULT = """
+import asyncio, signal, ssl, threading, time
+import numpy as np, trustme
+import arraywire
+from arraywire import aio
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+ca = trustme.CA()
+server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ca.issue_cert("127.0.0.1").configure_cert(server)
+client = ssl.create_default_context()
+ca.configure_trust(client)
+
+def report(exc):
+    print(type(exc).__name__, exc.bytes_done > 0)
+
+if "{driver}" == "blocking":
+    with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
+        closer = threading.Thread(target=lambda: listener.accept().close())
+        closer.start()
+        channel = arraywire.connect(listener.address, ssl=client)
+        closer.join()
+        time.sleep(0.2)
+        try:
+            for _ in range(20):
+                channel.send(np.zeros(100_000))
+                time.sleep(0.05)
+        except OSError as exc:
+            report(exc)
+else:
+    async def main():
+        async with await aio.listen(("127.0.0.1", 0), ssl=server) as listener:
+            connecting = asyncio.ensure_future(aio.connect(listener.address, ssl=client))
+            (await listener.accept()).close()
+            channel = await connecting
+            await asyncio.sleep(0.2)
+            try:
+                for _ in range(20):
+                    await channel.send(np.zeros(100_000))
+                    await asyncio.sleep(0.05)
+            except OSError as exc:
+                report(exc)
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("driver", ["blocking", "aio"])
+def test_a_tls_send_to_a_closed_peer_raises_where_sigpipe_would_kill(
+    backend: Backend, driver: str
+) -> None:
+    """OpenSSL writes with write(): the TLS core keeps SIGPIPE from killing a
+    process that restored its default action, as MSG_NOSIGNAL does in the twins."""
+    child = subprocess.run(
+        [sys.executable, "-c", SIGPIPE_AT_DEFAULT.replace("{driver}", driver)],
+        env=backend_env(backend.name), capture_output=True, text=True, timeout=LIMIT,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr)
+    assert child.stdout.split() == ["BrokenPipeError", "True"]

@@ -4,7 +4,8 @@ engine decides what they mean.
 
 asyncio cannot hand an ``ssl.SSLSocket`` to its ``sock_*`` methods, so this
 driver encrypts and decrypts in the event loop's thread and moves the
-records with ``loop.sock_sendall`` and ``loop.sock_recv_into``. A send
+records with non-blocking ``send`` (MSG_NOSIGNAL, as the twins) and
+``loop.sock_recv_into``. A send
 returns once its last record is with the kernel, as the plain Channel's
 does; received records are decrypted straight into the message's arrays.
 """
@@ -21,7 +22,7 @@ from arraywire._aio_channel import Channel
 from arraywire._common import DIRECT_BYTES, READ_AHEAD_BYTES
 from arraywire._engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
-from arraywire._step import byte_view
+from arraywire._step import SEND_FLAGS, byte_view
 from arraywire._transport_py import Outbox
 
 # Plaintext encrypted per step of a send: the records of one step are in
@@ -70,9 +71,26 @@ class TLSSession:
     async def flush(self) -> None:
         """Send every record the SSLObject has made."""
         async with self._flushing:
-            data = self._outgoing.read()
-            if data:
-                await self._loop.sock_sendall(self.sock, data)
+            view = memoryview(self._outgoing.read())
+            while view:
+                try:
+                    view = view[self.sock.send(view, SEND_FLAGS) :]
+                except BlockingIOError:
+                    await self._writable()
+
+    async def _writable(self) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+        fd = self.sock.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_writer(fd, wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_writer(fd)
 
     async def _receive_records(self) -> None:
         view = memoryview(self._records)

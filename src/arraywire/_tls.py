@@ -13,12 +13,14 @@ the peer closes mid-transfer, the socket's timeout for each wait.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from arraywire import _transport_py
@@ -97,10 +99,43 @@ def joined(views: list[memoryview]) -> list[memoryview]:
     return result
 
 
+@contextlib.contextmanager
+def sigpipe_blocked() -> Iterator[None]:
+    """OpenSSL writes with write(), which cannot pass MSG_NOSIGNAL: where
+    SIGPIPE's default action (death) was restored, block it for the send so
+    that a closed peer gives BrokenPipeError as in the twins, and discard the
+    signal the send raised."""
+    if signal.getsignal(signal.SIGPIPE) is not signal.SIG_DFL:
+        yield  # ignored (Python's default) or handled: nothing to guard
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        yield
+    finally:
+        if signal.SIGPIPE not in before:
+            signal.sigtimedwait({signal.SIGPIPE}, 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def transfer(
     sock: ssl.SSLSocket, views: list[memoryview], sending: bool, progress: Progress | None
 ) -> int:
     """Move every byte of views; the loop of the twins, one buffer per call."""
+    if not sending:
+        return _move(sock, views, sending, progress)
+    with sigpipe_blocked():
+        try:
+            return _move(sock, views, sending, progress)
+        except ssl.SSLEOFError as exc:
+            # OpenSSL's word for EPIPE on a write: the twins' error, with the count
+            closed = BrokenPipeError(errno.EPIPE, "the peer closed the connection")
+            closed.bytes_done = exc.bytes_done  # type: ignore[attr-defined]
+            raise closed from exc
+
+
+def _move(
+    sock: ssl.SSLSocket, views: list[memoryview], sending: bool, progress: Progress | None
+) -> int:
     total = sum(map(len, views))
     chunk = MAX_CHUNK if progress is None else PROGRESS_CHUNK
     next_report = time.monotonic() + PROGRESS_INTERVAL
