@@ -240,6 +240,46 @@ def test_aio_tls_connection_cut_mid_message_counts_the_bytes(backend: Backend, t
     run(main())
 
 
+def test_a_tls_send_that_times_out_closes_the_channel(backend: Backend, tls) -> None:
+    """A TLS write cut short may leave part of a record with the peer: the
+    Channel is closed, whatever the count says."""
+    server, client = tls
+    with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
+        release = threading.Event()
+        peer = serve(listener, lambda channel: release.wait(LIMIT))
+        with arraywire.connect(listener.address, ssl=client, timeout=LIMIT) as channel:
+            channel.socket.settimeout(0.3)
+            with pytest.raises(TimeoutError) as caught:
+                channel.send(np.zeros(64_000_000, np.uint8))  # nobody reads
+            assert 0 < caught.value.bytes_done < 64_000_000
+            with pytest.raises(arraywire.BrokenStreamError, match="TimeoutError"):
+                channel.send(np.arange(1))
+            release.set()
+        peer.result()
+
+
+def test_aio_a_cancelled_tls_send_breaks_the_channel(backend: Backend, tls) -> None:
+    server, client = tls
+
+    async def main() -> None:
+        async with await aio.listen(("127.0.0.1", 0), ssl=server) as listener:
+            connecting = asyncio.ensure_future(
+                aio.connect(listener.address, ssl=client, timeout=LIMIT)
+            )
+            async with await listener.accept() as idle, await connecting as channel:
+                sending = asyncio.ensure_future(channel.send(np.zeros(64_000_000, np.uint8)))
+                await asyncio.sleep(0.3)  # the peer reads nothing: the send waits
+                sending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await sending
+                with pytest.raises(arraywire.BrokenStreamError, match="cancelled"):
+                    await channel.send(np.arange(1))
+                with pytest.raises(IncompleteTransferError):
+                    await idle.recv(max_bytes=None)  # the peer sees the message cut
+
+    run(main())
+
+
 def test_a_peer_gone_before_a_tls_message_is_a_clean_end(backend: Backend, tls) -> None:
     server, client = tls
     with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
@@ -389,15 +429,15 @@ def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backen
 
     def client() -> None:
         with socket.create_connection(listener.address, timeout=LIMIT) as sock:
-            nonce = os.urandom(32)
-            sock.sendall(hello + nonce)
-            reply = _receive(sock, 16 + 32)
-            assert reply[:16] == hello
-            theirs = reply[16:]
-            mine = b"arraywire auth v1: connecting end" + theirs + nonce
-            sock.sendall(hmac.new(KEY, mine, "sha256").digest())
-            expected = b"arraywire auth v1: listening end" + nonce + theirs
-            assert _receive(sock, 33) == b"\x01" + hmac.new(KEY, expected, "sha256").digest()
+            mine = hello + os.urandom(32)
+            sock.sendall(mine)
+            theirs = _receive(sock, 16 + 32)
+            assert theirs[:16] == hello
+            both = mine + theirs
+            proof = hmac.new(KEY, b"arraywire auth v1: connecting end" + both, "sha256")
+            sock.sendall(proof.digest())
+            expected = hmac.new(KEY, b"arraywire auth v1: listening end" + both, "sha256")
+            assert _receive(sock, 33) == b"\x01" + expected.digest()
             arraywire.send_array(np.arange(3), sock)
 
     with arraywire.listen(("127.0.0.1", 0), authkey=KEY) as listener:

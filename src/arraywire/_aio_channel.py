@@ -190,6 +190,10 @@ class Channel:
         self.close()
 
 
+# Failed authentications waiting for accept() to raise them, at most.
+MAX_QUEUED_FAILURES = 16
+
+
 class _SocketPipe:
     """The bytes of an opening over a plain non-blocking socket."""
 
@@ -382,6 +386,7 @@ class Listener:
         self._ssl = ssl
         self._ready: asyncio.Queue[Channel | BaseException] = asyncio.Queue()
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._failures = 0  # AuthenticationErrors waiting in _ready
         self._acceptor = asyncio.get_running_loop().create_task(self._accept_all())
 
     @property
@@ -394,10 +399,13 @@ class Listener:
         return self._sock.fileno()
 
     async def accept(self) -> Channel:
-        """The next connection whose hello arrived, as an aio Channel."""
+        """The next connection whose opening is done, as an aio Channel;
+        AuthenticationError for a peer whose key did not match."""
         if self._sock.fileno() == -1:
             raise closed_listener()
         item = await self._ready.get()
+        if isinstance(item, AuthenticationError):
+            self._failures -= 1
         if isinstance(item, BaseException):
             raise item
         return item
@@ -425,7 +433,10 @@ class Listener:
             channel = await _timed(self._open(conn), self._handshake_timeout, "opening")
         except AuthenticationError as exc:
             conn.close()
-            self._ready.put_nowait(exc)
+            # for accept() to raise; a flood of failed peers keeps a few
+            if self._failures < MAX_QUEUED_FAILURES:
+                self._failures += 1
+                self._ready.put_nowait(exc)
             return
         except (OSError, ProtocolError):
             conn.close()

@@ -50,8 +50,10 @@ class TLSSession:
             self._incoming, self._outgoing, server_side=server_side,
             server_hostname=server_hostname,
         )
-        # Records leave in the order the SSLObject made them: one flush at a time.
+        # Records leave in the order the SSLObject made them: one flush at a
+        # time, and what a cancelled flush left unsent goes first next time.
         self._flushing = asyncio.Lock()
+        self._unsent = bytearray()
         self._records = bytearray(READ_AHEAD_BYTES)
 
     async def handshake(self) -> None:
@@ -62,7 +64,6 @@ class TLSSession:
                     self.ssl_object.do_handshake()
                     break
                 except ssl.SSLWantReadError:
-                    await self.flush()
                     await self._receive_records()
         finally:
             with contextlib.suppress(OSError):
@@ -71,12 +72,14 @@ class TLSSession:
     async def flush(self) -> None:
         """Send every record the SSLObject has made."""
         async with self._flushing:
-            view = memoryview(self._outgoing.read())
-            while view:
+            self._unsent += self._outgoing.read()
+            while self._unsent:
                 try:
-                    view = view[self.sock.send(view, SEND_FLAGS) :]
+                    sent = self.sock.send(self._unsent, SEND_FLAGS)
                 except BlockingIOError:
                     await self._writable()
+                    continue
+                del self._unsent[:sent]
 
     async def _writable(self) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
@@ -93,6 +96,8 @@ class TLSSession:
             self._loop.remove_writer(fd)
 
     async def _receive_records(self) -> None:
+        if self._outgoing.pending or self._unsent:  # what the session owes the peer first
+            await self.flush()
         view = memoryview(self._records)
         count = await self._loop.sock_recv_into(self.sock, view)
         if count:
@@ -100,11 +105,15 @@ class TLSSession:
         else:
             self._incoming.write_eof()
 
-    async def write(self, data: Any) -> None:
-        """Encrypt data and send it; returns once it is with the kernel."""
+    def encrypt(self, data: Any) -> None:
+        """Make data's records; ``flush`` sends them."""
         view = memoryview(data)
         while view:
             view = view[self.ssl_object.write(view) :]
+
+    async def write(self, data: Any) -> None:
+        """Encrypt data and send it; returns once it is with the kernel."""
+        self.encrypt(data)
         await self.flush()
 
     async def read_into(self, view: memoryview) -> int:
@@ -112,22 +121,18 @@ class TLSSession:
         buffered; return the count, 0 at the end of the stream."""
         while True:
             try:
-                count = cast(int, self.ssl_object.read(len(view), view))  # into view: a count
+                return cast(int, self.ssl_object.read(len(view), view))  # into view: a count
             except ssl.SSLWantReadError:
                 await self._receive_records()
-                continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
-            if self._outgoing.pending:  # a reply the session owes the peer
-                await self.flush()
-            return count
 
     def close(self) -> None:
         """Say goodbye with close_notify when the socket takes it at once, and close."""
         with contextlib.suppress(ssl.SSLError, OSError):
             self.ssl_object.unwrap()
         with contextlib.suppress(OSError):
-            self.sock.send(self._outgoing.read())
+            self.sock.send(self._unsent + self._outgoing.read(), SEND_FLAGS)
         self.sock.close()
 
 
@@ -218,8 +223,10 @@ class TLSChannel(Channel):
                     view = byte_view(buffer, writable=False)
                     for start in range(0, len(view), WRITE_BYTES):
                         piece = view[start : start + WRITE_BYTES]
-                        await session.write(piece)
+                        session.encrypt(piece)
+                        # in the TLS stream now: a flush cut short leaves the message cut
                         plan.moved(len(piece))
+                        await session.flush()
                         if plan.reporter is not None:
                             plan.reporter.report(plan.offset)
         except BaseException as exc:
@@ -229,10 +236,13 @@ class TLSChannel(Channel):
 
     async def _write_bytes(self, data: bytearray) -> int:
         self._check("send_many")
+        transfer = Transfer(len(data))
+        self._session.encrypt(data)
+        transfer.moved(len(data))
         try:
-            await self._session.write(data)
+            await self._session.flush()
         except BaseException as exc:
-            self._fail("send_many", Transfer(len(data)), exc)
+            self._fail("send_many", transfer, exc)
             raise
         return len(data)
 

@@ -117,7 +117,7 @@ class Channel:
                 learn_layout(self._outbox, array, plan)
             return plan.complete()
         except BaseException as exc:
-            if getattr(exc, "bytes_done", None):  # a part of the message went out
+            if self._cut_short(exc):
                 self._break("send", exc)
             raise
         finally:
@@ -156,9 +156,9 @@ class Channel:
                     self._write(piece[1], "send_many")
                     sent += piece[1].total
         except BaseException as exc:
-            partial = getattr(exc, "bytes_done", None) or 0
-            exc.bytes_done = sent + partial  # type: ignore[attr-defined]
-            if partial:
+            cut_short = self._cut_short(exc)
+            exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            if cut_short:
                 self._break("send_many", exc)
             raise
         finally:
@@ -170,9 +170,16 @@ class Channel:
         try:
             write_plan(plan, self._sock, plan.reporter, self._core)
         except BaseException as exc:
-            if plan.fail(exc):
+            if plan.fail(exc) or self._tls:  # over TLS, any failed write (see _cut_short)
                 self._break(what, exc, plan)
             raise
+
+    def _cut_short(self, exc: BaseException) -> bool:
+        """Whether a failed send left the peer a part of a message. Over TLS
+        any failed write does: OpenSSL may have sent part of a record, and a
+        write cut short counts none of its bytes."""
+        done = getattr(exc, "bytes_done", None)
+        return bool(done) or (self._tls and done is not None)
 
     # --- receiving ----------------------------------------------------------------
 

@@ -24,11 +24,12 @@ from typing import Any, TypeAlias
 from arraywire import _hello
 from arraywire._channel import Channel
 from arraywire._errors import AuthenticationError, ProtocolError
+from arraywire._tls import sigpipe_blocked
 
 Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
 
 DEFAULT_BACKLOG = 128
-# A Listener drops a peer whose hello has not come this long after accept()
+# A Listener drops a peer whose opening is not done this long after accept()
 # took its connection.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # connect(timeout=...) tries again this often while the address refuses.
@@ -85,8 +86,9 @@ def listen(
     A peer whose opening (TLS handshake, hello, authentication) has not
     completed handshake_timeout seconds after it was accepted is dropped; it
     never holds up the others. With ``authkey`` only peers that hold the same
-    key are accepted (``accept()`` raises AuthenticationError for one that
-    does not, and the Listener goes on); with ``ssl`` (a server-side
+    key are accepted; ``accept()`` raises AuthenticationError for a peer
+    whose key differs or is missing (and, without ``authkey``, for a peer
+    that has one), and the Listener goes on. With ``ssl`` (a server-side
     ``ssl.SSLContext``) every connection is TLS.
     """
     check_options(authkey, ssl)
@@ -96,7 +98,7 @@ def listen(
 
 def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
     """Refuse a key or TLS context of the wrong kind before any connection."""
-    _hello.Opening(authkey, connecting=True)  # checks the key
+    _hello.check_key(authkey)
     if ssl is not None and not isinstance(ssl, SSLContext):
         raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
 
@@ -198,7 +200,8 @@ def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | 
             data = opening.outgoing()
             if data:
                 sock.settimeout(remaining(deadline))
-                sock.sendall(data)
+                with sigpipe_blocked():
+                    sock.sendall(data)
             if not opening.wanted:
                 assert opening.peer is not None
                 return opening.peer
@@ -206,7 +209,7 @@ def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | 
     except AuthenticationError:
         refusal = opening.outgoing()  # tell the peer before closing
         if refusal:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), sigpipe_blocked():
                 sock.sendall(refusal)
         raise
 
@@ -263,15 +266,24 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
 class _Pending:
     """An accepted connection whose opening is still going on."""
 
-    __slots__ = ("data", "deadline", "filled", "handshaking", "opening", "sock")
+    __slots__ = ("data", "deadline", "filled", "handshaking", "opening", "sock", "unsent")
 
     def __init__(self, sock: socket.socket, deadline: float, opening: _hello.Opening) -> None:
         self.sock = sock
         self.deadline = deadline
         self.opening = opening
         self.handshaking = isinstance(sock, SSLSocket)  # the TLS handshake comes first
-        self.data = bytearray(64)  # the largest part of an opening is 33 bytes
+        self.data = bytearray(64)  # the largest part of an opening read at once is 33 bytes
         self.filled = 0
+        self.unsent = b""
+
+    def send(self) -> None:
+        """Send what the opening has to say; BlockingIOError (or SSLWantWriteError)
+        keeps the rest for later."""
+        self.unsent += self.opening.outgoing()
+        while self.unsent:
+            with sigpipe_blocked():
+                self.unsent = self.unsent[self.sock.send(self.unsent) :]
 
 
 class Listener:
@@ -358,13 +370,13 @@ class Listener:
                         conn, server_side=True, do_handshake_on_connect=False
                     )
                 pending = _Pending(conn, deadline, _hello.Opening(self._authkey, connecting=False))
-                if not pending.handshaking:
-                    conn.send(pending.opening.outgoing())  # 16 or 48 bytes into an empty buffer
             except OSError:
                 conn.close()
                 continue
             self._pending[conn] = pending
-            self._selector.register(conn, selectors.EVENT_READ)
+            # plain: the hello goes out once the socket is writable, at once
+            events = selectors.EVENT_READ if pending.handshaking else selectors.EVENT_WRITE
+            self._selector.register(conn, events)
 
     def _advance(self, pending: _Pending) -> Channel | None:
         sock = pending.sock
@@ -374,10 +386,7 @@ class Listener:
                 sock.do_handshake()  # type: ignore[attr-defined]
                 pending.handshaking = False
             while True:
-                data = opening.outgoing()
-                # A few dozen bytes on a connection that has sent nothing else.
-                if data and sock.send(data) != len(data):
-                    raise ConnectionError("the opening did not fit the send buffer")
+                pending.send()
                 wanted = opening.wanted
                 if not wanted:
                     break
@@ -388,16 +397,16 @@ class Listener:
                 if pending.filled == wanted:
                     pending.filled = 0
                     opening.received(bytes(pending.data[:wanted]))
-        except SSLWantWriteError:
-            self._selector.modify(sock, selectors.EVENT_WRITE)
-            return None
-        except (BlockingIOError, InterruptedError, SSLWantReadError):
-            self._selector.modify(sock, selectors.EVENT_READ)
+        except (BlockingIOError, InterruptedError, SSLWantReadError, SSLWantWriteError) as exc:
+            # wait for what the step that could not go on needs
+            writing = isinstance(exc, SSLWantWriteError) or (
+                bool(pending.unsent) and not isinstance(exc, SSLWantReadError)
+            )
+            self._selector.modify(sock, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
             return None
         except AuthenticationError:
-            refusal = opening.outgoing()  # the verdict the peer waits for
             with contextlib.suppress(OSError):
-                sock.send(refusal)
+                pending.send()  # the verdict the peer waits for
             self._drop(sock)
             raise
         except (OSError, ProtocolError):

@@ -9,7 +9,7 @@ connection adds; an end that does not know a requested feature refuses it.
 
 With a key (feature ``AUTH``) each hello carries a fresh random nonce. The
 connecting end then proves it holds the key with an HMAC-SHA256 over both
-nonces; the listening end checks it and answers with its verdict and its own
+hellos and their nonces; the listening end checks it and answers with its verdict and its own
 proof, so neither end sees a message before both are authenticated, and a
 recorded exchange is worth nothing against a fresh nonce.
 """
@@ -60,7 +60,6 @@ class Hello(NamedTuple):
     version: int
     reads_messages: int
     features: int
-    feature_data: int
 
 
 def encode(features: int = 0, feature_data: int = 0) -> bytes:
@@ -105,11 +104,23 @@ def decode(data: bytes) -> Hello:
             f"data and, in version {VERSION}, a zero reserved field; got {extra} bytes "
             f"of feature data, reserved {reserved:#x}"
         )
-    return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features, extra)
+    return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features)
 
 
-def proof(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
-    return hmac.new(key, label + first + second, hashlib.sha256).digest()
+def proof(key: bytes, label: bytes, connecting_hello: bytes, listening_hello: bytes) -> bytes:
+    """An end's proof: its role's label and both hellos, nonces included, so
+    a feature bit cannot be stripped from a hello unnoticed."""
+    return hmac.new(key, label + connecting_hello + listening_hello, hashlib.sha256).digest()
+
+
+def check_key(authkey: bytes | None) -> None:
+    """Refuse a key that is not non-empty bytes."""
+    if authkey is None:
+        return
+    if not isinstance(authkey, bytes):
+        raise TypeError(f"authkey must be bytes, got {type(authkey).__name__}")
+    if not authkey:
+        raise ValueError("authkey is empty: a key of 32 random bytes is usual")
 
 
 class Opening:
@@ -123,20 +134,17 @@ class Opening:
     peer should read) before it closes the connection.
     """
 
-    __slots__ = ("_connecting", "_key", "_nonce", "_outgoing", "_peer_nonce", "_step", "peer", "wanted")
+    __slots__ = ("_connecting", "_key", "_mine", "_outgoing", "_peer_hello", "_step", "peer", "wanted")
 
     def __init__(self, authkey: bytes | None, *, connecting: bool) -> None:
-        if authkey is not None:
-            if not isinstance(authkey, bytes):
-                raise TypeError(f"authkey must be bytes, got {type(authkey).__name__}")
-            if not authkey:
-                raise ValueError("authkey is empty: a key of 32 random bytes is usual")
+        check_key(authkey)
         self._key = authkey
         self._connecting = connecting
-        self._nonce = b"" if authkey is None else os.urandom(NONCE_BYTES)
-        features = 0 if authkey is None else AUTH
-        self._outgoing = encode(features, len(self._nonce)) + self._nonce
-        self._peer_nonce = b""
+        nonce = b"" if authkey is None else os.urandom(NONCE_BYTES)
+        # this end's hello with its nonce, as the proofs cover it
+        self._mine = encode(0 if authkey is None else AUTH, len(nonce)) + nonce
+        self._outgoing = self._mine
+        self._peer_hello = b""
         self._step = "hello"
         self.peer: Hello | None = None
         self.wanted = SIZE
@@ -155,11 +163,12 @@ class Opening:
         """The peer's next ``wanted`` bytes."""
         step = self._step
         if step == "hello":
+            self._peer_hello = data
             self._take_hello(decode(data))
         elif step == "nonce":
-            self._peer_nonce = data
+            self._peer_hello += data
             if self._connecting:
-                self._outgoing += proof(self._key, CONNECTING_LABEL, data, self._nonce)  # type: ignore[arg-type]
+                self._outgoing += self._proof(CONNECTING_LABEL)
                 self._expect("verdict", VERDICT_BYTES)
             else:
                 self._expect("proof", PROOF_BYTES)
@@ -167,6 +176,12 @@ class Opening:
             self._check_proof(data)
         else:
             self._check_verdict(data)
+
+    def _proof(self, label: bytes) -> bytes:
+        assert self._key is not None
+        if self._connecting:
+            return proof(self._key, label, self._mine, self._peer_hello)
+        return proof(self._key, label, self._peer_hello, self._mine)
 
     def _expect(self, step: str, size: int) -> None:
         self._step = step
@@ -191,21 +206,16 @@ class Opening:
             self._expect("done", 0)
 
     def _check_proof(self, data: bytes) -> None:
-        key = self._key
-        assert key is not None
-        expected = proof(key, CONNECTING_LABEL, self._nonce, self._peer_nonce)
-        if not hmac.compare_digest(data, expected):
+        if not hmac.compare_digest(data, self._proof(CONNECTING_LABEL)):
             self._outgoing += REFUSED + bytes(PROOF_BYTES)
             self._expect("done", 0)
             raise AuthenticationError(
                 "the connecting peer's key differs from this end's key: connection refused"
             )
-        self._outgoing += ACCEPTED + proof(key, LISTENING_LABEL, self._peer_nonce, self._nonce)
+        self._outgoing += ACCEPTED + self._proof(LISTENING_LABEL)
         self._expect("done", 0)
 
     def _check_verdict(self, data: bytes) -> None:
-        key = self._key
-        assert key is not None
         self._expect("done", 0)
         verdict = data[:1]
         if verdict == REFUSED:
@@ -214,8 +224,7 @@ class Opening:
             )
         if verdict != ACCEPTED:
             raise ProtocolError(f"authentication verdict {verdict!r} is neither accepted nor refused")
-        expected = proof(key, LISTENING_LABEL, self._nonce, self._peer_nonce)
-        if not hmac.compare_digest(data[1:], expected):
+        if not hmac.compare_digest(data[1:], self._proof(LISTENING_LABEL)):
             raise AuthenticationError(
                 "the listening peer's proof does not match this end's key: it is not "
                 "the peer that holds the key"

@@ -39,6 +39,7 @@ BACKEND = "tls"
 # (a TLS record carries up to 16 KiB); JOIN_BYTES bounds one joined send.
 SMALL_BYTES = 16 << 10
 JOIN_BYTES = 64 << 10
+SEND_BYTES = 1 << 20
 
 
 def check_tls_socket(sock: Any) -> tuple[int, float | None]:
@@ -137,7 +138,9 @@ def _move(
     sock: ssl.SSLSocket, views: list[memoryview], sending: bool, progress: Progress | None
 ) -> int:
     total = sum(map(len, views))
-    chunk = MAX_CHUNK if progress is None else PROGRESS_CHUNK
+    # The ssl module bounds a whole write by the socket's timeout, and a write
+    # cut short counts none of its bytes: a send call takes one step at most.
+    chunk = SEND_BYTES if sending else MAX_CHUNK if progress is None else PROGRESS_CHUNK
     next_report = time.monotonic() + PROGRESS_INTERVAL
     done = 0
     # Counts land here from C code (list.extend over map) before a signal

@@ -33,7 +33,7 @@ from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 
 from arraywire import _dask_frames, _transport, aio
 from arraywire._aio_tls import TLSChannel
-from arraywire._errors import ProtocolError
+from arraywire._errors import AuthenticationError, ProtocolError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -299,6 +299,9 @@ class ArraywireListener(BaseListener):
         while True:
             try:
                 channel = await listener.accept()
+            except AuthenticationError as exc:  # a peer with a key: aw:// has none
+                logger.warning("aw:// listener on %s: %s", self.listen_address, exc)
+                continue
             except OSError as exc:
                 if listener.fileno() == -1:  # stopped
                     return
