@@ -22,7 +22,6 @@ from arraywire._common import Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
-    NOT_TLS,
     RETRY_INTERVAL,
     Address,
     bound_address,
@@ -30,6 +29,7 @@ from arraywire._connection import (
     closed_in_opening,
     closed_listener,
     family_of,
+    not_tls,
     reset_in_opening,
     server_socket,
     tune,
@@ -266,12 +266,10 @@ async def _secure(
     try:
         await session.handshake()
     except SSLError as exc:
-        if exc.reason in NOT_TLS:
-            raise ProtocolError(
-                f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
-                "give the Listener ssl= too, or connect without it"
-            ) from exc
-        raise
+        plain = not_tls(exc)
+        if plain is None:
+            raise
+        raise plain from exc
     except ConnectionResetError:
         raise reset_in_opening() from None
     return session

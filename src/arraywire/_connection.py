@@ -185,12 +185,21 @@ def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None
     try:
         return context.wrap_socket(sock, server_hostname=server_hostname)
     except SSLError as exc:
-        if exc.reason in NOT_TLS:
-            raise ProtocolError(
-                f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
-                "give the Listener ssl= too, or connect without it"
-            ) from exc
-        raise
+        plain = not_tls(exc)
+        if plain is None:
+            raise
+        raise plain from exc
+
+
+def not_tls(exc: SSLError) -> ProtocolError | None:
+    """The error to raise for a failed TLS handshake whose peer does not
+    speak TLS at all (None for any other failure)."""
+    if exc.reason not in NOT_TLS:
+        return None
+    return ProtocolError(
+        f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
+        "give the Listener ssl= too, or connect without it"
+    )
 
 
 def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | None) -> _hello.Hello:
