@@ -503,12 +503,14 @@ def _remove(path: str) -> None:
 def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], str]) -> int:
     # SIGTERM unwinds like Ctrl-C, so a partial output file is removed.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGALRM, _terminate)
     started = time.monotonic()
     try:
         summary = body(args)
     except Failure as exc:
         return _fail(command, str(exc))
     except KeyboardInterrupt:
+        _stop_terminating()
         return _fail(command, "interrupted", 130)
     except TimeoutError:
         return _fail(command, f"nothing moved for {args.timeout:g} s; gave up")
@@ -523,7 +525,16 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:
+    # A handler can run where an exception is swallowed (a weakref callback,
+    # say): raise again every 0.2 s until the unwinding has begun.
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     raise KeyboardInterrupt
+
+
+def _stop_terminating() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
 def _fail(command: str, message: str, status: int = 1) -> int:
