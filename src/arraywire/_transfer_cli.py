@@ -504,14 +504,20 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
     # SIGTERM unwinds like Ctrl-C, so a partial output file is removed.
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGALRM, _terminate)
+    try:
+        return _run(command, args, body)
+    except KeyboardInterrupt:
+        return _fail(command, "interrupted", 130)
+    finally:
+        _stop_terminating()
+
+
+def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], str]) -> int:
     started = time.monotonic()
     try:
         summary = body(args)
     except Failure as exc:
         return _fail(command, str(exc))
-    except KeyboardInterrupt:
-        _stop_terminating()
-        return _fail(command, "interrupted", 130)
     except TimeoutError:
         return _fail(command, f"nothing moved for {args.timeout:g} s; gave up")
     except ssl.SSLError as exc:
