@@ -506,7 +506,7 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
     signal.signal(signal.SIGALRM, _terminate)
     try:
         return _run(command, args, body)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         return _fail(command, "interrupted", 130)
     finally:
         _stop_terminating()
@@ -530,11 +530,16 @@ def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namesp
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, unwinding like Ctrl-C. Not KeyboardInterrupt: an interpreter
+    that saw one may end by SIGINT even after it was handled."""
+
+
 def _terminate(signum: int, frame: object) -> NoReturn:
     # A handler can run where an exception is swallowed (a weakref callback,
     # say): raise again every 0.2 s until the unwinding has begun.
     signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _stop_terminating() -> None:
