@@ -8,6 +8,10 @@ parsed and taken whole by the core. A payload of at least ``DIRECT_BYTES``
 still to come goes straight into its array. Sends of the learned layout get
 their header from the core and go out in one gather call (``Outbox``); any
 other message is planned by the engine.
+
+A Channel of parallel streams sends every message on its first stream,
+except the payload of one of at least ``STRIPE_BYTES``: that is cut into one
+part per stream, moved at once by a thread each (``_striping``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -24,16 +28,20 @@ import numpy as np
 from arraywire import _tls, _transport
 from arraywire._common import DIRECT_BYTES, Progress, numpy_bytes
 from arraywire._engine import (
+    DRAIN_BYTES,
+    STRIPE_BYTES,
     Message,
     Packed,
     Receive,
     SendPlan,
+    Stripes,
     Transfer,
     buffered_reads,
     plan_send,
 )
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
+from arraywire._striping import Job, move_parts, shut_down
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
 ChannelItem: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
@@ -69,10 +77,27 @@ class Channel:
 
     ``peer_reads`` is the newest message version the peer reads, from its
     hello (2 for a socket without one).
+
+    ``more_streams`` are further connected sockets to the same peer, which
+    make this a Channel of parallel streams (``connect(streams=N)`` and the
+    Listener make such Channels): each array of at least ``STRIPE_BYTES`` is
+    split over ``sockets``, a thread per stream, and the peer must be a
+    Channel over the same sockets in the same order. A failure on any stream
+    fails the message, with ``bytes_done`` summed over the streams, and
+    closes the Channel.
     """
 
-    def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        peer_reads: int = 2,
+        more_streams: Sequence[socket.socket] = (),
+    ) -> None:
         core: Any = _tls if isinstance(sock, ssl.SSLSocket) else _transport.impl
+        if any(isinstance(other, ssl.SSLSocket) != (core is _tls) for other in more_streams):
+            raise ValueError("the streams of a Channel are all TLS (ssl.SSLSocket) or none is")
+        self._streams = (sock, *more_streams)
         self._core = core
         self._inbox = core.Inbox(sock)
         self._outbox = core.Outbox(sock)
@@ -87,12 +112,18 @@ class Channel:
 
     @property
     def socket(self) -> socket.socket:
-        """The connected socket this Channel uses."""
+        """The connected socket this Channel uses (its first stream's)."""
         return self._sock
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """Every stream's socket, the first one first (one without parallel streams)."""
+        return self._streams
 
     def __repr__(self) -> str:
         state = "broken" if self._broken else "closed" if self._sock.fileno() == -1 else "open"
-        return f"<arraywire.Channel {state} fd={self._sock.fileno()}>"
+        streams = f" streams={len(self._streams)}" if len(self._streams) > 1 else ""
+        return f"<arraywire.Channel {state} fd={self._sock.fileno()}{streams}>"
 
     # --- sending ------------------------------------------------------------------
 
@@ -114,7 +145,7 @@ class Channel:
             plan = plan_send((array,), progress, metadata)
             self._write(plan, "send")
             if metadata is None:
-                learn_layout(self._outbox, array, plan)
+                learn_layout(self._outbox, array, plan, len(self._streams))
             return plan.complete()
         except BaseException as exc:
             if self._cut_short(exc):
@@ -149,7 +180,7 @@ class Channel:
         self._claim(self._sending, "send")
         sent = 0
         try:
-            for piece in coalesce(arrays, self._outbox):
+            for piece in coalesce(arrays, self._outbox, len(self._streams)):
                 if isinstance(piece, bytearray):
                     sent += self._core.send_from(piece, self._sock)
                 else:
@@ -167,12 +198,27 @@ class Channel:
 
     def _write(self, plan: SendPlan, what: str) -> None:
         check_peer_reads(plan.header[4], self._peer_reads)
+        parts = plan.stripes(len(self._streams))
         try:
-            write_plan(plan, self._sock, plan.reporter, self._core)
+            if parts is None:
+                write_plan(plan, self._sock, plan.reporter, self._core)
+            else:
+                plan.moved(self._move_parts(self._core.sendmsg_from, parts, plan.reporter))
         except BaseException as exc:
-            if plan.fail(exc) or self._tls:  # over TLS, any failed write (see _cut_short)
+            # over TLS, any failed write (see _cut_short); striped, any failure
+            # (the streams were shut down)
+            if plan.fail(exc) or self._tls or parts is not None:
                 self._break(what, exc, plan)
             raise
+
+    def _move_parts(self, call: Any, parts: list[list[Any]], reporter: Any, offset: int = 0) -> int:
+        """Send or receive (call: the core's sendmsg_from or recvmsg_into)
+        each stream's part at once; the first stream's timeout bounds all."""
+        timeout = self._sock.gettimeout()
+        for sock in self._streams[1:]:
+            sock.settimeout(timeout)
+        jobs = [_part_job(call, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
+        return move_parts(jobs, self._streams, reporter, offset)
 
     def _cut_short(self, exc: BaseException) -> bool:
         """Whether a failed send left the peer a part of a message. Over TLS
@@ -202,7 +248,9 @@ class Channel:
                 array: np.ndarray | None = self._inbox.take_array(max_bytes)
                 if array is not None:
                     return array
-            message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+            message = Receive(
+                max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
+            )
             self._read(message)
             return message.result()[0]
         except BaseException as exc:
@@ -228,7 +276,9 @@ class Channel:
         """Receive one message with its metadata, as ``recv_message`` does."""
         self._claim(self._receiving, "receive")
         try:
-            message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+            message = Receive(
+                max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
+            )
             self._read(message)
             return message.message()
         finally:
@@ -254,7 +304,7 @@ class Channel:
             array: np.ndarray | None = self._inbox.take_array(DEFAULT_MAX_BYTES)
             if array is not None:
                 return array
-            message = Receive(DEFAULT_MAX_BYTES)
+            message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
             self._read(message)
             arrays = message.message().arrays
             if type(arrays) is list and len(arrays) == 1:
@@ -270,11 +320,15 @@ class Channel:
     def _read(self, message: Receive) -> None:
         inbox = self._inbox
         recvmsg_into = self._core.recvmsg_into
+        striped = False
         try:
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
                     if not inbox.fill():
                         raise IncompleteTransferError(0, request)
+                elif isinstance(request, Stripes):
+                    striped = True
+                    message.moved(self._receive_stripes(request, message))
                 else:
                     reporter = message.reporter
                     part = None if reporter is None else reporter.part(message.offset)
@@ -284,13 +338,29 @@ class Channel:
             end = message.end_of_stream(exc)
             if end is not None:
                 raise end from None
-            if out_of_step:
+            if out_of_step or striped:  # striped: the streams were shut down
                 self._break("receive", exc, message)
             raise
         header = message.simple_header
         if header is not None and not message.problem:
             spec = message.specs[0]
-            inbox.learn(header, spec.dtype, spec.shape, spec.order)
+            if len(self._streams) == 1 or spec.nbytes < STRIPE_BYTES:
+                inbox.learn(header, spec.dtype, spec.shape, spec.order)
+
+    def _receive_stripes(self, stripes: Stripes, message: Receive) -> int:
+        """Receive a striped payload; stream 0's part takes the read-ahead
+        buffer's bytes first."""
+        if stripes.parts is None:
+            jobs: list[Job] = [
+                _drain_job(self._core, size, sock)
+                for size, sock in zip(stripes.sizes, self._streams, strict=True)
+            ]
+            jobs[0] = _drain_job(self._core, stripes.sizes[0], self._sock, self._inbox)
+            return move_parts(jobs, self._streams, None, 0)
+        first, taken = _take_buffered(self._inbox, stripes.parts[0])
+        message.moved(taken)
+        parts = [first, *stripes.parts[1:]]
+        return self._move_parts(self._core.recvmsg_into, parts, message.reporter, message.offset)
 
     # --- state --------------------------------------------------------------------
 
@@ -321,15 +391,13 @@ class Channel:
             f"{done:,}{of} bytes of its message, so the byte stream is out of step with "
             "the peer and the Channel was closed"
         )
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # already disconnected
-            pass
-        self._sock.close()
+        shut_down(self._streams)
+        self.close()
 
     def close(self) -> None:
-        """Close the connection (and its socket)."""
-        self._sock.close()
+        """Close the connection (and its sockets)."""
+        for sock in self._streams:
+            sock.close()
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 once closed), for select and poll."""
@@ -347,9 +415,57 @@ class Channel:
         self.close()
 
 
-def learn_layout(outbox: Any, array: Any, plan: SendPlan) -> None:
-    """Let the core send the next array of this layout without planning."""
+def _part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
+    """The work of one stream's part of a striped message."""
+    if not part:
+        return lambda progress: 0
+    return lambda progress: call(part, sock, progress=progress)  # type: ignore[no-any-return]
+
+
+def _take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
+    """Fill a part's first views from a read-ahead buffer: the views still
+    to receive, and the bytes taken."""
+    taken = 0
+    rest = list(part)
+    while rest and inbox.buffered:
+        view = memoryview(rest[0])
+        count = inbox.take(view)
+        taken += count
+        if count == len(view):
+            rest.pop(0)
+        else:
+            rest[0] = view[count:]
+    return rest, taken
+
+
+def _drain_job(core: Any, size: int, sock: socket.socket, inbox: Any = None) -> Job:
+    """The work of reading and discarding one stream's part of a payload
+    that does not fit (so the streams stay in step)."""
+
+    def drain(_progress: Progress | None) -> int:
+        scratch = memoryview(bytearray(min(size, DRAIN_BYTES)))
+        done = 0
+        while done < size:
+            piece = scratch[: min(size - done, len(scratch))]
+            if inbox is not None and inbox.buffered:
+                done += inbox.take(piece)
+                continue
+            try:
+                done += core.recv_into(piece, sock)
+            except BaseException as exc:
+                exc.bytes_done = done + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+                raise
+        return done
+
+    return drain
+
+
+def learn_layout(outbox: Any, array: Any, plan: SendPlan, streams: int = 1) -> None:
+    """Let the core send the next array of this layout without planning
+    (never a striped one: the core sends on one stream)."""
     if type(array) is not np.ndarray or plan.header[4] != 1:  # version 1: one unnamed array
+        return
+    if streams > 1 and array.nbytes >= STRIPE_BYTES:
         return
     if array.flags.c_contiguous:
         outbox.learn(plan.header, array.dtype, array.shape, "C")
@@ -357,7 +473,9 @@ def learn_layout(outbox: Any, array: Any, plan: SendPlan) -> None:
         outbox.learn(plan.header, array.dtype, array.shape, "F")
 
 
-def coalesce(arrays: Iterable[Any], outbox: Any) -> Iterator[bytearray | tuple[Any, SendPlan]]:
+def coalesce(
+    arrays: Iterable[Any], outbox: Any, streams: int = 1
+) -> Iterator[bytearray | tuple[Any, SendPlan]]:
     """The pieces of send_many: staging buffers holding runs of small
     messages, and (array, plan) for a message to send on its own. An array
     that cannot be sent raises once the staged messages before it were given."""
@@ -370,7 +488,7 @@ def coalesce(arrays: Iterable[Any], outbox: Any) -> Iterator[bytearray | tuple[A
                 if staging:
                     yield staging
                 raise
-            learn_layout(outbox, array, plan)
+            learn_layout(outbox, array, plan, streams)
             if plan.total < PACK_BYTES and not any(
                 isinstance(segment, Packed) for segment in plan.segments
             ):

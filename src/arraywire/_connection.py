@@ -24,6 +24,7 @@ from typing import Any, TypeAlias
 from arraywire import _hello
 from arraywire._channel import Channel
 from arraywire._errors import AuthenticationError, ProtocolError
+from arraywire._groups import DEFAULT_MAX_STREAMS, Groups
 from arraywire._tls import sigpipe_blocked
 
 Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
@@ -80,6 +81,7 @@ def listen(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> Listener:
     """Listen for connections at address; ``accept()`` gives a Channel each.
 
@@ -90,10 +92,27 @@ def listen(
     whose key differs or is missing (and, without ``authkey``, for a peer
     that has one), and the Listener goes on. With ``ssl`` (a server-side
     ``ssl.SSLContext``) every connection is TLS.
+
+    A peer that connects with ``streams=N`` gets one Channel over its N
+    connections, once all have come within handshake_timeout of the first;
+    one asking for more than ``max_streams`` is refused (its ``connect``
+    raises ConnectionRefusedError saying so).
+
+    Returns the Listener. Raises OSError when the address cannot be bound,
+    TypeError or ValueError for an address, key or option of the wrong kind.
     """
     check_options(authkey, ssl)
+    groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, unlink=path, authkey=authkey, ssl=ssl)
+    return Listener(sock, handshake_timeout, unlink=path, authkey=authkey, ssl=ssl, groups=groups)
+
+
+def check_streams(streams: int) -> None:
+    """Refuse a stream count that is not an int from 1 to 65535."""
+    if not isinstance(streams, int) or isinstance(streams, bool):
+        raise TypeError(f"streams must be an int, got {type(streams).__name__}")
+    if not 1 <= streams <= 0xFFFF:
+        raise ValueError(f"streams must be from 1 to 65535, got {streams}")
 
 
 def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
@@ -131,6 +150,7 @@ def connect(
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    streams: int = 1,
 ) -> Channel:
     """Connect to a Listener at address; return the Channel once the opening
     is done.
@@ -143,13 +163,55 @@ def connect(
     connection TLS, its certificate checked for ``server_hostname`` (by
     default the address's host). A peer that is not arraywire raises
     ProtocolError.
+
+    With ``streams=N`` (N > 1) it opens N connections that the Listener joins
+    into one Channel: arrays of at least ``arraywire.STRIPE_BYTES`` are split
+    over them, each part moved by a thread of its own (docs/PROTOCOL.md,
+    "Parallel streams"). A Listener that takes fewer streams per Channel
+    (its ``max_streams``) refuses with ConnectionRefusedError saying so.
+
+    Returns the Channel. Raises OSError (ConnectionRefusedError, TimeoutError,
+    ...) when no connection could be made, ProtocolError, AuthenticationError
+    or ssl.SSLError when the opening fails, TypeError or ValueError for an
+    argument of the wrong kind.
     """
     check_options(authkey, ssl)
+    check_streams(streams)
     family, where = family_of(address)
     deadline = None if timeout is None else time.monotonic() + timeout
+    if ssl is not None and server_hostname is None and family != socket.AF_UNIX:
+        server_hostname = where[0]
+    if streams == 1:
+        sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, None)
+        return Channel(sock, peer_reads=peer.reads_messages)
+    ident = os.urandom(_hello.GROUP_ID_BYTES)
+    socks: list[socket.socket] = []
+    try:
+        for index in range(streams):
+            group = _hello.Group(ident, index, streams)
+            sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, group)
+            socks.append(sock)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return Channel(socks[0], peer_reads=peer.reads_messages, more_streams=socks[1:])
+
+
+def _open(
+    family: socket.AddressFamily,
+    where: Any,
+    timeout: float | None,
+    deadline: float | None,
+    authkey: bytes | None,
+    ssl: SSLContext | None,
+    server_hostname: str | None,
+    group: _hello.Group | None,
+) -> tuple[socket.socket, _hello.Hello]:
+    """One connection with its opening done, and the peer's hello."""
     while True:
         try:
-            sock = _connect_once(family, where, timeout)
+            sock = _connect_once(family, where, remaining(deadline))
             break
         except (ConnectionRefusedError, FileNotFoundError):
             if deadline is None or time.monotonic() >= deadline:
@@ -159,15 +221,14 @@ def connect(
         tune(sock)
         sock.settimeout(remaining(deadline))
         if ssl is not None:
-            if server_hostname is None and family != socket.AF_UNIX:
-                server_hostname = where[0]
             sock = secure(ssl, sock, server_hostname)
-        peer = run_opening(sock, _hello.Opening(authkey, connecting=True), deadline)
+        opening = _hello.Opening(authkey, connecting=True, group=group)
+        peer = run_opening(sock, opening, deadline)
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
-    return Channel(sock, peer_reads=peer.reads_messages)
+    return sock, peer
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -275,7 +336,7 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
 class _Pending:
     """An accepted connection whose opening is still going on."""
 
-    __slots__ = ("data", "deadline", "filled", "handshaking", "opening", "sock", "unsent")
+    __slots__ = ("answered", "data", "deadline", "filled", "handshaking", "opening", "sock", "unsent")
 
     def __init__(self, sock: socket.socket, deadline: float, opening: _hello.Opening) -> None:
         self.sock = sock
@@ -285,6 +346,7 @@ class _Pending:
         self.data = bytearray(64)  # the largest part of an opening read at once is 33 bytes
         self.filled = 0
         self.unsent = b""
+        self.answered = False  # a stream of a group: the answer to its joining is out
 
     def send(self) -> None:
         """Send what the opening has to say; BlockingIOError (or SSLWantWriteError)
@@ -301,7 +363,8 @@ class Listener:
     Openings (TLS handshakes, hellos, authentication) go on side by side: a
     peer that connects and stays silent, or sends something else, never
     holds up ``accept()`` for others. It is dropped after
-    ``handshake_timeout`` seconds, or as soon as its bytes are wrong.
+    ``handshake_timeout`` seconds, or as soon as its bytes are wrong. The
+    parallel streams of one peer become one Channel once all have joined.
     """
 
     def __init__(
@@ -311,6 +374,7 @@ class Listener:
         unlink: str | None = None,
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
+        groups: Groups[socket.socket] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -319,6 +383,7 @@ class Listener:
         self._authkey = authkey
         self._ssl = ssl
         self._pending: dict[socket.socket, _Pending] = {}
+        self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
         self._accepting = threading.Lock()
@@ -344,7 +409,11 @@ class Listener:
             while True:
                 now = time.monotonic()
                 self._drop_late(now)
-                wait = min((p.deadline for p in self._pending.values()), default=None)
+                deadlines = [p.deadline for p in self._pending.values()]
+                group_deadline = self._groups.next_deadline()
+                if group_deadline is not None:
+                    deadlines.append(group_deadline)
+                wait = min(deadlines, default=None)
                 if deadline is not None:
                     if now >= deadline:
                         raise TimeoutError("no connection completed its opening in time")
@@ -398,7 +467,11 @@ class Listener:
                 pending.send()
                 wanted = opening.wanted
                 if not wanted:
-                    break
+                    if opening.group is None or pending.answered:
+                        break
+                    opening.answer_join(self._groups.admit(opening.group), self._groups.max_streams)
+                    pending.answered = True
+                    continue
                 count = sock.recv_into(memoryview(pending.data)[pending.filled : wanted])
                 if not count:
                     raise ConnectionError("closed during the opening")
@@ -423,13 +496,26 @@ class Listener:
             return None
         self._selector.unregister(sock)
         del self._pending[sock]
-        sock.setblocking(True)
         assert opening.peer is not None
-        return Channel(sock, peer_reads=opening.peer.reads_messages)
+        reads = opening.peer.reads_messages
+        if opening.group is None:
+            sock.setblocking(True)
+            return Channel(sock, peer_reads=reads)
+        # a stream of a group: the Channel once its last stream joined
+        status, members = self._groups.join(opening.group, sock, time.monotonic())
+        if status != _hello.JOINED:
+            sock.close()  # refused: the peer has read why
+        if members is None:
+            return None
+        for member in members:
+            member.setblocking(True)
+        return Channel(members[0], peer_reads=reads, more_streams=members[1:])
 
     def _drop_late(self, now: float) -> None:
         for sock in [s for s, h in self._pending.items() if h.deadline <= now]:
             self._drop(sock)
+        for sock in self._groups.expired(now):
+            sock.close()
 
     def _drop(self, sock: socket.socket) -> None:
         self._selector.unregister(sock)
@@ -440,6 +526,8 @@ class Listener:
         """Stop listening; drop connections whose opening was not done."""
         for sock in list(self._pending):
             self._drop(sock)
+        for sock in self._groups.clear():
+            sock.close()
         if self._sock.fileno() != -1:
             self._selector.close()
             self._sock.close()

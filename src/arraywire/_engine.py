@@ -12,6 +12,10 @@ asyncio's BufferedProtocol:
   ``reads()`` (the fixed preamble, the descriptor block, then the message's
   own arrays, or a bounded scratch buffer when the payload must be drained);
   the driver fills each, calls ``moved(n)``, and finally takes ``result()``.
+- Parallel streams: on a connection of N streams, a message whose payload
+  is at least ``STRIPE_BYTES`` is striped. Its send plan's ``stripes(N)``
+  and its receive's ``Stripes`` read cut the payload into N consecutive
+  parts, one per stream, for the driver to move at once.
 - Both count the bytes of the whole message: ``fail(exc)`` makes an error's
   ``bytes_done`` (the bytes of the failing call not yet reported with
   ``moved``) count from the message start, and says whether the byte stream
@@ -49,6 +53,52 @@ STAGING_BYTES = 4 << 20
 DRAIN_BYTES = 1 << 20
 # Headers of one array up to this size may be learned by a connection's core.
 SIMPLE_BLOCK = 512
+# On N parallel streams a payload of at least this many bytes is cut into N
+# parts of a multiple of STRIPE_ALIGN bytes (the last one shorter).
+STRIPE_BYTES = 1 << 20
+STRIPE_ALIGN = 4096
+
+
+def stripe_sizes(payload: int, streams: int) -> list[int]:
+    """The bytes of a striped payload each stream carries, in stream order
+    (docs/PROTOCOL.md, "Parallel streams")."""
+    part = -(-payload // streams)
+    part = -(-part // STRIPE_ALIGN) * STRIPE_ALIGN
+    return [max(0, min(part, payload - index * part)) for index in range(streams)]
+
+
+def split_bytes(buffers: Iterable[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]:
+    """Cut the bytes of flat uint8 buffers, back to back, into consecutive
+    parts of the given sizes (views, no copies)."""
+    parts: list[list[np.ndarray]] = [[] for _ in sizes]
+    index = 0
+    room = sizes[0]
+    for buffer in buffers:
+        while buffer.nbytes:
+            while not room:
+                index += 1
+                room = sizes[index]
+            piece = buffer[:room]
+            parts[index].append(piece)
+            room -= piece.nbytes
+            buffer = buffer[piece.nbytes :]
+    return parts
+
+
+def payload_bytes(segment: Any) -> np.ndarray:
+    """A send segment's bytes as one flat uint8 buffer: a packed array's are
+    copied once, since its parts go out from several threads at once."""
+    if isinstance(segment, Packed):
+        return np.ascontiguousarray(segment.array).reshape(-1).view(np.uint8)
+    return numpy_bytes(segment, False)
+
+
+class Stripes(NamedTuple):
+    """A striped payload to receive: each stream's byte count and the views
+    of the arrays it fills (``parts`` is None when the payload is drained)."""
+
+    sizes: list[int]
+    parts: list[list[np.ndarray]] | None
 
 
 class Reporter(Protocol):
@@ -161,6 +211,17 @@ class SendPlan(Transfer):
                 pending = []
         if pending:
             yield pending
+
+    def stripes(self, streams: int) -> list[list[Any]] | None:
+        """The buffers each of ``streams`` parallel streams sends, the header
+        first on stream 0, when the payload is striped; else None."""
+        payload = self.total - len(self.header)
+        if streams < 2 or payload < STRIPE_BYTES:
+            return None
+        sizes = stripe_sizes(payload, streams)
+        parts: list[list[Any]] = split_bytes(map(payload_bytes, self.segments), sizes)
+        parts[0].insert(0, self.header)
+        return parts
 
     def complete(self) -> int:
         """Every byte was sent: give the final report; return the message size."""
@@ -298,12 +359,13 @@ class Receive(Transfer):
 
     ``one_array`` asks for a one-array message, received into ``out`` when
     given; a message that does not fit is drained so the stream stays in step,
-    and ``result()`` raises ValueError saying why.
+    and ``result()`` raises ValueError saying why. On a connection of
+    ``streams`` parallel streams a striped payload comes as one ``Stripes``.
     """
 
     __slots__ = (
-        "_max_metadata", "_one_array", "_out", "_progress", "arrays", "max_bytes", "metadata",
-        "names", "problem", "reporter", "simple_header", "specs",
+        "_max_metadata", "_one_array", "_out", "_progress", "_streams", "arrays", "max_bytes",
+        "metadata", "names", "problem", "reporter", "simple_header", "specs",
     )
 
     def __init__(
@@ -314,10 +376,12 @@ class Receive(Transfer):
         progress: Progress | None = None,
         one_array: bool = False,
         out: np.ndarray | None = None,
+        streams: int = 1,
     ) -> None:
         # the fields of Transfer, set here: small messages pay for a super() call
         self.offset = 0
         self.total = None
+        self._streams = streams
         self.max_bytes = max_bytes
         self._max_metadata = max_metadata
         self._progress = progress
@@ -335,9 +399,10 @@ class Receive(Transfer):
         # of that layout itself.
         self.simple_header: bytes | None = None
 
-    def reads(self) -> Iterator[list[Any]]:
+    def reads(self) -> Iterator[list[Any] | Stripes]:
         """The preamble, the descriptor block, then the message's arrays, or
-        scratch space while a payload that does not fit is drained."""
+        scratch space while a payload that does not fit is drained (or, when
+        the payload is striped, one ``Stripes``)."""
         # One generator, not header_reads then a payload generator: small
         # messages pay for every hop.
         preamble = bytearray(PREAMBLE.size)
@@ -350,7 +415,14 @@ class Receive(Transfer):
             self.simple_header = bytes(preamble) + bytes(block)
         if self._one_array:
             self.problem = mismatch(self.specs, self._out)
+        payload = total - self.offset
+        sizes = None
+        if self._streams > 1 and payload >= STRIPE_BYTES:
+            sizes = stripe_sizes(payload, self._streams)
         if self.problem:
+            if sizes is not None:
+                yield Stripes(sizes, None)
+                return
             scratch = np.empty(min(total - self.offset, DRAIN_BYTES), np.uint8)
             while self.offset < total:
                 yield [scratch[: min(total - self.offset, scratch.nbytes)]]
@@ -364,7 +436,9 @@ class Receive(Transfer):
             ]
         if self._progress is not None:
             self.reporter = MessageProgress(self._progress, total)
-        if self.offset < total:
+        if sizes is not None:
+            yield Stripes(sizes, split_bytes((numpy_bytes(a, True) for a in self.arrays), sizes))
+        elif self.offset < total:
             yield self.arrays
 
     def header_reads(self) -> Iterator[list[Any]]:
@@ -419,7 +493,7 @@ class ReadAhead(Protocol):
 
 def buffered_reads(
     message: Receive, inbox: ReadAhead, direct_bytes: int
-) -> Iterator[int | list[Any]]:
+) -> Iterator[int | list[Any] | Stripes]:
     """Serve a message's reads from a read-ahead buffer first.
 
     Yields an int n when the buffer is empty and the current read still
@@ -427,9 +501,13 @@ def buffered_reads(
     raises IncompleteTransferError(0, n) if the peer closed. Yields a list of
     buffers when at least direct_bytes remain of a read: the driver fills
     them straight from the socket, so large payloads are never copied, and
-    calls ``message.moved`` with the count.
+    calls ``message.moved`` with the count. A ``Stripes`` read is yielded
+    as it is: stream 0's part takes what the buffer holds first.
     """
     for buffers in message.reads():
+        if isinstance(buffers, Stripes):
+            yield buffers
+            continue
         for buffer in buffers:
             view = writable_bytes(buffer)
             size = len(view)

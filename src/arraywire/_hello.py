@@ -12,10 +12,15 @@ connecting end then proves it holds the key with an HMAC-SHA256 over both
 hellos and their nonces; the listening end checks it and answers with its verdict and its own
 proof, so neither end sees a message before both are authenticated, and a
 recorded exchange is worth nothing against a fresh nonce.
+
+With parallel streams (feature ``STREAMS``) each of the connecting end's
+connections names its group, its index and the group's size; once the rest
+of the opening is done the listening end answers whether the stream joined.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -33,8 +38,18 @@ HELLO = struct.Struct("<4sBBHII")
 SIZE = HELLO.size
 # Feature bit 0: authentication with a shared key; its data is the nonce.
 AUTH = 0x0001
-KNOWN_FEATURES = AUTH
+# Feature bit 1: one of a group of parallel streams; its data is GROUP.
+STREAMS = 0x0002
+KNOWN_FEATURES = AUTH | STREAMS
 NONCE_BYTES = 32
+# group id (random), this stream's index, the number of streams in the group
+GROUP = struct.Struct("<16sHH")
+GROUP_ID_BYTES = 16
+# The listening end's answer to a stream: status, reserved, its max_streams.
+JOIN = struct.Struct("<BBH")
+JOINED = 1
+TOO_MANY_STREAMS = 2
+NOT_JOINABLE = 3
 PROOF_BYTES = hashlib.sha256().digest_size
 # The listening end's answer to the connecting end's proof.
 ACCEPTED = b"\x01"
@@ -49,9 +64,10 @@ TLS_RECORDS = (b"\x16\x03", b"\x15\x03")
 
 PARTS = {
     "hello": "hello",
-    "nonce": "authentication nonce",
+    "features": "hello's feature data",
     "proof": "authentication proof",
     "verdict": "authentication verdict",
+    "join": "answer to joining a stream group",
     "done": "opening",
 }
 
@@ -61,6 +77,56 @@ class Hello(NamedTuple):
     reads_messages: int
     features: int
 
+
+class Group(NamedTuple):
+    """A connection's place in a group of parallel streams."""
+
+    ident: bytes
+    index: int
+    count: int
+
+
+def feature_data_size(features: int) -> int:
+    """The bytes of feature data that follow a hello with these feature bits."""
+    return (NONCE_BYTES if features & AUTH else 0) + (GROUP.size if features & STREAMS else 0)
+
+
+def decode_group(data: bytes) -> Group:
+    """A stream's group from its hello's feature data, or ProtocolError."""
+    group = Group(*GROUP.unpack(data))
+    if group.count < 2 or group.index >= group.count:
+        raise ProtocolError(
+            f"stream group of {group.count} streams with this stream at index "
+            f"{group.index}: a group has at least 2 streams, indexed from 0"
+        )
+    return group
+
+
+def join_answer(status: int, max_streams: int) -> bytes:
+    """The listening end's answer to a stream that asked to join a group."""
+    return JOIN.pack(status, 0, min(max_streams, 0xFFFF))
+
+
+def check_join(data: bytes, group: Group) -> None:
+    """Raise ConnectionRefusedError unless the listening end's answer says
+    this stream joined its group."""
+    status, _, max_streams = JOIN.unpack(data)
+    if status == JOINED:
+        return
+    if status == TOO_MANY_STREAMS:
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            f"the Listener takes at most {max_streams} streams per Channel and this end "
+            f"asked for {group.count}: connect with streams={max_streams} or fewer, or "
+            f"listen with max_streams={group.count}",
+        )
+    if status == NOT_JOINABLE:
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            f"the Listener did not let stream {group.index} join its group of "
+            f"{group.count}: the group is gone (timed out) or already has that stream",
+        )
+    raise ProtocolError(f"answer to joining a stream group has unknown status {status}")
 
 def encode(features: int = 0, feature_data: int = 0) -> bytes:
     """A hello of this end."""
@@ -96,7 +162,7 @@ def decode(data: bytes) -> Hello:
             f"the peer asks for features {features:#06x} that this arraywire lacks "
             "(upgrade arraywire at this end)"
         )
-    expected = NONCE_BYTES if features & AUTH else 0
+    expected = feature_data_size(features)
     # The reserved field is for hello versions after 1.
     if extra != expected or (version == VERSION and reserved):
         raise ProtocolError(
@@ -129,24 +195,38 @@ class Opening:
     The driver sends ``outgoing()`` whenever it is not empty, reads exactly
     ``wanted`` bytes and hands them to ``received``, until ``wanted`` is 0;
     ``peer`` is then the peer's hello. ``received`` raises ProtocolError for
-    bytes that are not an arraywire opening and AuthenticationError for a
-    key that does not match; the driver sends ``outgoing()`` (a refusal the
-    peer should read) before it closes the connection.
+    bytes that are not an arraywire opening, AuthenticationError for a key
+    that does not match and (connecting with a ``group``)
+    ConnectionRefusedError when the stream may not join; the driver sends
+    ``outgoing()`` (a refusal the peer should read) before it closes the
+    connection. A listening end whose peer is a stream of a group finds it in
+    ``group`` once the opening is done, and answers with ``answer_join``.
     """
 
-    __slots__ = ("_connecting", "_key", "_mine", "_outgoing", "_peer_hello", "_step", "peer", "wanted")
+    __slots__ = (
+        "_connecting", "_group", "_key", "_mine", "_outgoing", "_peer_hello", "_step",
+        "group", "peer", "wanted",
+    )
 
-    def __init__(self, authkey: bytes | None, *, connecting: bool) -> None:
+    def __init__(
+        self, authkey: bytes | None, *, connecting: bool, group: Group | None = None
+    ) -> None:
         check_key(authkey)
         self._key = authkey
         self._connecting = connecting
-        nonce = b"" if authkey is None else os.urandom(NONCE_BYTES)
-        # this end's hello with its nonce, as the proofs cover it
-        self._mine = encode(0 if authkey is None else AUTH, len(nonce)) + nonce
+        self._group = group
+        features = 0 if authkey is None else AUTH
+        data = b"" if authkey is None else os.urandom(NONCE_BYTES)
+        if group is not None:
+            features |= STREAMS
+            data += GROUP.pack(*group)
+        # this end's hello with its feature data, as the proofs cover it
+        self._mine = encode(features, len(data)) + data
         self._outgoing = self._mine
         self._peer_hello = b""
         self._step = "hello"
         self.peer: Hello | None = None
+        self.group: Group | None = None
         self.wanted = SIZE
 
     @property
@@ -165,17 +245,17 @@ class Opening:
         if step == "hello":
             self._peer_hello = data
             self._take_hello(decode(data))
-        elif step == "nonce":
+        elif step == "features":
             self._peer_hello += data
-            if self._connecting:
-                self._outgoing += self._proof(CONNECTING_LABEL)
-                self._expect("verdict", VERDICT_BYTES)
-            else:
-                self._expect("proof", PROOF_BYTES)
+            self._take_features(data)
         elif step == "proof":
             self._check_proof(data)
-        else:
+        elif step == "verdict":
             self._check_verdict(data)
+        else:
+            self._expect("done", 0)
+            assert self._group is not None
+            check_join(data, self._group)
 
     def _proof(self, label: bytes) -> bytes:
         assert self._key is not None
@@ -200,10 +280,40 @@ class Opening:
                 "this end requires authentication and the peer has no key: give it the "
                 "same authkey (command line: --key-file or ARRAYWIRE_KEY_FILE)"
             )
-        if peer_authenticates:
-            self._expect("nonce", NONCE_BYTES)
+        if hello.features & STREAMS and self._connecting:
+            raise ProtocolError("the listening peer's hello names a stream group: only a connecting end's may")
+        extra = feature_data_size(hello.features)
+        if extra:
+            self._expect("features", extra)
+        else:
+            self._authenticate()
+
+    def _take_features(self, data: bytes) -> None:
+        assert self.peer is not None
+        if self.peer.features & STREAMS:
+            self.group = decode_group(data[-GROUP.size :])
+        self._authenticate()
+
+    def _authenticate(self) -> None:
+        if self._key is None:
+            self._after_authentication()
+        elif self._connecting:
+            self._outgoing += self._proof(CONNECTING_LABEL)
+            self._expect("verdict", VERDICT_BYTES)
+        else:
+            self._expect("proof", PROOF_BYTES)
+
+    def _after_authentication(self) -> None:
+        if self._group is not None:
+            self._expect("join", JOIN.size)
         else:
             self._expect("done", 0)
+
+    def answer_join(self, status: int, max_streams: int) -> None:
+        """Answer the peer's request to join its group (the listening end, once
+        the opening is done and ``group`` is set): JOINED, TOO_MANY_STREAMS or
+        NOT_JOINABLE; the driver then sends ``outgoing()``."""
+        self._outgoing += join_answer(status, max_streams)
 
     def _check_proof(self, data: bytes) -> None:
         if not hmac.compare_digest(data, self._proof(CONNECTING_LABEL)):
@@ -229,3 +339,4 @@ class Opening:
                 "the listening peer's proof does not match this end's key: it is not "
                 "the peer that holds the key"
             )
+        self._after_authentication()

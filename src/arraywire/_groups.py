@@ -1,0 +1,88 @@
+"""A Listener's stream groups, sans I/O: which connections of a connecting
+end's parallel streams have joined, and when a group is whole.
+
+Both Listeners (blocking and aio) keep one ``Groups``: each connection whose
+hello names a group asks to ``join``; the answer is the status the Listener
+sends back, and the group's connections in index order once all have come.
+A group not whole ``timeout`` seconds after its first stream joined is given
+up (``expired``), its connections for the Listener to close.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from arraywire._hello import JOINED, NOT_JOINABLE, TOO_MANY_STREAMS, Group
+
+T = TypeVar("T")
+
+DEFAULT_MAX_STREAMS = 8
+
+
+def check_max_streams(max_streams: int) -> None:
+    """Refuse a max_streams that is not an int from 1 to 65535."""
+    if not isinstance(max_streams, int) or isinstance(max_streams, bool):
+        raise TypeError(f"max_streams must be an int, got {type(max_streams).__name__}")
+    if not 1 <= max_streams <= 0xFFFF:
+        raise ValueError(f"max_streams must be from 1 to 65535, got {max_streams}")
+
+
+class _Forming(Generic[T]):
+    __slots__ = ("deadline", "members")
+
+    def __init__(self, count: int, deadline: float) -> None:
+        self.members: list[T | None] = [None] * count
+        self.deadline = deadline
+
+
+class Groups(Generic[T]):
+    """The groups a Listener is forming; T is its kind of connection."""
+
+    def __init__(self, max_streams: int, timeout: float) -> None:
+        check_max_streams(max_streams)
+        self.max_streams = max_streams
+        self._timeout = timeout
+        self._forming: dict[bytes, _Forming[T]] = {}
+
+    def admit(self, group: Group) -> int:
+        """Whether a stream of group may join now: the status to answer with."""
+        if group.count > self.max_streams:
+            return TOO_MANY_STREAMS
+        forming = self._forming.get(group.ident)
+        if forming is not None and (
+            len(forming.members) != group.count or forming.members[group.index] is not None
+        ):
+            return NOT_JOINABLE
+        return JOINED
+
+    def join(self, group: Group, conn: T, now: float) -> tuple[int, list[T] | None]:
+        """Let conn join its group once its answer is sent: the status (not
+        JOINED when the group changed meanwhile: close conn), and the group's
+        connections in index order when conn made it whole."""
+        status = self.admit(group)
+        if status != JOINED:
+            return status, None
+        forming = self._forming.get(group.ident)
+        if forming is None:
+            forming = self._forming[group.ident] = _Forming(group.count, now + self._timeout)
+        forming.members[group.index] = conn
+        if any(member is None for member in forming.members):
+            return JOINED, None
+        del self._forming[group.ident]
+        return JOINED, forming.members  # type: ignore[return-value]
+
+    def next_deadline(self) -> float | None:
+        """When the first forming group expires (None: none is forming)."""
+        return min((f.deadline for f in self._forming.values()), default=None)
+
+    def expired(self, now: float) -> list[T]:
+        """Give up the groups past their deadline; return their connections."""
+        late = [ident for ident, f in self._forming.items() if f.deadline <= now]
+        return [conn for ident in late for conn in self._take(ident)]
+
+    def clear(self) -> list[T]:
+        """Give up every forming group; return their connections."""
+        return [conn for ident in list(self._forming) for conn in self._take(ident)]
+
+    def _take(self, ident: bytes) -> list[T]:
+        return [conn for conn in self._forming.pop(ident).members if conn is not None]

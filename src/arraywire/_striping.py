@@ -1,0 +1,90 @@
+"""Parallel streams: the parts of a striped message moved at once, each over
+its own stream by its own thread, with the core's GIL-free loop.
+
+Stream 0's part runs in the calling thread. A failure on any stream shuts
+every stream down, so that the others stop instead of waiting for bytes that
+will not come; it is raised once every thread has ended, its ``bytes_done``
+the sum over the streams.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Sequence
+
+from arraywire._common import Progress
+from arraywire._engine import Reporter
+
+# One part's work: given its progress callback (or None), move the part and
+# return its byte count.
+Job = Callable[[Progress | None], int]
+
+
+class _SharedProgress:
+    """The progress of parts moving at once, reported as one position in the
+    message (the sum over the parts), one report at a time."""
+
+    def __init__(self, reporter: Reporter, offset: int, parts: int) -> None:
+        self._report = reporter.part(offset)
+        self._done = [0] * parts
+        self._lock = threading.Lock()
+
+    def part(self, index: int) -> Progress:
+        def report(done: int, _total: int) -> None:
+            with self._lock:
+                self._done[index] = done
+                self._report(sum(self._done), 0)
+
+        return report
+
+
+def shut_down(socks: Sequence[socket.socket]) -> None:
+    """Stop every transfer on these sockets: a blocked call returns at once."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed or disconnected already
+            pass
+
+
+def move_parts(
+    jobs: Sequence[Job], socks: Sequence[socket.socket], reporter: Reporter | None, offset: int
+) -> int:
+    """Run jobs[i], the part of stream socks[i], all at once (jobs[0] in this
+    thread); return the bytes they moved. Raises the first failure, with
+    ``bytes_done`` counting every stream's bytes, after every thread ended."""
+    progress = None if reporter is None else _SharedProgress(reporter, offset, len(jobs))
+    moved = [0] * len(jobs)
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            moved[index] = jobs[index](None if progress is None else progress.part(index))
+        except BaseException as exc:  # noqa: BLE001 - raised by the calling thread
+            moved[index] = getattr(exc, "bytes_done", None) or 0
+            failures.append(exc)
+            shut_down(socks)
+
+    threads = [
+        threading.Thread(target=run, args=(index,), name=f"arraywire stream {index}", daemon=True)
+        for index in range(1, len(jobs))
+    ]
+    for thread in threads:
+        thread.start()
+    run(0)
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except BaseException as exc:  # noqa: BLE001 - an interrupt: stop the others
+                failures.append(exc)
+                shut_down(socks)
+    if failures:
+        error = failures[0]
+        try:
+            error.bytes_done = sum(moved)  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
+        raise error
+    return sum(moved)
