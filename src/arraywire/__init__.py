@@ -7,7 +7,7 @@ or ``ARRAYWIRE_NO_EXTENSIONS=1`` is set.
 
 from arraywire._channel import Channel, ChannelItem
 from arraywire._connection import Listener, connect, listen
-from arraywire._engine import Message
+from arraywire._engine import STRIPE_BYTES, Message
 from arraywire._errors import (
     AuthenticationError,
     BrokenStreamError,
@@ -29,6 +29,7 @@ __all__ = [
     "BACKEND",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_METADATA",
+    "STRIPE_BYTES",
     "AuthenticationError",
     "BrokenStreamError",
     "Channel",

@@ -9,7 +9,8 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from ssl import SSLContext, SSLError
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from arraywire import _hello, _transport, aio
-from arraywire._channel import ChannelItem, check_peer_reads, coalesce
+from arraywire._channel import ChannelItem, Sockets, check_peer_reads, coalesce
 from arraywire._common import Progress
 from arraywire._connection import (
     DEFAULT_BACKLOG,
@@ -26,6 +27,7 @@ from arraywire._connection import (
     Address,
     bound_address,
     check_options,
+    check_streams,
     closed_in_opening,
     closed_listener,
     family_of,
@@ -36,25 +38,41 @@ from arraywire._connection import (
 )
 from arraywire._engine import Message, Receive, SendPlan, plan_send
 from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
+from arraywire._groups import DEFAULT_MAX_STREAMS, Groups
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
 
 class Channel:
     """``arraywire.Channel`` for asyncio: the same methods, awaited, and
-    ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it."""
+    ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it;
+    ``more_streams`` (sockets too) make it a Channel of parallel streams, as
+    ``arraywire.Channel``'s do."""
 
-    def __init__(self, sock: socket.socket, *, peer_reads: int = 2) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        peer_reads: int = 2,
+        more_streams: Sequence[socket.socket] = (),
+    ) -> None:
         self._outbox = _transport.impl.Outbox(sock)  # packs send_many's small messages
         self._inbox = _transport.impl.Inbox(sock)  # read-ahead: a small message, one receive
-        sock.setblocking(False)
+        self._streams = (sock, *more_streams)
+        for stream in self._streams:
+            stream.setblocking(False)
         self._sock = sock
         self._busy: set[str] = set()
         self._peer_reads = peer_reads
 
     @property
     def socket(self) -> socket.socket:
-        """The connected socket this Channel uses."""
+        """The connected socket this Channel uses (its first stream's)."""
         return self._sock
+
+    @property
+    def sockets(self) -> Sockets:
+        """Every stream's socket, the first one first."""
+        return self._streams
 
     def _claim(self, direction: str) -> None:
         if direction in self._busy:
@@ -94,7 +112,7 @@ class Channel:
         self._claim("send")
         sent = 0
         try:
-            for piece in coalesce(arrays, self._outbox):
+            for piece in coalesce(arrays, self._outbox, len(self._streams)):
                 if isinstance(piece, bytearray):
                     sent += await self._write_bytes(piece)
                 else:
@@ -114,7 +132,9 @@ class Channel:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Receive a one-array message, into ``out`` when given."""
-        message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+        message = Receive(
+            max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
+        )
         await self._receive("recv", message)
         return message.result()[0]
 
@@ -132,7 +152,9 @@ class Channel:
         progress: Progress | None = None,
     ) -> Message:
         """Receive one message with its metadata."""
-        message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+        message = Receive(
+            max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
+        )
         await self._receive("recv_message", message)
         return message.message()
 
@@ -146,13 +168,13 @@ class Channel:
     # The driver: these move the bytes (over TLS, TLSChannel's do).
 
     async def _write(self, name: str, plan: SendPlan) -> int:
-        return await aio.send_plan(self._sock, name, plan)
+        return await aio.send_plan(self._sock, name, plan, self._streams)
 
     async def _write_bytes(self, data: bytearray) -> int:
         return await aio.send_from(data, self._sock)
 
     async def _read(self, name: str, message: Receive) -> None:
-        await aio.receive_buffered(self._sock, name, message, self._inbox)
+        await aio.receive_buffered(self._sock, name, message, self._inbox, self._streams)
 
     def __aiter__(self) -> AsyncIterator[ChannelItem]:
         return self._messages()
@@ -171,8 +193,9 @@ class Channel:
                 yield arrays
 
     def close(self) -> None:
-        """Close the connection (and its socket)."""
-        self._sock.close()
+        """Close the connection (and its sockets)."""
+        for stream in self._streams:
+            stream.close()
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 once closed)."""
@@ -289,18 +312,64 @@ async def connect(
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    streams: int = 1,
 ) -> Channel:
     """``arraywire.connect`` for asyncio: with a timeout, a refused connection
     is tried again until it passes, and the timeout bounds the opening too;
-    ``authkey``, ``ssl`` and ``server_hostname`` as there."""
+    ``authkey``, ``ssl``, ``server_hostname`` and ``streams`` as there
+    (parallel streams over TLS need the blocking ``arraywire.connect``).
+    Returns the Channel; raises as ``arraywire.connect``."""
     check_options(authkey, ssl)
-    opening = _hello.Opening(authkey, connecting=True)
-    connecting = _connect(address, opening, ssl, server_hostname, retry=timeout is not None)
+    check_streams(streams)
+    if streams > 1 and ssl is not None:
+        raise ValueError(
+            "arraywire.aio has no parallel streams over TLS: connect with streams=1, or "
+            "use the blocking arraywire.connect"
+        )
+    connecting = _connect_all(address, authkey, ssl, server_hostname, streams, timeout is not None)
     if timeout is None:
         return await connecting
     return await _timed(  # type: ignore[no-any-return]
         connecting, timeout, "no Listener completed the opening in time"
     )
+
+
+async def _connect_all(
+    address: Address,
+    authkey: bytes | None,
+    context: SSLContext | None,
+    server_hostname: str | None,
+    streams: int,
+    retry: bool,
+) -> Channel:
+    if streams == 1:
+        opening = _hello.Opening(authkey, connecting=True)
+        return await _connect(address, opening, context, server_hostname, retry=retry)
+    ident = os.urandom(_hello.GROUP_ID_BYTES)
+    socks: list[socket.socket] = []
+    try:
+        for index in range(streams):
+            group = _hello.Group(ident, index, streams)
+            opening = _hello.Opening(authkey, connecting=True, group=group)
+            sock = await _connect_retrying(address, retry)
+            socks.append(sock)
+            tune(sock)
+            peer = await _run_opening(_SocketPipe(sock), opening)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return Channel(socks[0], peer_reads=peer.reads_messages, more_streams=socks[1:])
+
+
+async def _connect_retrying(address: Address, retry: bool) -> socket.socket:
+    while True:
+        try:
+            return await _connect_once(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if not retry:
+                raise
+            await asyncio.sleep(RETRY_INTERVAL)
 
 
 async def _connect(
@@ -311,14 +380,7 @@ async def _connect(
     *,
     retry: bool,
 ) -> Channel:
-    while True:
-        try:
-            sock = await _connect_once(address)
-            break
-        except (ConnectionRefusedError, FileNotFoundError):
-            if not retry:
-                raise
-            await asyncio.sleep(RETRY_INTERVAL)
+    sock = await _connect_retrying(address, retry)
     try:
         tune(sock)
         if context is None:
@@ -353,19 +415,24 @@ async def listen(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> Listener:
     """``arraywire.listen`` for asyncio: ``await listener.accept()``;
-    ``authkey`` and ``ssl`` as there."""
+    ``authkey``, ``ssl`` and ``max_streams`` as there (with ``ssl``, a peer's
+    parallel streams are refused). Returns the Listener; raises as
+    ``arraywire.listen``."""
     check_options(authkey, ssl)
+    groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, path, authkey=authkey, ssl=ssl)
+    return Listener(sock, handshake_timeout, path, authkey=authkey, ssl=ssl, groups=groups)
 
 
 class Listener:
     """Accepts connections in a task of its own; each opening (TLS handshake,
     hello, authentication) runs in a task too, so a silent peer never holds
-    up another. ``accept()`` gives the next Channel whose opening is done,
-    and raises AuthenticationError for a peer whose key does not match."""
+    up another. ``accept()`` gives the next Channel whose opening is done
+    (for parallel streams, once the last stream joined), and raises
+    AuthenticationError for a peer whose key does not match."""
 
     def __init__(
         self,
@@ -375,10 +442,13 @@ class Listener:
         *,
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
+        groups: Groups[socket.socket] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
+        self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
+        self._expiry: asyncio.TimerHandle | None = None
         self._unlink = unlink
         self._authkey = authkey
         self._ssl = ssl
@@ -428,7 +498,7 @@ class Listener:
         try:
             conn.setblocking(False)
             tune(conn)
-            channel = await _timed(self._open(conn), self._handshake_timeout, "opening")
+            opened = await _timed(self._open(conn), self._handshake_timeout, "opening")
         except AuthenticationError as exc:
             conn.close()
             # for accept() to raise; a flood of failed peers keeps a few
@@ -442,16 +512,58 @@ class Listener:
         except BaseException:
             conn.close()
             raise
-        self._ready.put_nowait(channel)
+        if isinstance(opened, Channel):
+            self._ready.put_nowait(opened)
+            return
+        group, reads = opened
+        status, members = self._groups.join(group, conn, time.monotonic())
+        if status != _hello.JOINED:
+            conn.close()
+        elif members is not None:
+            self._ready.put_nowait(Channel(members[0], peer_reads=reads, more_streams=members[1:]))
+        self._schedule_expiry()
 
-    async def _open(self, conn: socket.socket) -> Channel:
+    async def _open(self, conn: socket.socket) -> Channel | tuple[_hello.Group, int]:
+        """The opening: a Channel, or for a stream of a group, its group and
+        the peer's message version once its answer is sent."""
         opening = _hello.Opening(self._authkey, connecting=False)
         if self._ssl is None:
-            peer = await _run_opening(_SocketPipe(conn), opening)
-            return Channel(conn, peer_reads=peer.reads_messages)
+            pipe = _SocketPipe(conn)
+            peer = await _run_opening(pipe, opening)
+            if opening.group is None:
+                return Channel(conn, peer_reads=peer.reads_messages)
+            status = self._groups.admit(opening.group)
+            opening.answer_join(status, self._groups.max_streams)
+            await pipe.send(opening.outgoing())
+            if status != _hello.JOINED:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "stream group refused")
+            return opening.group, peer.reads_messages
         session = await _secure(conn, self._ssl, server_side=True, server_hostname=None)
-        peer = await _run_opening(_SessionPipe(session), opening)
+        tls_pipe = _SessionPipe(session)
+        peer = await _run_opening(tls_pipe, opening)
+        if opening.group is not None:
+            opening.answer_join(_hello.NO_STREAMS, self._groups.max_streams)
+            await tls_pipe.send(opening.outgoing())
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "no parallel streams over TLS")
         return TLSChannel(session, peer_reads=peer.reads_messages)
+
+    def _schedule_expiry(self) -> None:
+        """Close the streams of groups not whole in time, when their time comes."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        deadline = self._groups.next_deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_at(
+                loop.time() + max(deadline - time.monotonic(), 0), self._expire
+            )
+
+    def _expire(self) -> None:
+        self._expiry = None
+        for sock in self._groups.expired(time.monotonic()):
+            sock.close()
+        self._schedule_expiry()
 
     def close(self) -> None:
         """Stop listening; drop connections not yet accepted."""
@@ -462,6 +574,10 @@ class Listener:
             item = self._ready.get_nowait()
             if isinstance(item, Channel):
                 item.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for sock in self._groups.clear():
+            sock.close()
         if self._sock.fileno() != -1:
             # The cancelled accept still has the descriptor in the selector:
             # take it out now, before the number can be reused.

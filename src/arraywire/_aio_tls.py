@@ -179,6 +179,7 @@ class TLSChannel(Channel):
     def __init__(self, session: TLSSession, *, peer_reads: int = 2) -> None:
         self._session = session
         self._sock = session.sock
+        self._streams = (session.sock,)
         self._inbox_tls = SessionInbox(session)
         self._outbox = Outbox(session.sock)  # packs send_many's small messages; never sends
         self._busy: set[str] = set()

@@ -28,7 +28,6 @@ import numpy as np
 from arraywire import _tls, _transport
 from arraywire._common import DIRECT_BYTES, Progress, numpy_bytes
 from arraywire._engine import (
-    DRAIN_BYTES,
     STRIPE_BYTES,
     Message,
     Packed,
@@ -41,13 +40,15 @@ from arraywire._engine import (
 )
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
-from arraywire._striping import Job, move_parts, shut_down
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+from arraywire._striping import Job, drain_job, move_parts, part_job, shut_down, take_buffered
 
 ChannelItem: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
 """What iterating a Channel gives for each message: the array itself for a
 message of one unnamed array, else what ``recv_arrays`` returns (a list, or a
 dict when the sender named the arrays)."""
+
+Sockets: TypeAlias = "tuple[socket.socket, ...]"
 
 # send_many sends messages smaller than this through one staging buffer, and
 # writes the buffer when it holds this much.
@@ -116,7 +117,7 @@ class Channel:
         return self._sock
 
     @property
-    def sockets(self) -> tuple[socket.socket, ...]:
+    def sockets(self) -> Sockets:
         """Every stream's socket, the first one first (one without parallel streams)."""
         return self._streams
 
@@ -217,7 +218,7 @@ class Channel:
         timeout = self._sock.gettimeout()
         for sock in self._streams[1:]:
             sock.settimeout(timeout)
-        jobs = [_part_job(call, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
+        jobs = [part_job(call, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
         return move_parts(jobs, self._streams, reporter, offset)
 
     def _cut_short(self, exc: BaseException) -> bool:
@@ -352,12 +353,12 @@ class Channel:
         buffer's bytes first."""
         if stripes.parts is None:
             jobs: list[Job] = [
-                _drain_job(self._core, size, sock)
+                drain_job(self._core, size, sock)
                 for size, sock in zip(stripes.sizes, self._streams, strict=True)
             ]
-            jobs[0] = _drain_job(self._core, stripes.sizes[0], self._sock, self._inbox)
+            jobs[0] = drain_job(self._core, stripes.sizes[0], self._sock, self._inbox)
             return move_parts(jobs, self._streams, None, 0)
-        first, taken = _take_buffered(self._inbox, stripes.parts[0])
+        first, taken = take_buffered(self._inbox, stripes.parts[0])
         message.moved(taken)
         parts = [first, *stripes.parts[1:]]
         return self._move_parts(self._core.recvmsg_into, parts, message.reporter, message.offset)
@@ -413,51 +414,6 @@ class Channel:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
-    """The work of one stream's part of a striped message."""
-    if not part:
-        return lambda progress: 0
-    return lambda progress: call(part, sock, progress=progress)  # type: ignore[no-any-return]
-
-
-def _take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
-    """Fill a part's first views from a read-ahead buffer: the views still
-    to receive, and the bytes taken."""
-    taken = 0
-    rest = list(part)
-    while rest and inbox.buffered:
-        view = memoryview(rest[0])
-        count = inbox.take(view)
-        taken += count
-        if count == len(view):
-            rest.pop(0)
-        else:
-            rest[0] = view[count:]
-    return rest, taken
-
-
-def _drain_job(core: Any, size: int, sock: socket.socket, inbox: Any = None) -> Job:
-    """The work of reading and discarding one stream's part of a payload
-    that does not fit (so the streams stay in step)."""
-
-    def drain(_progress: Progress | None) -> int:
-        scratch = memoryview(bytearray(min(size, DRAIN_BYTES)))
-        done = 0
-        while done < size:
-            piece = scratch[: min(size - done, len(scratch))]
-            if inbox is not None and inbox.buffered:
-                done += inbox.take(piece)
-                continue
-            try:
-                done += core.recv_into(piece, sock)
-            except BaseException as exc:
-                exc.bytes_done = done + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
-                raise
-        return done
-
-    return drain
 
 
 def learn_layout(outbox: Any, array: Any, plan: SendPlan, streams: int = 1) -> None:

@@ -9,7 +9,7 @@ calls; receivers get fresh arrays filled in place by one scatter recvmsg.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -61,6 +61,11 @@ def write_plan(
     for batch in plan.batches():
         part = None if reporter is None else reporter.part(plan.offset)
         plan.moved(sendmsg_from(batch, sock, progress=part))
+
+
+def one_stream(message: Receive) -> Iterator[list[Any]]:
+    """The reads of a message on a socket of its own (never striped)."""
+    return cast("Iterator[list[Any]]", message.reads())
 
 
 def read_into(
@@ -124,7 +129,7 @@ def recv_message(
     arrays as ``recv_arrays`` returns them. Metadata over max_metadata bytes
     raises ProtocolError; the rest is as for recv_arrays."""
     message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
-    read_into(message, message.reads(), sock)
+    read_into(message, one_stream(message), sock)
     return message.message()
 
 
@@ -143,5 +148,5 @@ def recv_array(
     are those of recv_arrays.
     """
     message = Receive(max_bytes, progress=progress, one_array=True, out=out)
-    read_into(message, message.reads(), sock)
+    read_into(message, one_stream(message), sock)
     return message.result()[0]

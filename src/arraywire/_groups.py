@@ -46,11 +46,11 @@ class Groups(Generic[T]):
 
     def admit(self, group: Group) -> int:
         """Whether a stream of group may join now: the status to answer with."""
-        if group.count > self.max_streams:
+        if group.size > self.max_streams:
             return TOO_MANY_STREAMS
         forming = self._forming.get(group.ident)
         if forming is not None and (
-            len(forming.members) != group.count or forming.members[group.index] is not None
+            len(forming.members) != group.size or forming.members[group.member] is not None
         ):
             return NOT_JOINABLE
         return JOINED
@@ -64,8 +64,8 @@ class Groups(Generic[T]):
             return status, None
         forming = self._forming.get(group.ident)
         if forming is None:
-            forming = self._forming[group.ident] = _Forming(group.count, now + self._timeout)
-        forming.members[group.index] = conn
+            forming = self._forming[group.ident] = _Forming(group.size, now + self._timeout)
+        forming.members[group.member] = conn
         if any(member is None for member in forming.members):
             return JOINED, None
         del self._forming[group.ident]

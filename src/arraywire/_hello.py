@@ -50,6 +50,7 @@ JOIN = struct.Struct("<BBH")
 JOINED = 1
 TOO_MANY_STREAMS = 2
 NOT_JOINABLE = 3
+NO_STREAMS = 4
 PROOF_BYTES = hashlib.sha256().digest_size
 # The listening end's answer to the connecting end's proof.
 ACCEPTED = b"\x01"
@@ -82,8 +83,8 @@ class Group(NamedTuple):
     """A connection's place in a group of parallel streams."""
 
     ident: bytes
-    index: int
-    count: int
+    member: int  # this stream's index, from 0
+    size: int  # the number of streams in the group
 
 
 def feature_data_size(features: int) -> int:
@@ -94,10 +95,10 @@ def feature_data_size(features: int) -> int:
 def decode_group(data: bytes) -> Group:
     """A stream's group from its hello's feature data, or ProtocolError."""
     group = Group(*GROUP.unpack(data))
-    if group.count < 2 or group.index >= group.count:
+    if group.size < 2 or group.member >= group.size:
         raise ProtocolError(
-            f"stream group of {group.count} streams with this stream at index "
-            f"{group.index}: a group has at least 2 streams, indexed from 0"
+            f"stream group of {group.size} streams with this stream at index "
+            f"{group.member}: a group has at least 2 streams, indexed from 0"
         )
     return group
 
@@ -117,14 +118,20 @@ def check_join(data: bytes, group: Group) -> None:
         raise ConnectionRefusedError(
             errno.ECONNREFUSED,
             f"the Listener takes at most {max_streams} streams per Channel and this end "
-            f"asked for {group.count}: connect with streams={max_streams} or fewer, or "
-            f"listen with max_streams={group.count}",
+            f"asked for {group.size}: connect with streams={max_streams} or fewer, or "
+            f"listen with max_streams={group.size}",
         )
     if status == NOT_JOINABLE:
         raise ConnectionRefusedError(
             errno.ECONNREFUSED,
-            f"the Listener did not let stream {group.index} join its group of "
-            f"{group.count}: the group is gone (timed out) or already has that stream",
+            f"the Listener did not let stream {group.member} join its group of "
+            f"{group.size}: the group is gone (timed out) or already has that stream",
+        )
+    if status == NO_STREAMS:
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            "the Listener takes no parallel streams over TLS (an arraywire.aio Listener "
+            "with ssl=): connect with streams=1",
         )
     raise ProtocolError(f"answer to joining a stream group has unknown status {status}")
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from arraywire._common import Progress
-from arraywire._engine import Reporter
+from arraywire._engine import DRAIN_BYTES, Reporter
 
 # One part's work: given its progress callback (or None), move the part and
 # return its byte count.
@@ -88,3 +89,48 @@ def move_parts(
             pass
         raise error
     return sum(moved)
+
+
+def part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
+    """The work of one stream's part of a striped message."""
+    if not part:
+        return lambda progress: 0
+    return lambda progress: call(part, sock, progress=progress)
+
+
+def take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
+    """Fill a part's first views from a read-ahead buffer: the views still
+    to receive, and the bytes taken."""
+    taken = 0
+    rest = list(part)
+    while rest and inbox.buffered:
+        view = memoryview(rest[0])
+        count = inbox.take(view)
+        taken += count
+        if count == len(view):
+            rest.pop(0)
+        else:
+            rest[0] = view[count:]
+    return rest, taken
+
+
+def drain_job(core: Any, size: int, sock: socket.socket, inbox: Any = None) -> Job:
+    """The work of reading and discarding one stream's part of a payload
+    that does not fit (so the streams stay in step)."""
+
+    def drain(_progress: Progress | None) -> int:
+        scratch = memoryview(bytearray(min(size, DRAIN_BYTES)))
+        done = 0
+        while done < size:
+            piece = scratch[: min(size - done, len(scratch))]
+            if inbox is not None and inbox.buffered:
+                done += inbox.take(piece)
+                continue
+            try:
+                done += core.recv_into(piece, sock)
+            except BaseException as exc:
+                exc.bytes_done = done + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+                raise
+        return done
+
+    return drain

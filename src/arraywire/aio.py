@@ -33,7 +33,7 @@ import asyncio
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,14 +48,16 @@ from arraywire._engine import (
     Receive,
     Reporter,
     SendPlan,
+    Stripes,
     Transfer,
     buffered_reads,
     plan_send,
 )
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
-from arraywire._framing import write_plan
+from arraywire._framing import one_stream, write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._step import PendingViews, byte_view
+from arraywire._striping import Job, drain_job, move_parts, part_job, take_buffered
 
 if TYPE_CHECKING:  # either twin's; they have the same signatures
     from arraywire._transport_py import Inbox
@@ -339,6 +341,40 @@ async def _move(
         forward.raise_error()
 
 
+async def _move_stripes(
+    claim: _Claim,
+    streams: Sequence[socket.socket],
+    sending: bool,
+    jobs: Callable[[list[socket.socket]], list[Job]],
+    reporter: Reporter | None,
+) -> int:
+    """Move a striped payload's parts at once (``_striping``), in worker
+    threads on duplicates of the streams' sockets; cancelled as ``_in_thread``.
+    Any failure leaves the streams shut down, and the socket marked broken."""
+    forward = None if reporter is None else _Forward(reporter)
+    offset = claim.transfer.offset
+
+    def work(first: socket.socket) -> int:
+        others = [sock.dup() for sock in streams[1:]]
+        try:
+            for sock in others:
+                sock.settimeout(WORKER_TIMEOUT)
+            duplicates = [first, *others]
+            return move_parts(jobs(duplicates), duplicates, forward, offset)
+        finally:
+            for sock in others:
+                sock.close()
+
+    try:
+        moved = await _in_thread(claim, sending, work)
+    except BaseException:
+        claim.shutdown()
+        raise
+    if forward is not None:
+        forward.raise_error()
+    return moved
+
+
 # --- the public functions -------------------------------------------------------
 
 
@@ -393,10 +429,21 @@ async def _send_message(
     return await send_plan(sock, name, plan_send(items, progress, metadata))
 
 
-async def send_plan(sock: Any, name: str, plan: SendPlan) -> int:
-    """Write a planned message (the aio Channel's sends); return its bytes."""
+async def send_plan(
+    sock: Any, name: str, plan: SendPlan, streams: Sequence[socket.socket] = ()
+) -> int:
+    """Write a planned message (the aio Channel's sends, over its parallel
+    ``streams`` when it has them, sock first); return its bytes."""
     async with _Claim(sock, name, True, plan) as claim:
-        if plan.total <= NATIVE_BYTES:
+        parts = plan.stripes(len(streams))
+        if parts is not None:
+            send = _transport.impl.sendmsg_from
+            plan.moved(await _move_stripes(
+                claim, streams, True,
+                lambda socks: [part_job(send, p, s) for p, s in zip(parts, socks, strict=True)],
+                plan.reporter,
+            ))
+        elif plan.total <= NATIVE_BYTES:
             for batch in plan.batches():
                 await _move(claim, batch, True, plan.reporter)
         else:
@@ -457,20 +504,27 @@ async def recv_array(
 
 
 async def _receive(
-    sock: Any, name: str, message: Receive, inbox: Inbox | None = None
+    sock: Any,
+    name: str,
+    message: Receive,
+    inbox: Inbox | None = None,
+    streams: Sequence[socket.socket] = (),
 ) -> None:
     """Fill every read of the message, through the read-ahead buffer when
-    given; its result is then the caller's."""
+    given (and over the parallel streams when the message is striped); its
+    result is then the caller's."""
     async with _Claim(sock, name, False, message) as claim:
         try:
             if inbox is None:
-                for buffers in message.reads():
+                for buffers in one_stream(message):
                     await _move(claim, buffers, False, message.reporter)
                 return
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
                     if not await _fill(sock, inbox):
                         raise IncompleteTransferError(0, request)
+                elif isinstance(request, Stripes):
+                    message.moved(await _receive_stripes(claim, request, inbox, streams, message))
                 else:
                     await _move(claim, request, False, message.reporter)
         except IncompleteTransferError as exc:
@@ -480,11 +534,43 @@ async def _receive(
             raise
 
 
-async def receive_buffered(sock: Any, name: str, message: Receive, inbox: Inbox) -> None:
+async def _receive_stripes(
+    claim: _Claim,
+    stripes: Stripes,
+    inbox: Inbox,
+    streams: Sequence[socket.socket],
+    message: Receive,
+) -> int:
+    core = _transport.impl
+    sizes = stripes.sizes
+    if stripes.parts is None:
+        return await _move_stripes(
+            claim, streams, False,
+            lambda socks: [
+                drain_job(core, size, sock, inbox if index == 0 else None)
+                for index, (size, sock) in enumerate(zip(sizes, socks, strict=True))
+            ],
+            None,
+        )
+    first, taken = take_buffered(inbox, stripes.parts[0])
+    message.moved(taken)
+    parts = [first, *stripes.parts[1:]]
+    return await _move_stripes(
+        claim, streams, False,
+        lambda socks: [
+            part_job(core.recvmsg_into, p, s) for p, s in zip(parts, socks, strict=True)
+        ],
+        message.reporter,
+    )
+
+
+async def receive_buffered(
+    sock: Any, name: str, message: Receive, inbox: Inbox, streams: Sequence[socket.socket] = ()
+) -> None:
     """A receive through a connection's read-ahead buffer (the aio Channel's):
     a small message costs one receive, a large payload still goes straight
-    into its array."""
-    await _receive(sock, name, message, inbox)
+    into its array, over the Channel's parallel streams when it is striped."""
+    await _receive(sock, name, message, inbox, streams)
 
 
 async def _fill(sock: socket.socket, inbox: Inbox) -> int:
