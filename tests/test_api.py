@@ -1,19 +1,29 @@
-"""The package's public face: ``__all__``, what ``help(arraywire)`` shows and
-the module docstring's example."""
+"""The package's public face: ``__all__``, what ``help(arraywire)`` shows, the
+docstrings of the public functions and the module docstring's example."""
 
 from __future__ import annotations
 
+import ast
 import doctest
 import inspect
 import pickle
 import pydoc
 import types
+from importlib import resources
 
 import pytest
 
 import arraywire
+from arraywire import _framing, _transport_py
+
+try:
+    from arraywire import _transport_c
+except ImportError:  # test_backends.py fails loudly unless this is intended
+    _transport_c = None
 
 PUBLIC_CLASSES = sorted(name for name in arraywire.__all__ if isinstance(getattr(arraywire, name), type))
+TRANSFER_FUNCTIONS = ["recv_into", "recvmsg_into", "send_from", "sendmsg_from"]
+MESSAGE_FUNCTIONS = ["recv_array", "recv_arrays", "recv_message", "send_array", "send_arrays"]
 
 
 def test_all_names_exist_once() -> None:
@@ -81,3 +91,45 @@ def test_module_docstring_example_runs() -> None:
     results = [runner.run(test) for test in doctest.DocTestFinder(recurse=False).find(arraywire)]
     assert sum(result.attempted for result in results) > 0
     assert sum(result.failed for result in results) == 0
+
+
+@pytest.mark.parametrize(
+    "function",
+    [getattr(_framing, name) for name in MESSAGE_FUNCTIONS]
+    + [getattr(_transport_py, name) for name in TRANSFER_FUNCTIONS],
+    ids=lambda function: function.__name__,
+)
+def test_public_function_says_what_it_returns_and_raises(function: object) -> None:
+    doc = inspect.getdoc(function)
+    assert doc is not None
+    assert "\nReturns\n-------\n" in doc
+    assert "\nRaises\n------\n" in doc
+
+
+def stub_docstrings() -> dict[str, str | None]:
+    text = resources.files("arraywire").joinpath("_transport_c.pyi").read_text("utf-8")
+    return {
+        node.name: ast.get_docstring(node)
+        for node in ast.parse(text).body
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+@pytest.mark.parametrize("name", TRANSFER_FUNCTIONS)
+def test_stub_docstring_is_the_pure_twins(name: str) -> None:
+    assert stub_docstrings()[name] == inspect.getdoc(getattr(_transport_py, name))
+
+
+@pytest.mark.c_extension
+@pytest.mark.skipif(_transport_c is None, reason="the compiled backend was not built")
+@pytest.mark.parametrize("name", TRANSFER_FUNCTIONS)
+def test_compiled_docstring_is_the_pure_twins(name: str) -> None:
+    compiled = getattr(_transport_c, name)
+    assert inspect.getdoc(compiled) == inspect.getdoc(getattr(_transport_py, name))
+
+
+@pytest.mark.parametrize(
+    "name", ["AuthenticationError", "BrokenStreamError", "IncompleteTransferError", "ProtocolError"]
+)
+def test_exception_says_what_raises_it(name: str) -> None:
+    assert "Raised by " in (inspect.getdoc(getattr(arraywire, name)) or "")
