@@ -99,7 +99,7 @@ step "5. the wheel in a fresh venv, tests run against the installed package"
 fresh_venv wheel
 "$work/wheel/bin/python" -m pip install --quiet "${wheel}[test]"
 mkdir "$work/suite"
-cp -R tests pyproject.toml "$work/suite/"
+cp -R tests pyproject.toml README.md "$work/suite/"
 (
     cd "$work/suite"
     "$work/wheel/bin/python" -c "
