@@ -85,12 +85,9 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def build_extension(self, ext: Extension) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            self._fallback(exc)
-        else:
-            print("*** arraywire: Accelerated build (compiled transfer core) ***")
+        # a failure ends run() here, before an in-place build copies the missing file
+        super().build_extension(ext)
+        print("*** arraywire: Accelerated build (compiled transfer core) ***")
 
     def _fallback(self, exc: Exception) -> None:
         if REQUIRE_EXTENSION:
