@@ -5,13 +5,17 @@ CIBUILDWHEEL=1             the extension must build (wheels never ship pure by a
 ARRAYWIRE_SANITIZE=1       compile the extension with AddressSanitizer and UBSan.
 ARRAYWIRE_DEBUG=1          compile the extension with -O0 -g3 (for valgrind and gdb).
 
-Windows always gets the pure backend: the compiled core speaks POSIX sockets.
+Other builds link the extension without debug information. Windows always
+gets the pure backend: the compiled core speaks POSIX sockets. A compile that
+fails (outside CIBUILDWHEEL) falls back to the pure backend, and the wheel is
+then tagged py3-none-any, never with a platform it holds no binary for.
 """
 
 import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
 
@@ -30,9 +34,12 @@ def _extensions() -> list[Extension]:
         print("*** arraywire: Pure Python build (ARRAYWIRE_NO_EXTENSIONS or platform) ***")
         return []
     compile_args = ["-O2"]
-    link_args: list[str] = []
+    # Python's CFLAGS carry -g: keep the symbol table, drop the DWARF (-S:
+    # strip debug, to GNU ld, lld and Apple's ld alike).
+    link_args = ["-Wl,-S"]
     if _flag("ARRAYWIRE_DEBUG"):
         compile_args = ["-O0", "-g3"]
+        link_args = []
     if _flag("ARRAYWIRE_SANITIZE"):
         sanitize = [
             "-fsanitize=address,undefined",
@@ -78,22 +85,36 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def build_extension(self, ext: Extension) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            self._fallback(exc)
-        else:
-            print("*** arraywire: Accelerated build (compiled transfer core) ***")
+        # a failure ends run() here, before an in-place build copies the missing file
+        super().build_extension(ext)
+        print("*** arraywire: Accelerated build (compiled transfer core) ***")
 
     def _fallback(self, exc: Exception) -> None:
         if REQUIRE_EXTENSION:
             raise exc
+        # a distribution without extensions makes a pure wheel (PureWheelWhenNotCompiled)
+        self.distribution.ext_modules = []
         print(
             "*** WARNING: arraywire could not compile its transfer core "
-            f"({exc}); installing the pure-Python backend, which re-takes the GIL "
-            "after every partial send/recv. ***",
+            f"({exc}); building the pure-Python backend (a py3-none-any wheel, "
+            'arraywire.BACKEND == "python"), which re-takes the GIL after every '
+            "partial send/recv. Install a C compiler and the Python headers, then "
+            "reinstall, for the compiled core. ***",
             file=sys.stderr,
         )
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+class PureWheelWhenNotCompiled(bdist_wheel):
+    """Tag the wheel by what the build made: bdist_wheel decides between a pure
+    and a platform wheel before building, when a compile's failure is unknown."""
+
+    def run_command(self, command: str) -> None:
+        super().run_command(command)
+        if command == "build":  # before bdist_wheel picks the install scheme and tag
+            self.root_is_pure = not self.distribution.has_ext_modules()
+
+
+setup(
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt, "bdist_wheel": PureWheelWhenNotCompiled},
+)

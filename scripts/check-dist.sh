@@ -10,6 +10,10 @@
 #      Python (classifiers) on each intended platform, and none for Windows
 #   7. the Windows wheel (pure, as the wheels workflow makes it) is picked by
 #      pip for win_amd64 only
+#   8. the wheel's extension carries no debug information
+#   9. a failed compile (CC=/bin/false) makes a py3-none-any wheel without a
+#      compiled module, whose BACKEND is "python", and a warning in the build
+#      output; with CIBUILDWHEEL=1 it fails the build
 # Usage: scripts/check-dist.sh [--quick]   (--quick: step 5 imports the wheel
 # instead of running the suite; .ci/run uses it, having run the suite already)
 set -euo pipefail
@@ -95,7 +99,7 @@ step "5. the wheel in a fresh venv, tests run against the installed package"
 fresh_venv wheel
 "$work/wheel/bin/python" -m pip install --quiet "${wheel}[test]"
 mkdir "$work/suite"
-cp -R tests pyproject.toml "$work/suite/"
+cp -R tests pyproject.toml README.md "$work/suite/"
 (
     cd "$work/suite"
     "$work/wheel/bin/python" -c "
@@ -160,5 +164,57 @@ for platform in manylinux_2_28_x86_64 macosx_11_0_arm64; do
     fi
 done
 echo "ok: $(ls "$work"/windows) is picked for win_amd64 only"
+
+step "8. the wheel's extension has no debug sections"
+mkdir "$work/unpacked"
+"$tools/python" -m zipfile -e "$wheel" "$work/unpacked"
+extension=$(ls "$work"/unpacked/arraywire/_transport_c.*.so)
+readelf --section-headers --wide "$extension" >"$work/sections.txt"
+if grep -E ' \.z?debug_' "$work/sections.txt"; then
+    echo "$(basename "$extension") carries the debug sections above" >&2
+    exit 1
+fi
+echo "ok: $(basename "$extension"): $(stat -c %s "$extension") bytes, no .debug_* section"
+
+step "9. a failed compile: a pure wheel, or with CIBUILDWHEEL=1 no wheel"
+CC=/bin/false "$tools/python" -m pip wheel --verbose --no-deps --wheel-dir "$work/no-compiler" \
+    "$sdist" >"$work/no-compiler.log" 2>&1 || {
+    cat "$work/no-compiler.log"
+    exit 1
+}
+if ! grep -q "WARNING: arraywire could not compile its transfer core" "$work/no-compiler.log"; then
+    echo "the failed compile left no warning in the build output" >&2
+    exit 1
+fi
+"$tools/python" - "$work"/no-compiler/*.whl <<'EOF'
+import pathlib
+import sys
+import zipfile
+
+wheel = pathlib.Path(sys.argv[1])
+assert wheel.name.endswith("-py3-none-any.whl"), f"{wheel.name} is not tagged py3-none-any"
+binaries = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith((".so", ".pyd", ".dylib"))]
+assert not binaries, f"compiled modules in {wheel.name}: {binaries}"
+print("ok:", wheel.name, "holds no compiled module")
+EOF
+"$work/wheel/bin/python" -m pip install --quiet --no-deps --target "$work/no-compiler-site" \
+    "$work"/no-compiler/*.whl
+(cd "$work" && PYTHONPATH="$work/no-compiler-site" "$work/wheel/bin/python" -c "
+import arraywire, sys
+assert arraywire.__file__.startswith(sys.argv[1]), arraywire.__file__
+assert arraywire.BACKEND == 'python', arraywire.BACKEND
+print('ok: installed, BACKEND =', arraywire.BACKEND)
+" "$work/no-compiler-site")
+if CC=/bin/false CIBUILDWHEEL=1 "$tools/python" -m pip wheel --verbose --no-deps \
+    --wheel-dir "$work/no-compiler-cibw" "$sdist" >"$work/no-compiler-cibw.log" 2>&1; then
+    echo "CIBUILDWHEEL=1: a failed compile still made $(ls "$work/no-compiler-cibw")" >&2
+    exit 1
+fi
+if ! grep -Eq "error: .*/bin/false" "$work/no-compiler-cibw.log"; then
+    cat "$work/no-compiler-cibw.log"
+    echo "CIBUILDWHEEL=1: the build failed, but not at the compile" >&2
+    exit 1
+fi
+echo "ok: CIBUILDWHEEL=1 makes the failed compile fail the build"
 
 step "all packaging checks passed (artifacts in $out)"

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 
 class IncompleteTransferError(ConnectionError, EOFError):
-    """The peer closed the connection before the buffer was full.
+    """The peer closed the connection in the middle of a transfer.
 
-    ``bytes_done`` bytes arrived (and are in the buffer) out of ``bytes_expected``.
+    Raised by ``recv_into`` and ``recvmsg_into`` when the peer closes before
+    the buffers are full, and by the message receives (``recv_array``,
+    ``recv_arrays``, ``recv_message``, Channel, ``arraywire.aio``) when it
+    closes inside a message; a close between two messages raises a plain
+    EOFError instead, so catch this class first to tell a failure from the
+    end of the stream. It is a ConnectionError and an EOFError.
+
+    Attributes
+    ----------
+    bytes_done : int
+        The bytes that arrived (and are in the buffers), counted from the
+        start of the message for the message receives.
+    bytes_expected : int
+        The bytes the transfer or message was to bring.
     """
 
     def __init__(self, bytes_done: int, bytes_expected: int) -> None:
@@ -27,14 +40,35 @@ class IncompleteTransferError(ConnectionError, EOFError):
 
 
 class ProtocolError(ValueError):
-    """A received message header is malformed, unsupported or over a limit."""
+    """What the peer sent is not a message this end accepts.
+
+    Raised by the receives (``recv_array``, ``recv_arrays``, ``recv_message``,
+    Channel, ``arraywire.aio``) for a header that is malformed, of an
+    unsupported version, or over a limit (``max_bytes``, ``max_metadata``,
+    the format's), before anything is allocated; and by ``connect`` for a
+    peer that is not an arraywire Listener, or does not speak TLS when
+    ``ssl`` is given. The byte stream is then out of step: close the
+    connection. It is a ValueError.
+    """
 
 
 class BrokenStreamError(ConnectionError):
-    """An earlier transfer on this socket stopped part-way (cancelled), so the
-    byte stream is out of step with the peer; close the socket."""
+    """An earlier transfer stopped part-way, so the byte stream is out of step
+    with the peer: close the connection.
+
+    Raised by every later call on a Channel, an ``arraywire.aio`` Channel or
+    a socket used with ``arraywire.aio``, after a transfer on it failed or was
+    cancelled with some but not all of its bytes moved; the message says
+    which transfer and how far it got. It is a ConnectionError.
+    """
 
 
 class AuthenticationError(Exception):
     """The peer's key differs from this end's, or one end has a key and the
-    other none: the connection was refused before any message."""
+    other none: the connection was refused before any message.
+
+    Raised by ``connect`` and by ``Listener.accept`` (blocking and
+    ``arraywire.aio``) when ``authkey`` is given at one end or both; the
+    other end fails with it at the same time. A Listener goes on accepting
+    other connections.
+    """

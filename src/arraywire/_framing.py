@@ -26,14 +26,36 @@ def send_arrays(
     metadata: bytes | None = None,
     progress: Progress | None = None,
 ) -> int:
-    """Send arrays as one self-describing message; return the bytes sent.
+    """Send arrays as one self-describing message over a connected stream socket.
 
-    A mapping of str to arrays sends the names too (``recv_arrays`` then
-    returns a dict); ``metadata`` adds up to 64 KiB (the receiver's default
-    ``max_metadata``) of bytes of your own, read back with ``recv_message``.
-    Raises TypeError for an input that is not an array of a transferable
-    dtype and ValueError for a message over a limit of docs/PROTOCOL.md,
-    before the first byte; an OSError mid-message carries ``bytes_done``.
+    ``arrays`` is an iterable of arrays (numpy arrays of any non-object
+    dtype, other objects exporting a buffer, or what ``numpy.asarray``
+    converts without loss), or a mapping of str names to arrays, which sends
+    the names too (``recv_arrays`` then returns a dict in the same order).
+    ``metadata`` adds bytes of your own, read back with ``recv_message``; a
+    receiver refuses more than its ``max_metadata`` (by default 64 KiB).
+    Non-contiguous arrays go out without a full-size copy. ``progress(bytes_done,
+    bytes_total)`` is called about every 0.1 s and once at the end.
+
+    Returns
+    -------
+    int
+        The bytes sent: the header's and every array's.
+
+    Raises
+    ------
+    TypeError
+        Before the first byte: an item that is not an array of a transferable
+        dtype (object dtype, masked array, str, a mapping as an item), a name
+        that is not str, metadata that is not bytes-like, or a socket that is
+        not a stream ``socket.socket``.
+    ValueError
+        Before the first byte: the message is over a limit of the format
+        (docs/PROTOCOL.md: dtype text, header size, dimensions, name length).
+    OSError
+        The socket's error (BrokenPipeError, ConnectionResetError,
+        TimeoutError after the socket's timeout with no byte moved, ...), with
+        ``bytes_done`` counted from the start of the message.
     """
     plan = plan_send(arrays, progress, metadata)
     try:
@@ -47,8 +69,23 @@ def send_arrays(
 def send_array(
     array: Any, sock: Any, *, metadata: bytes | None = None, progress: Progress | None = None
 ) -> int:
-    """Send one array as a self-describing message; return the bytes sent
-    (see send_arrays for what is refused)."""
+    """Send one array as a self-describing message over a connected stream socket.
+
+    The message is that of ``send_arrays((array,), sock)``; the receiver gets
+    the array back with ``recv_array``. ``metadata`` and ``progress`` are as
+    for send_arrays.
+
+    Returns
+    -------
+    int
+        The bytes sent: the header's and the array's.
+
+    Raises
+    ------
+    TypeError, ValueError, OSError
+        As send_arrays raises them (TypeError and ValueError before the
+        first byte).
+    """
     return send_arrays((array,), sock, metadata=metadata, progress=progress)
 
 
@@ -107,13 +144,37 @@ def recv_arrays(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
 ) -> list[np.ndarray] | dict[str, np.ndarray]:
-    """Receive one message; return its arrays (each with memory of its own):
-    a dict in the sender's order when the sender named them, else a list.
+    """Receive one message of any number of arrays from a connected stream socket.
 
-    A header declaring more than max_bytes of payload (None: only the
-    format's limit) raises ProtocolError before anything is allocated. A peer
-    that closes before the message's first byte raises EOFError; one that
-    closes inside it raises IncompleteTransferError with the byte counts.
+    The header is checked before anything is allocated; each array then
+    receives its bytes in place. ``max_bytes`` caps the payload a header may
+    declare (None: only the format's limit, 2**47 bytes). ``progress`` is as
+    for send_arrays.
+
+    Returns
+    -------
+    list of numpy.ndarray, or dict of str to numpy.ndarray
+        The arrays, each fresh, writable and with memory of its own, with the
+        sender's dtype, shape and memory order: a dict in the sender's order
+        when the sender named them, else a list. The message's metadata is
+        dropped (``recv_message`` returns it).
+
+    Raises
+    ------
+    EOFError
+        The peer closed the connection cleanly, before the message's first byte.
+    IncompleteTransferError
+        The peer closed inside the message; ``bytes_done`` and
+        ``bytes_expected`` count from its start.
+    ProtocolError
+        The header is malformed, of an unsupported version, or declares more
+        than ``max_bytes`` of payload or more metadata than 64 KiB
+        (``DEFAULT_MAX_METADATA``).
+    TypeError
+        The socket is not a stream ``socket.socket``.
+    OSError
+        The socket's error (ConnectionResetError, TimeoutError after the
+        socket's timeout with no byte moved, ...), with ``bytes_done``.
     """
     return recv_message(sock, max_bytes=max_bytes, progress=progress).arrays
 
@@ -125,9 +186,25 @@ def recv_message(
     max_metadata: int = DEFAULT_MAX_METADATA,
     progress: Progress | None = None,
 ) -> Message:
-    """Receive one message with its metadata: ``Message(arrays, metadata)``,
-    arrays as ``recv_arrays`` returns them. Metadata over max_metadata bytes
-    raises ProtocolError; the rest is as for recv_arrays."""
+    """Receive one message with its metadata from a connected stream socket.
+
+    As ``recv_arrays``, with the metadata the sender passed to
+    ``send_arrays(..., metadata=...)``; ``max_metadata`` caps its size.
+
+    Returns
+    -------
+    Message
+        ``Message(arrays, metadata)``: the arrays as ``recv_arrays`` returns
+        them, and the metadata bytes (b"" when the sender gave none).
+
+    Raises
+    ------
+    ProtocolError
+        The header is malformed, or declares more than ``max_bytes`` of
+        payload or more than ``max_metadata`` bytes of metadata.
+    EOFError, IncompleteTransferError, TypeError, OSError
+        As recv_arrays raises them.
+    """
     message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
     read_into(message, one_stream(message), sock)
     return message.message()
@@ -140,12 +217,25 @@ def recv_array(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Receive a one-array message, into ``out`` when given.
+    """Receive a one-array message from a connected stream socket.
 
-    If ``out`` does not match the message (dtype, shape, memory order), or the
-    message holds another number of arrays, the payload is read and discarded
-    so the connection stays usable, then ValueError is raised. Other errors
-    are those of recv_arrays.
+    ``out``, when given, receives the payload in place; ``max_bytes`` and
+    ``progress`` are as for recv_arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out`` when given, else a fresh, writable array with memory of its
+        own, of the sender's dtype, shape and memory order.
+
+    Raises
+    ------
+    ValueError
+        ``out`` does not match the message (dtype, shape, memory order), or
+        the message holds another number of arrays than one. The payload was
+        read and discarded first, so the connection stays usable.
+    EOFError, IncompleteTransferError, ProtocolError, TypeError, OSError
+        As recv_arrays raises them.
     """
     message = Receive(max_bytes, progress=progress, one_array=True, out=out)
     read_into(message, one_stream(message), sock)

@@ -25,3 +25,8 @@ else:
         impl = _transport_py
 
 BACKEND: str = impl.BACKEND
+# the package's own transfer functions
+send_from = impl.send_from
+recv_into = impl.recv_into
+sendmsg_from = impl.sendmsg_from
+recvmsg_into = impl.recvmsg_into

@@ -11,16 +11,103 @@ from arraywire._common import Progress
 BACKEND: str
 
 def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
-    """Send every byte of a contiguous buffer; return the byte count."""
+    """Send every byte of a contiguous buffer over a connected stream socket.
+
+    ``obj`` is anything exporting a C- or Fortran-contiguous buffer (numpy
+    arrays of any non-object dtype, bytes, bytearray, memoryview, array.array,
+    mmap). Its bytes go out in memory order with no header: the receiver must
+    know the size (``send_array`` sends a self-describing message instead).
+    The socket's timeout is an inactivity limit: TimeoutError only when no byte
+    moved for that long. ``progress(bytes_done, bytes_total)`` is called about
+    every 0.1 s and once at the end.
+
+    Returns
+    -------
+    int
+        The bytes sent: all of the buffer's.
+
+    Raises
+    ------
+    TypeError
+        Before any byte: sock is not a stream ``socket.socket`` (an
+        ``ssl.SSLSocket`` included), or obj exports no buffer or holds Python
+        objects.
+    ValueError
+        Before any byte: the buffer is not contiguous.
+    OSError
+        The socket's error (BrokenPipeError, ConnectionResetError, TimeoutError,
+        BlockingIOError on a non-blocking socket, EBADF for a closed one), with
+        ``bytes_done``: the bytes sent before it. An exception raised by
+        progress or by a signal handler carries ``bytes_done`` too.
+    """
 
 def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
-    """Fill a writable contiguous buffer completely; return the byte count."""
+    """Fill a writable contiguous buffer completely from a connected stream socket.
+
+    ``obj`` is as for send_from, and writable; exactly its size in bytes is
+    received, in memory order. The socket's timeout and ``progress`` are as for
+    send_from.
+
+    Returns
+    -------
+    int
+        The bytes received: the buffer's size.
+
+    Raises
+    ------
+    IncompleteTransferError
+        The peer closed the connection before the buffer was full; its
+        ``bytes_done`` bytes are in the buffer.
+    TypeError
+        Before any byte: as for send_from, or the buffer is read-only.
+    ValueError
+        Before any byte: the buffer is not contiguous.
+    OSError
+        As for send_from, ``bytes_done`` counting the bytes received.
+    """
 
 def sendmsg_from(buffers: Iterable[Any], sock: Any, *, progress: Progress | None = None) -> int:
-    """Send a sequence of buffers back to back with gather sendmsg calls."""
+    """Send several contiguous buffers back to back with gather sendmsg calls.
+
+    ``buffers`` is an iterable of what send_from takes; their bytes go out in
+    order as one stream, up to IOV_MAX buffers a call, empty ones skipped. The
+    socket's timeout and ``progress`` are as for send_from, over all the bytes.
+
+    Returns
+    -------
+    int
+        The bytes sent: the sum of the buffers' sizes.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any byte, for the socket or any one buffer, as for send_from.
+    OSError
+        As for send_from, ``bytes_done`` counting over all the buffers.
+    """
 
 def recvmsg_into(buffers: Iterable[Any], sock: Any, *, progress: Progress | None = None) -> int:
-    """Fill a sequence of buffers in order with scatter recvmsg_into calls."""
+    """Fill several writable contiguous buffers in order with scatter recvmsg calls.
+
+    ``buffers`` is an iterable of what recv_into takes; the stream's bytes fill
+    the first completely, then the next, up to IOV_MAX buffers a call, empty
+    ones skipped. The socket's timeout and ``progress`` are as for send_from.
+
+    Returns
+    -------
+    int
+        The bytes received: the sum of the buffers' sizes.
+
+    Raises
+    ------
+    IncompleteTransferError
+        The peer closed the connection before every buffer was full;
+        ``bytes_done`` counts over all the buffers.
+    TypeError, ValueError
+        Before any byte, for the socket or any one buffer, as for recv_into.
+    OSError
+        As for send_from, ``bytes_done`` counting over all the buffers.
+    """
 
 class Inbox:
     """A connection's read-ahead buffer (twin of _transport_py.Inbox)."""
