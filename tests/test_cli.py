@@ -3,6 +3,7 @@ both backends (chosen in each child's environment)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import resource
@@ -71,18 +72,20 @@ class Cli:
 
     def port(self) -> int:
         """The port from the 'listening on' line (the child listens on port 0)."""
+        return int(self.wait_for(rb"listening on \S*:(\d+)")[1])
+
+    def wait_for(self, pattern: bytes) -> re.Match[bytes]:
+        """The first match of pattern in stderr, read as it comes."""
         assert self.proc.stderr is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self.proc.stderr, selectors.EVENT_READ)
             deadline = time.monotonic() + TIMEOUT
-            while b"\n" not in self.early:
-                assert selector.select(deadline - time.monotonic()), "no listening line"
+            while not (match := re.search(pattern, self.early)):
+                assert selector.select(deadline - time.monotonic()), self.early.decode()
                 chunk = os.read(self.proc.stderr.fileno(), 4096)
                 assert chunk, f"exited early: {self.early.decode()}"
                 self.early += chunk
-        match = re.search(rb"listening on \S*:(\d+)", self.early)
-        assert match, self.early.decode()
-        return int(match[1])
+        return match
 
     def finish(self) -> tuple[int, str]:
         try:
@@ -221,36 +224,183 @@ def test_port_in_use_and_connection_refused(backend: Backend, tmp_path: Path) ->
                           str(tmp_path / "out.npy"), "-q").finish()
         assert status == 1
         assert "the port is in use" in one_error_line(err, "recv")
-    # the port is free now and nothing listens there
+    # the port is free now and nothing listens there: refused until the timeout
     np.save(tmp_path / "in.npy", np.zeros(3))
+    started = time.monotonic()
     status, err = Cli(backend, "send", str(tmp_path / "in.npy"), f"127.0.0.1:{port}",
-                      "-q").finish()
+                      "-q", "--timeout", "0.5").finish()
+    assert time.monotonic() - started >= 0.5
     assert status == 1
-    assert "connection refused" in one_error_line(err, "send")
+    assert one_error_line(err, "send") == (
+        f"arraywire send: error: cannot connect to 127.0.0.1:{port}: connection refused "
+        "for 0.5 s (nothing listens there)"
+    )
     assert not (tmp_path / "out.npy").exists()
 
 
-def test_bad_arguments(backend: Backend, tmp_path: Path) -> None:
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.create_server((host, 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["sender-connects", "receiver-connects"])
+def test_the_connecting_end_may_start_first(backend: Backend, tmp_path: Path,
+                                            swap: bool) -> None:
+    """It tries again while refused: with --timeout until that passes, without
+    it until something listens."""
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.arange(100_000))
+    port = free_port()
+    if swap:
+        connecting = Cli(backend, "recv", f"127.0.0.1:{port}", "-o", str(output), "--connect",
+                         "--timeout", "30")
+        until = "for up to 30 s"
+    else:
+        connecting = Cli(backend, "send", str(source), f"127.0.0.1:{port}")
+        until = "until it does"
+    connecting.wait_for(rf"nothing listens on 127\.0\.0\.1:{port} yet; trying again "
+                        rf"{until}".encode())
+    time.sleep(0.3)  # refused a few more times
+    assert connecting.proc.poll() is None
+    if swap:
+        listening = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "--listen", "-q")
+        (recv_status, recv_err), (send_status, send_err) = connecting.finish(), listening.finish()
+    else:
+        listening = Cli(backend, "recv", f"127.0.0.1:{port}", "-o", str(output), "-q")
+        (send_status, send_err), (recv_status, recv_err) = connecting.finish(), listening.finish()
+    assert (send_status, recv_status) == (0, 0), send_err + recv_err
+    same_file_contents(output, source)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+@needs_ipv6
+@pytest.mark.parametrize("swap", [False, True], ids=["receiver-listens", "sender-listens"])
+def test_bracketed_ipv6_addresses(backend: Backend, tmp_path: Path, swap: bool) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.arange(100_000))
+    if swap:
+        listening = Cli(backend, "send", str(source), "[::1]:0", "--listen", "-q")
+        port = listening.port()
+        connecting = Cli(backend, "recv", f"[::1]:{port}", "-o", str(output), "--connect",
+                         "-q")
+    else:
+        listening = Cli(backend, "recv", "[::1]:0", "-o", str(output), "-q")
+        port = listening.port()
+        connecting = Cli(backend, "send", str(source), f"[::1]:{port}", "-q")
+    assert connecting.finish() == (0, "")
+    status, err = listening.finish()
+    assert (status, err) == (0, f"arraywire: listening on [::1]:{port}\n")
+    same_file_contents(output, source)
+
+
+@pytest.mark.skipif(not (socket.has_dualstack_ipv6() and ipv6_loopback()),
+                    reason="no dual-stack IPv6 here")
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "localhost"])
+def test_a_port_alone_listens_on_ipv4_and_ipv6(backend: Backend, tmp_path: Path,
+                                               host: str) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.arange(100_000))
+    receiver = Cli(backend, "recv", "0", "-o", str(output), "-q")
+    port = receiver.port()
+    assert Cli(backend, "send", str(source), f"{host}:{port}", "-q").finish() == (0, "")
+    assert receiver.finish() == (
+        0, f"arraywire: listening on [::]:{port} (all interfaces, IPv4 and IPv6)\n"
+    )
+    same_file_contents(output, source)
+
+
+def usage_error(stderr: str, command: str | None) -> str:
+    """argparse's report of a bad command line: the usage, then one error line."""
+    prog = f"arraywire {command}" if command else "arraywire"
+    lines = stderr.splitlines()
+    assert lines[0].startswith(f"usage: {prog} "), stderr
+    assert lines[-1].startswith(f"{prog}: error: "), stderr
+    assert "Traceback" not in stderr and "listening on" not in stderr
+    return lines[-1]
+
+
+USAGE_ERRORS = [
+    # (arguments, what the error line says)
+    (["send", "IN", "5000"], "bad address '5000': connecting needs the receiver's HOST:PORT"),
+    (["send", "IN", "::1:5000"],
+     "bad address '::1:5000': an IPv6 address goes in brackets, as in [::1]:5000"),
+    (["send", "IN", "[::1]5000"], "bad address '[::1]5000': expected PORT, HOST:PORT or "
+                                  "[IPv6]:PORT"),
+    (["send", "IN", "host:70000"], "bad address 'host:70000': port 70000 is over 65535"),
+    (["send", "IN", "127.0.0.1:0"], "bad address '127.0.0.1:0': port 0 is for listening"),
+    (["send", "IN"], "the following arguments are required: address"),
+    (["recv", "0", "-o", "OUT", "--connect"],
+     "bad address '0': connecting needs the sender's HOST:PORT"),
+    (["recv", "127.0.0.1", "-o", "OUT"],
+     "bad address '127.0.0.1': expected PORT, HOST:PORT or [IPv6]:PORT"),
+    (["recv", "0", "-o", "OUT", "--max-bytes", "lots"], "not a size: 'lots'"),
+    (["recv", "0", "-o", "OUT", "--max-bytes=-5MB"], "not a size: '-5MB'"),
+    (["recv", "0", "-o", "OUT", "--timeout", "0"], "not a number of seconds above 0: '0'"),
+    (["recv", "0", "-o", "OUT", "--timeout", "soon"], "not a number of seconds above 0"),
+    (["recv", "0"], "the following arguments are required: -o/--output"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS,
+                         ids=[" ".join(args) for args, _ in USAGE_ERRORS])
+def test_a_bad_command_line_exits_2(backend: Backend, tmp_path: Path, args: list[str],
+                                    message: str) -> None:
     np.save(tmp_path / "in.npy", np.zeros(3))
-    status, err = Cli(backend, "send", str(tmp_path / "in.npy"), "5000", "-q").finish()
-    assert status == 1
-    assert "expected HOST:PORT" in one_error_line(err, "send")
+    paths = {"IN": str(tmp_path / "in.npy"), "OUT": str(tmp_path / "out.npy")}
+    status, err = Cli(backend, *[paths.get(arg, arg) for arg in args]).finish()
+    assert status == 2
+    assert message in usage_error(err, args[0])
+    assert os.listdir(tmp_path) == ["in.npy"]
+
+
+def test_no_command_or_an_unknown_option_exits_2(backend: Backend, tmp_path: Path) -> None:
+    status, err = Cli(backend).finish()
+    assert status == 2
+    assert "the following arguments are required: command" in usage_error(err, None)
+    # argparse reports unknown options at the top level
+    status, err = Cli(backend, "recv", "0", "-o", str(tmp_path / "out.npy"), "--bogus").finish()
+    assert status == 2
+    assert "unrecognized arguments: --bogus" in usage_error(err, None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_output_is_kept(backend: Backend, tmp_path: Path) -> None:
+    """A failure, not a bad command line: exit 1, before listening."""
     (tmp_path / "out.npy").write_bytes(b"precious")
     status, err = Cli(backend, "recv", "0", "-o", str(tmp_path / "out.npy"), "-q").finish()
     assert status == 1
     assert "exists (use --force" in one_error_line(err, "recv")
+    assert "listening on" not in err
     assert (tmp_path / "out.npy").read_bytes() == b"precious"
-    status, err = Cli(backend, "recv", "0", "-o", str(tmp_path / "out.npy"),
-                      "--max-bytes", "lots").finish()
-    assert status == 2 and "not a size" in err
 
 
 def test_parse_size() -> None:
+    """Decimal units, as the bar and the summaries show sizes; binary ones
+    when asked for by name; fractions of either."""
     assert parse_size("123") == 123
-    assert parse_size("4K") == 4096
-    assert parse_size("60G") == 60 << 30
+    assert parse_size("123B") == 123
+    assert parse_size("4K") == parse_size("4kB") == parse_size("4 kb") == 4_000
+    assert parse_size("500MB") == parse_size("500M") == 500_000_000
+    assert parse_size("60G") == 60_000_000_000
+    assert parse_size("1.5G") == 1_500_000_000
+    assert parse_size("1.1MB") == 1_100_000
+    assert parse_size(".5k") == 500
+    assert parse_size("4KiB") == parse_size("4Ki") == 4096
+    assert parse_size("7.6MiB") == int(7.6 * 2**20)
     assert parse_size("2TiB") == 2 << 40
-    assert parse_size("5MB") == 5 << 20
+    for bad in ("", "MB", "1.2.3M", "5 XB", "-1", "1e9", "5MiBB", "1,000"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+            parse_size(bad)
 
 
 class FakeSender:
@@ -315,10 +465,10 @@ def test_receiver_refuses_bad_or_oversized_messages(
     backend: Backend, receiver_dir: Path
 ) -> None:
     output = receiver_dir / "out.npy"
-    receiver = start_receiver(backend, output, "-q", "--max-bytes", "1M")
+    receiver = start_receiver(backend, output, "-q", "--max-bytes", "7.6MiB")
     fake = FakeSender(receiver.port(), np.ones(1_000_000))
     fake.sock.sendall(fake.header)
-    reason = "the array is 8,000,000 bytes, over its --max-bytes of 1,048,576"
+    reason = "the array is 8,000,000 bytes, over its --max-bytes of 7,969,177"
     reply = REFUSE + struct.pack("<I", len(reason)) + reason.encode()
     assert _read_exactly(fake.sock, len(reply)) == reply
     fake.close()
@@ -458,13 +608,13 @@ def test_sender_prints_the_receivers_refusal(backend: Backend, receiver_dir: Pat
     """Small arrays are all sent before the refusal is read; large ones stop early."""
     source = receiver_dir / "in.npy"
     np.save(source, np.ones(size))
-    receiver = start_receiver(backend, receiver_dir / "out.npy", "-q", "--max-bytes", "1K")
+    receiver = start_receiver(backend, receiver_dir / "out.npy", "-q", "--max-bytes", "1kB")
     sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", "-q")
     sent, sent_err = sender.finish()
     assert (sent, receiver.finish()[0]) == (1, 1)
     assert one_error_line(sent_err, "send") == (
         f"arraywire send: error: the receiver refused: the array is {size * 8:,} bytes, "
-        "over its --max-bytes of 1,024"
+        "over its --max-bytes of 1,000"
     )
 
 
