@@ -4,7 +4,10 @@ both backends (chosen in each child's environment)."""
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import os
+import pty
 import re
 import resource
 import selectors
@@ -13,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,23 +55,35 @@ def cli_env(backend: Backend, extra: dict[str, str] | None) -> dict[str, str]:
 
 
 class Cli:
-    """One `python -m arraywire ...` child process."""
+    """One `python -m arraywire ...` child process; its stderr is a pipe, or
+    with terminal=True a pseudo-terminal 120 columns wide."""
 
     def __init__(self, backend: Backend, *args: str, limit_data: int | None = None,
-                 limit_file: int | None = None, env: dict[str, str] | None = None) -> None:
+                 limit_file: int | None = None, env: dict[str, str] | None = None,
+                 terminal: bool = False) -> None:
         def limits() -> None:
             if limit_data is not None:
                 resource.setrlimit(resource.RLIMIT_DATA, (limit_data, limit_data))
             if limit_file is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file, limit_file))
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "arraywire", *args],
-            env=cli_env(backend, env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=limits if limit_data or limit_file else None,
-        )
+        stderr: int = subprocess.PIPE
+        self.terminal: int | None = None
+        if terminal:
+            self.terminal, stderr = pty.openpty()
+            fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "arraywire", *args],
+                env=cli_env(backend, env), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=stderr,
+                preexec_fn=limits if limit_data or limit_file else None,
+            )
+        finally:
+            if terminal:
+                os.close(stderr)  # the child's end
         _running.append(self.proc)
+        self.err = self.proc.stderr.fileno() if self.terminal is None else self.terminal  # type: ignore[union-attr]
         self.early = b""
 
     def port(self) -> int:
@@ -76,25 +92,40 @@ class Cli:
 
     def wait_for(self, pattern: bytes) -> re.Match[bytes]:
         """The first match of pattern in stderr, read as it comes."""
-        assert self.proc.stderr is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stderr, selectors.EVENT_READ)
-            deadline = time.monotonic() + TIMEOUT
-            while not (match := re.search(pattern, self.early)):
-                assert selector.select(deadline - time.monotonic()), self.early.decode()
-                chunk = os.read(self.proc.stderr.fileno(), 4096)
-                assert chunk, f"exited early: {self.early.decode()}"
-                self.early += chunk
+        deadline = time.monotonic() + TIMEOUT
+        while not (match := re.search(pattern, self.early)):
+            chunk = self._read(deadline)
+            assert chunk, f"exited early: {self.early.decode()}"
+            self.early += chunk
         return match
+
+    def _read(self, deadline: float) -> bytes:
+        """The next bytes of stderr; b"" at its end."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.err, selectors.EVENT_READ)
+            assert selector.select(deadline - time.monotonic()), self.early.decode()
+        try:
+            return os.read(self.err, 4096)
+        except OSError as exc:  # a terminal whose other end is closed
+            assert exc.errno == errno.EIO
+            return b""
 
     def finish(self) -> tuple[int, str]:
         try:
-            _, err = self.proc.communicate(timeout=TIMEOUT)
+            if self.terminal is None:
+                _, err = self.proc.communicate(timeout=TIMEOUT)
+                self.early += err
+            else:
+                deadline = time.monotonic() + TIMEOUT
+                while chunk := self._read(deadline):
+                    self.early += chunk
+                os.close(self.terminal)
+                self.proc.communicate(timeout=TIMEOUT)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.returncode, (self.early + err).decode()
+        return self.proc.returncode, self.early.decode()
 
 
 def quiet_lines(stderr: str) -> list[str]:
@@ -141,25 +172,34 @@ ARRAYS = {
 }
 
 
+def summary_pattern(done: str, path: Path, array: np.ndarray) -> str:
+    """A summary line: the array, its bytes, the time and rate of the transfer."""
+    return (rf"arraywire {done} {re.escape(str(path))}: {re.escape(str(array.dtype))} "
+            rf"{re.escape(str(array.shape))}, {array.nbytes:,} bytes "
+            r"in (?P<time>[\d.]+) (?P<time_unit>m?s) \((?P<rate>[\d.]+) (?P<rate_unit>[kMGT]?)B/s\)")
+
+
 @pytest.mark.parametrize("kind", list(ARRAYS))
 def test_send_to_a_listening_receiver(backend: Backend, tmp_path: Path, kind: str) -> None:
+    """stderr is a pipe here, as in a log: no bar, a summary on each side."""
     source, output = tmp_path / "in.npy", tmp_path / "out.npy"
-    np.save(source, ARRAYS[kind]())
+    array = ARRAYS[kind]()
+    np.save(source, array)
     (send_status, send_err), (recv_status, recv_err) = transfer(backend, source, output)
     assert (send_status, recv_status) == (0, 0), send_err + recv_err
     same_file_contents(output, source)
     assert set(os.listdir(tmp_path)) == {"in.npy", "out.npy"}
-    assert "Traceback" not in send_err + recv_err
-    # a tqdm bar on each side (tqdm shows no percentage of 0 bytes), then a summary
-    assert "100%" in send_err
-    assert ("100%" if kind != "empty" else "0.00B") in recv_err
-    assert re.search(r"arraywire recv: wrote \S+out\.npy", recv_err)
-    assert "arraywire send: sent" in send_err
+    [sent] = send_err.splitlines()
+    listening, wrote = recv_err.splitlines()
+    assert re.fullmatch(summary_pattern("send: sent", source, array), sent), sent
+    assert re.fullmatch(r"arraywire: listening on 127\.0\.0\.1:\d+", listening)
+    assert re.fullmatch(summary_pattern("recv: wrote", output, array), wrote), wrote
 
 
 def test_roles_swapped_and_quiet(backend: Backend, tmp_path: Path) -> None:
     source, output = tmp_path / "in.npy", tmp_path / "out.npy"
-    np.save(source, np.random.default_rng(0).standard_normal((300, 70)))
+    array = np.random.default_rng(0).standard_normal((300, 70))
+    np.save(source, array)
     # the listening sender prints its port even with --quiet on the receiver
     sender = Cli(backend, "send", str(source), "127.0.0.1:0", "--listen")
     receiver = Cli(backend, "recv", f"127.0.0.1:{sender.port()}", "-o", str(output),
@@ -168,7 +208,85 @@ def test_roles_swapped_and_quiet(backend: Backend, tmp_path: Path) -> None:
     assert (send_status, recv_status) == (0, 0)
     assert recv_err == ""
     same_file_contents(output, source)
-    assert "Traceback" not in send_err and "100%" in send_err
+    listening, sent = send_err.splitlines()
+    assert listening.startswith("arraywire: listening on 127.0.0.1:")
+    assert re.fullmatch(summary_pattern("send: sent", source, array), sent), sent
+
+
+def seconds_and_rate(match: re.Match[str]) -> tuple[float, float]:
+    seconds = float(match["time"]) / (1000 if match["time_unit"] == "ms" else 1)
+    rate = float(match["rate"]) * 1000 ** " kMGT".index(match["rate_unit"] or " ")
+    return seconds, rate
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["receiver-listens", "sender-listens"])
+def test_summaries_time_the_transfer_alone(backend: Backend, tmp_path: Path,
+                                           swap: bool) -> None:
+    """Not the wait for the peer: the listening end waits 2 s for it here."""
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    array = np.arange(2_000_000, dtype="<f8")
+    np.save(source, array)
+    if swap:
+        listening = Cli(backend, "send", str(source), "127.0.0.1:0", "--listen")
+        port = listening.port()
+        time.sleep(2)
+        connecting = Cli(backend, "recv", f"127.0.0.1:{port}", "-o", str(output), "--connect")
+        (send_status, send_err), (recv_status, recv_err) = listening.finish(), connecting.finish()
+    else:
+        listening = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output))
+        port = listening.port()
+        time.sleep(2)
+        connecting = Cli(backend, "send", str(source), f"127.0.0.1:{port}")
+        (send_status, send_err), (recv_status, recv_err) = connecting.finish(), listening.finish()
+    assert (send_status, recv_status) == (0, 0), send_err + recv_err
+    for done, path, err in (("send: sent", source, send_err), ("recv: wrote", output, recv_err)):
+        match = re.search(summary_pattern(done, path, array), err)
+        assert match, err
+        seconds, rate = seconds_and_rate(match)
+        assert seconds < 1.5, err
+        # three digits each: the rate is the bytes over the time shown
+        assert rate == pytest.approx(array.nbytes / seconds, rel=0.1), err
+
+
+def test_the_bar_on_a_terminal_counts_in_decimal_units(backend: Backend, tmp_path: Path) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    array = np.ones(1_000_000)  # 8,000,000 bytes: 8.00MB, where MiB would show 7.63M
+    np.save(source, array)
+    receiver = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), terminal=True)
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{receiver.port()}", terminal=True)
+    (send_status, send_err), (recv_status, recv_err) = sender.finish(), receiver.finish()
+    assert (send_status, recv_status) == (0, 0), send_err + recv_err
+    for label, err in (("send in.npy", send_err), ("recv out.npy", recv_err)):
+        assert re.search(rf"\r{label}: 100%\|.+\| 8\.00MB/8\.00MB \[[\d:<]+, "
+                         r"[\d.]+[kMG]?B/s\]", err), err
+        assert "7.63" not in err and "MiB" not in err
+    assert re.search(summary_pattern("recv: wrote", output, array), recv_err)
+
+
+def test_a_log_gets_plain_progress_lines(backend: Backend, receiver_dir: Path) -> None:
+    """stderr not a terminal: a line every 10 s (LOG_INTERVAL) while bytes
+    move, no carriage returns. The test plays a sender that stalls."""
+    output = receiver_dir / "out.npy"
+    receiver = start_receiver(backend, output)
+    fake = FakeSender(receiver.port(), np.ones(1_000_000))
+    fake.sock.sendall(fake.header + fake.payload[:2_400_000])
+    time.sleep(10.5)
+    fake.sock.sendall(fake.payload[2_400_000:4_800_000])
+    time.sleep(0.5)
+    fake.sock.sendall(fake.payload[4_800_000:])
+    assert _read_exactly(fake.sock, len(ACK)) == ACK
+    fake.close()
+    status, err = receiver.finish()
+    assert status == 0, err
+    assert "\r" not in err
+    listening, progress, wrote = err.splitlines()
+    assert listening.startswith("arraywire: listening on ")
+    match = re.fullmatch(r"arraywire recv: out\.npy: (\d+)%, ([\d.]+) MB of 8\.00 MB "
+                         r"\([\d.]+ [kM]?B/s\)", progress)
+    assert match, progress
+    assert 30 <= int(match[1]) <= 60 and float(match[2]) == pytest.approx(int(match[1]) / 12.5,
+                                                                          abs=0.1)
+    assert wrote.startswith("arraywire recv: wrote ")
 
 
 @pytest.mark.skipif(

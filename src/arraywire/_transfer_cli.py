@@ -13,6 +13,11 @@ it to ``OUT`` and only then confirms to the sender with ``ACK``. Either side
 exits 0 only after that confirmation; on failure ``OUT.partial`` is removed.
 A refusal carries its reason to the sender (``REFUSE``), which prints it.
 
+Progress is a tqdm bar when stderr is a terminal and a plain line every
+``LOG_INTERVAL`` seconds otherwise (a log file); sizes are decimal (1 MB =
+10^6 bytes) everywhere. Each end's summary times the array's bytes alone,
+not the wait for the peer.
+
 With a key (``--key-file``, or the file ``ARRAYWIRE_KEY_FILE`` names) both
 ends run the opening of ``arraywire.connect``/``listen`` (hello, then
 authentication) before the exchange. With TLS (``--tls``, ``--tls-*``) the end
@@ -68,6 +73,9 @@ TLS_HANDSHAKE = b"\x16"
 # OpenSSL's verify codes for a certificate of another host.
 HOSTNAME_MISMATCH = 62
 IP_ADDRESS_MISMATCH = 64
+# Progress on a stderr that is not a terminal (a log): a plain line this often.
+LOG_INTERVAL = 10.0
+DECIMAL_PREFIXES = ("", "k", "M", "G", "T", "P")
 
 
 class Failure(Exception):
@@ -133,7 +141,7 @@ def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-q", "--quiet", action="store_true",
-        help="no progress bar and no summary (errors and the listening address remain)",
+        help="no progress and no summary (errors and the listening address remain)",
     )
     parser.add_argument(
         "--timeout", type=parse_seconds, default=None, metavar="SECONDS",
@@ -266,8 +274,9 @@ def _send(args: argparse.Namespace) -> str:
     plan = plan_send([array])
     with _connected(args, args.listen, ENDS["send"]) as sock:
         incoming = _Incoming(sock)
-        with _bar(args, plan.total, f"send {os.path.basename(args.file)}") as progress:
+        with _progress(args, "send", os.path.basename(args.file), plan.total) as progress:
             reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
+            started = time.perf_counter()
             try:
                 _framing.write_plan(plan, sock, reporter, _core(sock))
             except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
@@ -279,6 +288,7 @@ def _send(args: argparse.Namespace) -> str:
                     f"{plan.total:,} bytes"
                 ) from None
             reporter.finish()
+            seconds = time.perf_counter() - started
         if not args.no_confirm:
             reply = incoming.reply()
             if reply[0] != ACK:
@@ -287,7 +297,7 @@ def _send(args: argparse.Namespace) -> str:
                     "the array (see its messages; a program that receives with "
                     "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
                 )
-    return f"sent {args.file} ({_describe(array.dtype, array.shape)})"
+    return _summary(f"sent {args.file}", array.dtype, array.shape, seconds)
 
 
 def open_source(path: str) -> np.ndarray:
@@ -474,8 +484,12 @@ def _recv(args: argparse.Namespace) -> str:
             raise
         try:
             try:
-                with _bar(args, spec.nbytes, f"recv {os.path.basename(output)}") as progress:
+                with _progress(args, "recv", os.path.basename(output), spec.nbytes) as progress:
+                    # From the array's first byte: not the wait for the
+                    # sender, nor the allocation of the file.
+                    started = time.perf_counter()
                     _receive(sock, target, spec.nbytes, progress, core)
+                    seconds = time.perf_counter() - started
                 target.flush()
             finally:
                 del target
@@ -487,7 +501,7 @@ def _recv(args: argparse.Namespace) -> str:
             sock.sendall(ACK)
         except OSError:  # the file is complete; the sender reports its own failure
             pass
-    return f"wrote {output} ({_describe(spec.dtype, spec.shape)})"
+    return _summary(f"wrote {output}", spec.dtype, spec.shape, seconds)
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -581,7 +595,6 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
 
 
 def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], str]) -> int:
-    started = time.monotonic()
     try:
         summary = body(args)
     except Failure as exc:
@@ -593,8 +606,7 @@ def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namesp
     except OSError as exc:
         return _fail(command, _os_error(exc))
     if not args.quiet:
-        elapsed = time.monotonic() - started
-        print(f"arraywire {command}: {summary} in {elapsed:.1f} s", file=sys.stderr)
+        print(f"arraywire {command}: {summary}", file=sys.stderr)
     return 0
 
 
@@ -909,14 +921,32 @@ def _authenticate(
 
 
 @contextmanager
-def _bar(args: argparse.Namespace, total: int, label: str) -> Iterator[Progress]:
+def _progress(args: argparse.Namespace, command: str, name: str, total: int) -> Iterator[Progress]:
+    """A bar on a terminal, plain lines in a log, nothing with --quiet."""
+    if args.quiet:
+        yield _no_progress
+    elif sys.stderr.isatty():
+        with _bar(f"{command} {name}", total) as progress:
+            yield progress
+    else:
+        yield _LogLines(f"arraywire {command}: {name}")
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+@contextmanager
+def _bar(label: str, total: int) -> Iterator[Progress]:
     from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lint extra
 
     # The bar is driven by progress callbacks: tqdm's watchdog thread adds nothing.
     tqdm.monitor_interval = 0
     bar = tqdm(
-        total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=args.quiet, file=sys.stderr, dynamic_ncols=True,
+        total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1000,
+        file=sys.stderr, dynamic_ncols=True,
+        # "8.00MB/8.00MB", not tqdm's "8.00M/8.00M" beside a rate in MB/s
+        bar_format="{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]",
     )
 
     def progress(done: int, _total: int) -> None:
@@ -926,13 +956,52 @@ def _bar(args: argparse.Namespace, total: int, label: str) -> Iterator[Progress]
         yield progress
 
 
+class _LogLines:
+    """Progress as a plain line every LOG_INTERVAL seconds, for a log file,
+    where a bar's carriage returns would pile up on one line. A transfer done
+    sooner prints only its summary."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last_time = time.monotonic()
+        self.last_done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.last_time < LOG_INTERVAL:
+            return  # the summary follows the end
+        rate = (done - self.last_done) / (now - self.last_time)
+        print(
+            f"{self.label}: {100 * done // total}%, {decimal_size(done)} of "
+            f"{decimal_size(total)} ({decimal_size(rate, 'B/s')})",
+            file=sys.stderr, flush=True,
+        )
+        self.last_time, self.last_done = now, done
+
+
+def decimal_size(value: float, unit: str = "B") -> str:
+    """value in decimal units (1 kB = 1000 B), three significant digits, as
+    the bar shows sizes."""
+    exponent = 0
+    while value >= 999.5 and exponent < len(DECIMAL_PREFIXES) - 1:
+        value /= 1000
+        exponent += 1
+    digits = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:.{digits}f} {DECIMAL_PREFIXES[exponent]}{unit}"
+
+
+def _summary(done: str, dtype: np.dtype, shape: tuple[int, ...], seconds: float) -> str:
+    """What was done, and how fast the array's bytes moved."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    duration = f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+    return (
+        f"{done}: {dtype} {shape}, {nbytes:,} bytes in {duration} "
+        f"({decimal_size(nbytes / seconds, 'B/s')})"
+    )
+
+
 def _moved(exc: BaseException) -> int:
     return int(getattr(exc, "bytes_done", None) or 0)
-
-
-def _describe(dtype: np.dtype, shape: tuple[int, ...]) -> str:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return f"{dtype} {shape}, {nbytes:,} bytes"
 
 
 __all__ = ["ACK", "REFUSE", "add_recv_arguments", "add_send_arguments", "parse_size"]
