@@ -11,6 +11,7 @@ import pty
 import re
 import resource
 import selectors
+import shlex
 import signal
 import socket
 import struct
@@ -26,6 +27,8 @@ import numpy as np
 import pytest
 from backends import Backend, backend_env
 
+import arraywire
+from arraywire._cli import build_parser
 from arraywire._engine import plan_send
 from arraywire._transfer_cli import ACK, REFUSE, parse_size
 
@@ -500,6 +503,35 @@ def test_an_existing_output_is_kept(backend: Backend, tmp_path: Path) -> None:
     assert "exists (use --force" in one_error_line(err, "recv")
     assert "listening on" not in err
     assert (tmp_path / "out.npy").read_bytes() == b"precious"
+
+
+def run_arraywire(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "arraywire", *args],
+                          env=cli_env(backend, None), capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)
+
+
+def test_version_names_the_backend(backend: Backend) -> None:
+    done = run_arraywire(backend, "--version")
+    why = "compiled" if backend.name == "c" else "pure Python: ARRAYWIRE_NO_EXTENSIONS is set"
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"arraywire {arraywire.__version__}, backend {backend.name} ({why})\n", ""
+    )
+
+
+@pytest.mark.parametrize("command", ["", "send", "recv", "bench"])
+def test_help_shows_examples_that_parse(backend: Backend, command: str) -> None:
+    done = run_arraywire(backend, *command.split(), "--help")
+    assert (done.returncode, done.stderr) == (0, "")
+    examples = done.stdout.split("\nexamples:\n", 1)[1]
+    lines = [line for line in examples.splitlines() if line.startswith("  arraywire ")]
+    assert len(lines) >= 2, done.stdout
+    for line in lines:
+        # kept as written, not re-wrapped: the command, two spaces, what it does
+        example = re.split(r"\s{2,}", line.strip())[0]
+        assert example.startswith(f"arraywire {command}".rstrip()), line
+        args = build_parser().parse_args(shlex.split(example)[1:])
+        assert args.command == (command or args.command)
 
 
 def test_parse_size() -> None:

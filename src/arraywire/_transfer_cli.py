@@ -95,6 +95,41 @@ ENDS = {
     "recv": Ends("receiver", "sender", "send"),
 }
 
+# Shown as written (RawDescriptionHelpFormatter): wrapped here.
+SEND_DESCRIPTION = """\
+Send a .npy file to arraywire recv: connect to it (or, with --listen, let it
+connect), send the array straight from the memory-mapped file, and exit 0 once
+the receiver confirms that it wrote the array to its disk.
+"""
+SEND_EXAMPLES = f"""\
+examples:
+  arraywire send weights.npy receiver-host:5000   to arraywire recv 5000
+  arraywire send weights.npy '[fd00::2]:5000'     an IPv6 address goes in brackets
+  arraywire send weights.npy 5000 --listen        to arraywire recv HOST:5000 --connect
+  arraywire send weights.npy host:5000 --key-file transfer.key --tls-ca ca.pem
+
+The connecting end tries again every {_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens, so either
+end may start first. The bar and the summary count in decimal units: 1 MB is
+1,000,000 bytes.
+"""
+RECV_DESCRIPTION = """\
+Receive one array from arraywire send into a .npy file: listen (or, with
+--connect, connect), refuse an array larger than --max-bytes or the free disk
+space, write OUTPUT.partial, rename it to OUTPUT, then confirm to the sender.
+"""
+RECV_EXAMPLES = """\
+examples:
+  arraywire recv 5000 -o weights.npy               all interfaces, IPv4 and IPv6
+  arraywire recv '[::1]:5000' -o weights.npy       IPv6 loopback only
+  arraywire recv 0 -o weights.npy                  a free port, printed on stderr
+  arraywire recv sender-host:5000 -o weights.npy --connect
+  arraywire recv 5000 -o weights.npy --max-bytes 60GB --force
+
+SIZE is a byte count with an optional unit: kB, MB, GB, TB (powers of 1000, as
+the bar and the summary show sizes) or KiB, MiB, GiB, TiB (powers of 1024);
+fractions are fine (1.5GB, 7.6MiB).
+"""
+
 
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the .npy file to send")
@@ -148,13 +183,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="give up when the peer does not connect, or no byte moves, for this long "
              "(default: wait forever; 10 s for the TLS handshake and the key's opening). "
              "The connecting end tries again every "
-             f"{_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens yet, so "
-             "either end may start first",
+             f"{_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens: until this "
+             "timeout, by default until something listens",
     )
     security = parser.add_argument_group(
         "security",
-        "Without these the connection is plain TCP: no authentication, no encryption. "
-        "The end that listens is the TLS server.",
+        "Without these the connection is plain TCP: no authentication, no\n"
+        "encryption. The end that listens is the TLS server.",
     )
     security.add_argument(
         "--key-file", metavar="PATH",
