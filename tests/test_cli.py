@@ -30,7 +30,7 @@ from backends import Backend, backend_env
 import arraywire
 from arraywire._cli import build_parser
 from arraywire._engine import plan_send
-from arraywire._transfer_cli import ACK, REFUSE, parse_size
+from arraywire._transfer_cli import ACK, LOG_INTERVAL, REFUSE, parse_size
 
 TIMEOUT = 60
 
@@ -267,13 +267,13 @@ def test_the_bar_on_a_terminal_counts_in_decimal_units(backend: Backend, tmp_pat
 
 
 def test_a_log_gets_plain_progress_lines(backend: Backend, receiver_dir: Path) -> None:
-    """stderr not a terminal: a line every 10 s (LOG_INTERVAL) while bytes
+    """stderr not a terminal: a line every LOG_INTERVAL seconds while bytes
     move, no carriage returns. The test plays a sender that stalls."""
     output = receiver_dir / "out.npy"
     receiver = start_receiver(backend, output)
     fake = FakeSender(receiver.port(), np.ones(1_000_000))
     fake.sock.sendall(fake.header + fake.payload[:2_400_000])
-    time.sleep(10.5)
+    time.sleep(LOG_INTERVAL + 0.5)
     fake.sock.sendall(fake.payload[2_400_000:4_800_000])
     time.sleep(0.5)
     fake.sock.sendall(fake.payload[4_800_000:])

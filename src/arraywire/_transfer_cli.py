@@ -101,14 +101,14 @@ Send a .npy file to arraywire recv: connect to it (or, with --listen, let it
 connect), send the array straight from the memory-mapped file, and exit 0 once
 the receiver confirms that it wrote the array to its disk.
 """
-SEND_EXAMPLES = f"""\
+SEND_EXAMPLES = """\
 examples:
   arraywire send weights.npy receiver-host:5000   to arraywire recv 5000
   arraywire send weights.npy '[fd00::2]:5000'     an IPv6 address goes in brackets
   arraywire send weights.npy 5000 --listen        to arraywire recv HOST:5000 --connect
   arraywire send weights.npy host:5000 --key-file transfer.key --tls-ca ca.pem
 
-The connecting end tries again every {_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens, so either
+The connecting end tries again while nothing listens (see --timeout), so either
 end may start first. The bar and the summary count in decimal units: 1 MB is
 1,000,000 bytes.
 """
@@ -258,6 +258,7 @@ _ADDRESS = re.compile(r"(?:\[([^\[\]]+)\]:|([^\[\]:]*):)?(\d+)")
 
 
 def parse_address(text: str) -> Address:
+    """PORT, HOST:PORT or [IPv6]:PORT: a bare IPv6 address would be ambiguous."""
     match = _ADDRESS.fullmatch(text)
     if not match:
         if text.count(":") > 1 and not text.startswith("["):
@@ -742,7 +743,7 @@ def _connect_when_listening(
 ) -> socket.socket:
     where = format_address(address.host, address.port)
     deadline = None if timeout is None else time.monotonic() + timeout
-    told = quiet
+    told = quiet  # --quiet: no note while waiting
     while True:
         try:
             return socket.create_connection(
@@ -968,7 +969,7 @@ def _progress(args: argparse.Namespace, command: str, name: str, total: int) -> 
 
 
 def _no_progress(done: int, total: int) -> None:
-    pass
+    """--quiet: nothing to show."""
 
 
 @contextmanager
