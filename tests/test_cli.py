@@ -30,7 +30,7 @@ from backends import Backend, backend_env
 import arraywire
 from arraywire._cli import build_parser
 from arraywire._engine import plan_send
-from arraywire._transfer_cli import ACK, LOG_INTERVAL, REFUSE, parse_size
+from arraywire._transfer_cli import ACK, LOG_INTERVAL, REFUSE, decimal_size, parse_size
 
 TIMEOUT = 60
 
@@ -532,6 +532,16 @@ def test_help_shows_examples_that_parse(backend: Backend, command: str) -> None:
         assert example.startswith(f"arraywire {command}".rstrip()), line
         args = build_parser().parse_args(shlex.split(example)[1:])
         assert args.command == (command or args.command)
+
+
+def test_decimal_size() -> None:
+    """Three significant digits in powers of 1000, as tqdm's bar shows sizes."""
+    assert decimal_size(0) == "0.00 B"
+    assert decimal_size(999) == "999 B"
+    assert decimal_size(999.6) == "1.00 kB"
+    assert decimal_size(400_000_000) == "400 MB"
+    assert decimal_size(9_996_000) == "10.0 MB"
+    assert decimal_size(1.2903e9, "B/s") == "1.29 GB/s"
 
 
 def test_parse_size() -> None:

@@ -1029,11 +1029,16 @@ def decimal_size(value: float, unit: str = "B") -> str:
 def _summary(done: str, dtype: np.dtype, shape: tuple[int, ...], seconds: float) -> str:
     """What was done, and how fast the array's bytes moved."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    duration = f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
     return (
-        f"{done}: {dtype} {shape}, {nbytes:,} bytes in {duration} "
+        f"{done}: {dtype} {shape}, {nbytes:,} bytes in {_duration(seconds)} "
         f"({decimal_size(nbytes / seconds, 'B/s')})"
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 0.1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.1f} s"
 
 
 def _moved(exc: BaseException) -> int:
