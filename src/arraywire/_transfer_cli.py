@@ -3,7 +3,9 @@
 Both ends memory-map the file (``numpy.load(mmap_mode='r')`` on the sender,
 ``numpy.lib.format.open_memmap`` on the receiver), so an array larger than
 RAM goes disk -> socket -> disk with no in-memory copy. The sender connects
-and the receiver listens, unless ``--listen`` / ``--connect`` swap the roles.
+and the receiver listens, unless ``--listen`` / ``--connect`` swap the roles;
+the connecting end tries again while nothing listens, so either may start
+first. A port alone listens on every interface, IPv4 and IPv6 (dual-stack).
 
 The receiver reads the arraywire header first and refuses an array larger
 than ``--max-bytes`` (default: no cap) or than the free space of the output
