@@ -17,6 +17,7 @@ from test_cli import (  # the autouse fixture reaps this module's children too
     one_error_line,
     quiet_lines,
     same_file_contents,
+    usage_error,
 )
 
 from arraywire import _hello, _transport_py
@@ -346,10 +347,6 @@ def test_bad_key_and_certificate_files(tmp_path: Path, files: tuple[Path, Path],
          f"cannot read the key file {missing} (--key-file): No such file or directory"),
         (["send", source, "127.0.0.1:9"], {"ARRAYWIRE_KEY_FILE": missing},
          f"cannot read the key file {missing} (ARRAYWIRE_KEY_FILE): No such file"),
-        (["recv", "0", "--tls-ca", pki.ca], None,
-         "this end listens, so it is the TLS server: give it --tls-cert and --tls-key"),
-        (["recv", "0", "--tls-cert", pki.server_cert], None,
-         "--tls-cert and --tls-key go together"),
         (["recv", "0", "--tls-cert", missing, "--tls-key", pki.server_key], None,
          f"cannot read --tls-cert {missing}: No such file or directory"),
         (["recv", "0", "--tls-cert", pki.server_cert, "--tls-key", pki.client], None,
@@ -366,6 +363,28 @@ def test_bad_key_and_certificate_files(tmp_path: Path, files: tuple[Path, Path],
         assert status == 1, err
         assert message in one_error_line(err, args[0]), err
         assert "listening on" not in err  # refused before listening
+
+
+def test_tls_options_that_do_not_go_together_exit_2(
+    backend: Backend, files: tuple[Path, Path], pki: Pki
+) -> None:
+    """A bad command line, told by argparse's rule: usage, one line, exit 2."""
+    source, output = map(str, files)
+    cases = [
+        (["recv", "0", "-o", output, "--tls-ca", pki.ca],
+         "this end listens, so it is the TLS server: give it --tls-cert and --tls-key"),
+        (["send", source, "0", "--listen", "--tls"],
+         "this end listens, so it is the TLS server: give it --tls-cert and --tls-key"),
+        (["recv", "0", "-o", output, "--tls-cert", pki.server_cert],
+         "--tls-cert and --tls-key go together"),
+        (["send", source, "127.0.0.1:9", "--tls-key", pki.server_key],
+         "--tls-cert and --tls-key go together"),
+    ]
+    for args, message in cases:
+        status, err = Cli(backend, *args, "-q").finish()
+        assert status == 2, err
+        assert message in usage_error(err, args[0])
+    assert not files[1].exists()
 
 
 # --- the library's message for a hello or TLS where a message should be ---------------------

@@ -3,7 +3,9 @@
 Both ends memory-map the file (``numpy.load(mmap_mode='r')`` on the sender,
 ``numpy.lib.format.open_memmap`` on the receiver), so an array larger than
 RAM goes disk -> socket -> disk with no in-memory copy. The sender connects
-and the receiver listens, unless ``--listen`` / ``--connect`` swap the roles.
+and the receiver listens, unless ``--listen`` / ``--connect`` swap the roles;
+the connecting end tries again while nothing listens, so either may start
+first. A port alone listens on every interface, IPv4 and IPv6 (dual-stack).
 
 The receiver reads the arraywire header first and refuses an array larger
 than ``--max-bytes`` (default: no cap) or than the free space of the output
@@ -12,6 +14,11 @@ instead of raising SIGBUS in a mapped write), fills it, flushes it, renames
 it to ``OUT`` and only then confirms to the sender with ``ACK``. Either side
 exits 0 only after that confirmation; on failure ``OUT.partial`` is removed.
 A refusal carries its reason to the sender (``REFUSE``), which prints it.
+
+Progress is a tqdm bar when stderr is a terminal and a plain line every
+``LOG_INTERVAL`` seconds otherwise (a log file); sizes are decimal (1 MB =
+10^6 bytes) everywhere. Each end's summary times the array's bytes alone,
+not the wait for the peer.
 
 With a key (``--key-file``, or the file ``ARRAYWIRE_KEY_FILE`` names) both
 ends run the opening of ``arraywire.connect``/``listen`` (hello, then
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import re
 import select
@@ -37,6 +45,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from decimal import Decimal
+from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -65,7 +75,9 @@ TLS_HANDSHAKE = b"\x16"
 # OpenSSL's verify codes for a certificate of another host.
 HOSTNAME_MISMATCH = 62
 IP_ADDRESS_MISMATCH = 64
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# Progress on a stderr that is not a terminal (a log): a plain line this often.
+LOG_INTERVAL = 10.0
+DECIMAL_PREFIXES = ("", "k", "M", "G", "T", "P")
 
 
 class Failure(Exception):
@@ -85,12 +97,48 @@ ENDS = {
     "recv": Ends("receiver", "sender", "send"),
 }
 
+# Shown as written (RawDescriptionHelpFormatter): wrapped here.
+SEND_DESCRIPTION = """\
+Send a .npy file to arraywire recv: connect to it (or, with --listen, let it
+connect), send the array straight from the memory-mapped file, and exit 0 once
+the receiver confirms that it wrote the array to its disk.
+"""
+SEND_EXAMPLES = """\
+examples:
+  arraywire send weights.npy receiver-host:5000   to arraywire recv 5000
+  arraywire send weights.npy '[fd00::2]:5000'     an IPv6 address goes in brackets
+  arraywire send weights.npy 5000 --listen        to arraywire recv HOST:5000 --connect
+  arraywire send weights.npy host:5000 --key-file transfer.key --tls-ca ca.pem
+
+The connecting end tries again while nothing listens (see --timeout), so either
+end may start first. The bar and the summary count in decimal units: 1 MB is
+1,000,000 bytes.
+"""
+RECV_DESCRIPTION = """\
+Receive one array from arraywire send into a .npy file: listen (or, with
+--connect, connect), refuse an array larger than --max-bytes or the free disk
+space, write OUTPUT.partial, rename it to OUTPUT, then confirm to the sender.
+"""
+RECV_EXAMPLES = """\
+examples:
+  arraywire recv 5000 -o weights.npy               all interfaces, IPv4 and IPv6
+  arraywire recv '[::1]:5000' -o weights.npy       IPv6 loopback only
+  arraywire recv 0 -o weights.npy                  a free port, printed on stderr
+  arraywire recv sender-host:5000 -o weights.npy --connect
+  arraywire recv 5000 -o weights.npy --max-bytes 60GB --force
+
+SIZE is a byte count with an optional unit: kB, MB, GB, TB (powers of 1000, as
+the bar and the summary show sizes) or KiB, MiB, GiB, TiB (powers of 1024);
+fractions are fine (1.5GB, 7.6MiB).
+"""
+
 
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the .npy file to send")
     parser.add_argument(
-        "address",
-        help="HOST:PORT of the receiver; with --listen, [HOST:]PORT to listen on",
+        "address", type=parse_address,
+        help="HOST:PORT of the receiver ([IPv6]:PORT for an IPv6 address); with --listen, "
+             "[HOST:]PORT to listen on",
     )
     parser.add_argument(
         "--listen", action="store_true",
@@ -103,14 +151,14 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
              "(for a receiving program that does not answer b'AWOK')",
     )
     _add_common(parser)
-    parser.set_defaults(run=run_send)
+    parser.set_defaults(run=partial(run_send, parser))
 
 
 def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "address",
-        help="[HOST:]PORT to listen on (all interfaces by default); "
-             "with --connect, HOST:PORT of the sender",
+        "address", type=parse_address,
+        help="[HOST:]PORT to listen on (a port alone: all interfaces, IPv4 and IPv6); "
+             "with --connect, HOST:PORT of the sender ([IPv6]:PORT for an IPv6 address)",
     )
     parser.add_argument("-o", "--output", required=True, help="the .npy file to write")
     parser.add_argument(
@@ -119,28 +167,31 @@ def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-bytes", type=parse_size, default=None, metavar="SIZE",
-        help="refuse arrays larger than this (K, M, G, T are powers of 1024; default: "
-             "no cap, only the free space of the output directory)",
+        help="refuse arrays larger than this (default: no cap, only the free space of "
+             "the output directory)",
     )
     parser.add_argument("-f", "--force", action="store_true", help="replace an existing OUTPUT")
     _add_common(parser)
-    parser.set_defaults(run=run_recv)
+    parser.set_defaults(run=partial(run_recv, parser))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-q", "--quiet", action="store_true",
-        help="no progress bar and no summary (errors and the listening address remain)",
+        help="no progress and no summary (errors and the listening address remain)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=None, metavar="SECONDS",
+        "--timeout", type=parse_seconds, default=None, metavar="SECONDS",
         help="give up when the peer does not connect, or no byte moves, for this long "
-             "(default: wait forever; 10 s for the TLS handshake and the key's opening)",
+             "(default: wait forever; 10 s for the TLS handshake and the key's opening). "
+             "The connecting end tries again every "
+             f"{_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens: until this "
+             "timeout, by default until something listens",
     )
     security = parser.add_argument_group(
         "security",
-        "Without these the connection is plain TCP: no authentication, no encryption. "
-        "The end that listens is the TLS server.",
+        "Without these the connection is plain TCP: no authentication, no\n"
+        "encryption. The end that listens is the TLS server.",
     )
     security.add_argument(
         "--key-file", metavar="PATH",
@@ -169,39 +220,101 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    """A byte count: decimal units (kB, MB, GB, TB: powers of 1000) as the
+    bar and the summaries show them, binary ones (KiB, MiB, ...) on request."""
+    match = re.fullmatch(
+        r"\s*(\d+\.?\d*|\.\d+)\s*(?:([kmgtp])(i?))?b?\s*", text, re.IGNORECASE
+    )
     if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 60G, 1T)")
-    return int(match[1]) * _UNITS[match[2].upper()]
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (e.g. 500MB, 1.5G, 7.6MiB; kB, MB, GB, TB are powers "
+            "of 1000, KiB, MiB, GiB, TiB of 1024)"
+        )
+    number, prefix, binary = match.groups()
+    scale = 1
+    if prefix:
+        power = "KMGTP".index(prefix.upper()) + 1
+        scale = 1024**power if binary else 1000**power
+    # Decimal, not float: 1.1MB is 1,100,000 bytes, not 1,100,000.0000000002.
+    return int(Decimal(number) * scale)
 
 
-def parse_address(text: str, *, need_host: bool) -> tuple[str, int]:
-    """HOST:PORT, [IPv6]:PORT or (when need_host is false) PORT alone."""
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port.isdigit() or int(port) > 65535:
-        raise Failure(f"bad address {text!r}: expected {'HOST:' if need_host else '[HOST:]'}PORT")
-    if need_host and not host:
-        raise Failure(f"bad address {text!r}: expected HOST:PORT")
-    return host, int(port)
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}")
+    return seconds
+
+
+class Address(NamedTuple):
+    host: str  # "" when only a port was given
+    port: int
+    text: str  # as typed, for messages
+
+
+# PORT, HOST:PORT or [IPv6]:PORT; the host may be empty (":5000").
+_ADDRESS = re.compile(r"(?:\[([^\[\]]+)\]:|([^\[\]:]*):)?(\d+)")
+
+
+def parse_address(text: str) -> Address:
+    """PORT, HOST:PORT or [IPv6]:PORT: a bare IPv6 address would be ambiguous."""
+    match = _ADDRESS.fullmatch(text)
+    if not match:
+        if text.count(":") > 1 and not text.startswith("["):
+            raise argparse.ArgumentTypeError(
+                f"bad address {text!r}: an IPv6 address goes in brackets, as in [::1]:5000"
+            )
+        raise argparse.ArgumentTypeError(
+            f"bad address {text!r}: expected PORT, HOST:PORT or [IPv6]:PORT"
+        )
+    bracketed, host, port = match.groups()
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: port {port} is over 65535")
+    return Address(bracketed or host or "", int(port), text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def usage_problem(args: argparse.Namespace, listen: bool, ends: Ends) -> str | None:
+    """What is wrong with the command line beyond what argparse checks; None if nothing."""
+    address = args.address
+    if not listen and not address.host:
+        return f"bad address {address.text!r}: connecting needs the {ends.peer}'s HOST:PORT"
+    if not listen and address.port == 0:
+        return (
+            f"bad address {address.text!r}: port 0 is for listening (it picks a free port); "
+            f"give the port the {ends.peer} listens on"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together: a certificate and its private key"
+    if listen and args.tls_cert is None and (args.tls or args.tls_ca):
+        return "this end listens, so it is the TLS server: give it --tls-cert and --tls-key"
+    return None
 
 
 # --- sending -----------------------------------------------------------------
 
 
-def run_send(args: argparse.Namespace) -> int:
+def run_send(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    problem = usage_problem(args, args.listen, ENDS["send"])
+    if problem:
+        parser.error(problem)
     return _main("send", args, _send)
 
 
 def _send(args: argparse.Namespace) -> str:
     array = open_source(args.file)
-    host, port = parse_address(args.address, need_host=not args.listen)
     plan = plan_send([array])
-    with _connected(args, host, port, args.listen, ENDS["send"]) as sock:
+    with _connected(args, args.listen, ENDS["send"]) as sock:
         incoming = _Incoming(sock)
-        with _bar(args, plan.total, f"send {os.path.basename(args.file)}") as progress:
+        with _progress(args, "send", os.path.basename(args.file), plan.total) as progress:
             reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
+            started = time.perf_counter()
             try:
                 _framing.write_plan(plan, sock, reporter, _core(sock))
             except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
@@ -213,6 +326,7 @@ def _send(args: argparse.Namespace) -> str:
                     f"{plan.total:,} bytes"
                 ) from None
             reporter.finish()
+            seconds = time.perf_counter() - started
         if not args.no_confirm:
             reply = incoming.reply()
             if reply[0] != ACK:
@@ -221,7 +335,7 @@ def _send(args: argparse.Namespace) -> str:
                     "the array (see its messages; a program that receives with "
                     "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
                 )
-    return f"sent {args.file} ({_describe(array.dtype, array.shape)})"
+    return _summary(f"sent {args.file}", array.dtype, array.shape, seconds)
 
 
 def open_source(path: str) -> np.ndarray:
@@ -371,16 +485,18 @@ def _hang_up(sock: socket.socket) -> None:
             pass
 
 
-def run_recv(args: argparse.Namespace) -> int:
+def run_recv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    problem = usage_problem(args, not args.connect, ENDS["recv"])
+    if problem:
+        parser.error(problem)
     return _main("recv", args, _recv)
 
 
 def _recv(args: argparse.Namespace) -> str:
     output = args.output
     partial = output + ".partial"
-    host, port = parse_address(args.address, need_host=args.connect)
     _check_output(output, args.force)
-    with _connected(args, host, port, not args.connect, ENDS["recv"]) as sock:
+    with _connected(args, not args.connect, ENDS["recv"]) as sock:
         core = _core(sock)
         try:
             specs = _framing.recv_header(sock, None, core)
@@ -406,8 +522,12 @@ def _recv(args: argparse.Namespace) -> str:
             raise
         try:
             try:
-                with _bar(args, spec.nbytes, f"recv {os.path.basename(output)}") as progress:
+                with _progress(args, "recv", os.path.basename(output), spec.nbytes) as progress:
+                    # From the array's first byte: not the wait for the
+                    # sender, nor the allocation of the file.
+                    started = time.perf_counter()
                     _receive(sock, target, spec.nbytes, progress, core)
+                    seconds = time.perf_counter() - started
                 target.flush()
             finally:
                 del target
@@ -419,7 +539,7 @@ def _recv(args: argparse.Namespace) -> str:
             sock.sendall(ACK)
         except OSError:  # the file is complete; the sender reports its own failure
             pass
-    return f"wrote {output} ({_describe(spec.dtype, spec.shape)})"
+    return _summary(f"wrote {output}", spec.dtype, spec.shape, seconds)
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -513,7 +633,6 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
 
 
 def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], str]) -> int:
-    started = time.monotonic()
     try:
         summary = body(args)
     except Failure as exc:
@@ -525,8 +644,7 @@ def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namesp
     except OSError as exc:
         return _fail(command, _os_error(exc))
     if not args.quiet:
-        elapsed = time.monotonic() - started
-        print(f"arraywire {command}: {summary} in {elapsed:.1f} s", file=sys.stderr)
+        print(f"arraywire {command}: {summary}", file=sys.stderr)
     return 0
 
 
@@ -563,55 +681,99 @@ def _os_error(exc: OSError) -> str:
 
 
 @contextmanager
-def _connected(
-    args: argparse.Namespace, host: str, port: int, listen: bool, ends: Ends
-) -> Iterator[socket.socket]:
+def _connected(args: argparse.Namespace, listen: bool, ends: Ends) -> Iterator[socket.socket]:
     """The connection to the peer, once its opening is done: an SSLSocket with TLS."""
     key = read_key(args.key_file)
     context = tls_context(args, listen)
-    where = f"{host or '*'}:{port}"
-    if listen:
-        try:
-            server = socket.create_server((host, port))
-        except socket.gaierror as exc:
-            raise Failure(f"cannot listen on {where}: {exc.strerror}") from None
-        except OSError as exc:
-            reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise Failure(f"cannot listen on {where}: {reason}") from None
-        with server:
-            bound = server.getsockname()
-            # Printed even with --quiet: the peer needs the port (which may be 0 here).
-            print(f"arraywire: listening on {host or '*'}:{bound[1]}", file=sys.stderr,
-                  flush=True)
-            server.settimeout(args.timeout)
-            try:
-                sock, _ = server.accept()
-            except TimeoutError:
-                raise Failure(f"nobody connected within {args.timeout:g} s") from None
-    else:
-        try:
-            sock = socket.create_connection((host, port), timeout=args.timeout)
-        except socket.gaierror as exc:
-            raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
-        except ConnectionRefusedError:
-            raise Failure(
-                f"cannot connect to {where}: connection refused (nothing listens there)"
-            ) from None
-        except TimeoutError:
-            raise Failure(f"cannot connect to {where}: timed out") from None
-        except OSError as exc:
-            raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
-    with sock:
+    with peer_socket(args, listen, ends) as sock:
         wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
         deadline = time.monotonic() + wait
         if context is not None:
             sock.settimeout(wait)
-            sock = _start_tls(context, sock, host, listen, ends, wait)
+            sock = _start_tls(context, sock, args.address.host, listen, ends, wait)
         with sock:  # the SSLSocket: the TCP socket above is detached from it
             if key is not None:
                 _authenticate(sock, key, not listen, deadline, ends, wait)
             sock.settimeout(args.timeout)
             yield sock
+
+
+def peer_socket(args: argparse.Namespace, listen: bool, ends: Ends) -> socket.socket:
+    """The TCP connection to the peer: the first to connect when this end
+    listens, else one to the peer's address, tried again while refused so
+    that either end may start first."""
+    if listen:
+        return _accept_first(args.address, args.timeout)
+    return _connect_when_listening(args.address, args.timeout, ends, args.quiet)
+
+
+def _accept_first(address: Address, timeout: float | None) -> socket.socket:
+    # A port alone: every interface, IPv4 and IPv6 on one socket where the OS can.
+    host = address.host or ("::" if socket.has_dualstack_ipv6() else "")
+    where = format_address(host or "0.0.0.0", address.port)
+    try:
+        server, _ = _connection.server_socket((host, address.port), _connection.DEFAULT_BACKLOG)
+    except socket.gaierror as exc:
+        raise Failure(f"cannot listen on {where}: {exc.strerror}") from None
+    except OSError as exc:
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise Failure(f"cannot listen on {where}: {reason}") from None
+    with server:
+        # Printed even with --quiet: the peer needs the port (which may be 0 here).
+        print(f"arraywire: listening on {_listening_on(server)}", file=sys.stderr, flush=True)
+        server.settimeout(timeout)
+        try:
+            sock, _ = server.accept()
+        except TimeoutError:
+            raise Failure(f"nobody connected within {timeout:g} s") from None
+    return sock
+
+
+def _listening_on(server: socket.socket) -> str:
+    host, port = _connection.bound_address(server)
+    where = format_address(host, port)
+    if host == "0.0.0.0":
+        return f"{where} (all interfaces, IPv4 only)"
+    if host == "::":
+        ipv6_only = server.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        return f"{where} (all interfaces, {'IPv6 only' if ipv6_only else 'IPv4 and IPv6'})"
+    return where
+
+
+def _connect_when_listening(
+    address: Address, timeout: float | None, ends: Ends, quiet: bool
+) -> socket.socket:
+    where = format_address(address.host, address.port)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = quiet  # --quiet: no note while waiting
+    while True:
+        try:
+            return socket.create_connection(
+                (address.host, address.port), timeout=_connection.remaining(deadline)
+            )
+        except ConnectionRefusedError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Failure(
+                    f"cannot connect to {where}: connection refused for {timeout:g} s "
+                    "(nothing listens there)"
+                ) from None
+            if not told:
+                told = True
+                until = "until it does" if timeout is None else f"for up to {timeout:g} s"
+                print(
+                    f"arraywire: nothing listens on {where} yet; trying again {until} "
+                    f"(is the {ends.peer} running?)",
+                    file=sys.stderr, flush=True,
+                )
+        except socket.gaierror as exc:
+            raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
+        except TimeoutError as exc:
+            # The OS's own time limit says so in strerror; the socket's does not.
+            reason = exc.strerror or f"no answer within {timeout:g} s"
+            raise Failure(f"cannot connect to {where}: {reason}") from None
+        except OSError as exc:
+            raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
+        time.sleep(_connection.RETRY_INTERVAL)
 
 
 def _core(sock: socket.socket) -> Any:
@@ -645,14 +807,11 @@ def read_key(path: str | None) -> bytes | None:
 
 
 def tls_context(args: argparse.Namespace, listen: bool) -> ssl.SSLContext | None:
-    """This end's TLS context (the server's when it listens); None without TLS."""
+    """This end's TLS context (the server's when it listens); None without TLS.
+    usage_problem has checked that the options go together."""
     cert, key, ca = args.tls_cert, args.tls_key, args.tls_ca
     if not (args.tls or cert or key or ca):
         return None
-    if (cert is None) != (key is None):
-        raise Failure("--tls-cert and --tls-key go together: a certificate and its private key")
-    if listen and cert is None:
-        raise Failure("this end listens, so it is the TLS server: give it --tls-cert and --tls-key")
     for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
         if path is not None:
             try:
@@ -800,14 +959,32 @@ def _authenticate(
 
 
 @contextmanager
-def _bar(args: argparse.Namespace, total: int, label: str) -> Iterator[Progress]:
+def _progress(args: argparse.Namespace, command: str, name: str, total: int) -> Iterator[Progress]:
+    """A bar on a terminal, plain lines in a log, nothing with --quiet."""
+    if args.quiet:
+        yield _no_progress
+    elif sys.stderr.isatty():
+        with _bar(f"{command} {name}", total) as progress:
+            yield progress
+    else:
+        yield _LogLines(f"arraywire {command}: {name}")
+
+
+def _no_progress(done: int, total: int) -> None:
+    """--quiet: nothing to show."""
+
+
+@contextmanager
+def _bar(label: str, total: int) -> Iterator[Progress]:
     from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lint extra
 
     # The bar is driven by progress callbacks: tqdm's watchdog thread adds nothing.
     tqdm.monitor_interval = 0
     bar = tqdm(
-        total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=args.quiet, file=sys.stderr, dynamic_ncols=True,
+        total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1000,
+        file=sys.stderr, dynamic_ncols=True,
+        # "8.00MB/8.00MB", not tqdm's "8.00M/8.00M" beside a rate in MB/s
+        bar_format="{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]",
     )
 
     def progress(done: int, _total: int) -> None:
@@ -817,13 +994,57 @@ def _bar(args: argparse.Namespace, total: int, label: str) -> Iterator[Progress]
         yield progress
 
 
+class _LogLines:
+    """Progress as a plain line every LOG_INTERVAL seconds, for a log file,
+    where a bar's carriage returns would pile up on one line. A transfer done
+    sooner prints only its summary."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last_time = time.monotonic()
+        self.last_done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.last_time < LOG_INTERVAL:
+            return  # the summary follows the end
+        rate = (done - self.last_done) / (now - self.last_time)
+        print(
+            f"{self.label}: {100 * done // total}%, {decimal_size(done)} of "
+            f"{decimal_size(total)} ({decimal_size(rate, 'B/s')})",
+            file=sys.stderr, flush=True,
+        )
+        self.last_time, self.last_done = now, done
+
+
+def decimal_size(value: float, unit: str = "B") -> str:
+    """value in decimal units (1 kB = 1000 B), three significant digits, as
+    the bar shows sizes."""
+    exponent = 0
+    while value >= 999.5 and exponent < len(DECIMAL_PREFIXES) - 1:
+        value /= 1000
+        exponent += 1
+    digits = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:.{digits}f} {DECIMAL_PREFIXES[exponent]}{unit}"
+
+
+def _summary(done: str, dtype: np.dtype, shape: tuple[int, ...], seconds: float) -> str:
+    """What was done, and how fast the array's bytes moved."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return (
+        f"{done}: {dtype} {shape}, {nbytes:,} bytes in {_duration(seconds)} "
+        f"({decimal_size(nbytes / seconds, 'B/s')})"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 0.1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.1f} s"
+
+
 def _moved(exc: BaseException) -> int:
     return int(getattr(exc, "bytes_done", None) or 0)
-
-
-def _describe(dtype: np.dtype, shape: tuple[int, ...]) -> str:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return f"{dtype} {shape}, {nbytes:,} bytes"
 
 
 __all__ = ["ACK", "REFUSE", "add_recv_arguments", "add_send_arguments", "parse_size"]
