@@ -3,14 +3,17 @@ connections, ping-pongs and memory, on the process pairs of
 ``arraywire._bench`` (the harness of ``arraywire bench``).
 
 ``run_pair(job)`` starts this file as both children. Job keys beyond those of
-``arraywire._bench.run_pair``: kind ("stream" or "pingpong") and contender
-("module:Class", imported from the job's path).
+``arraywire._bench.run_pair``: kind ("stream" or "pingpong"), contender
+("module:Class", imported from the job's path) and netns (role -> the network
+namespace that child runs in; its contender makes its own connection).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import itertools
+import json
 import os
 import resource
 import socket
@@ -29,6 +32,9 @@ from arraywire import _bench
 from arraywire._bench import check, pattern, recv_line, repetitions, send_line
 
 HERE = str(Path(__file__).resolve().parent)
+CLONE_NEWNET = 0x40000000
+# A receiver of parallel streams takes up to 8, as `arraywire recv` does.
+MAX_STREAMS = 8
 CHILD = (sys.executable, str(Path(__file__).resolve()))
 
 
@@ -113,29 +119,37 @@ class ChannelMessages(Contender):
 
 
 class Connected(ChannelMessages):
-    """A Channel from arraywire.listen / connect over loopback TCP, as users
-    open one (hello included), over TLS when job["certs"] names the PEM files.
-    The measuring side listens and passes its port over the control socket."""
+    """A Channel from arraywire.listen / connect, as users open one (hello
+    included), over TLS when job["certs"] names the PEM files, over
+    job["streams"] parallel connections when it is above 1. The measuring side
+    listens on job["host"] (loopback by default) and passes its port over the
+    control socket."""
 
     def open(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str) -> arraywire.Channel:
         sock.close()
         certs = job.get("certs")
+        host = job.get("host", "127.0.0.1")
+        streams = job.get("streams", 1)
         if role != "measure":
             context = ssl.create_default_context(cafile=certs["ca"]) if certs else None
-            return arraywire.connect(("127.0.0.1", int(recv_line(ctl))), ssl=context)
+            options = {"streams": streams} if streams > 1 else {}
+            return arraywire.connect((host, int(recv_line(ctl))), ssl=context, **options)
         context = None
         if certs:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(certs["cert"])
-        with arraywire.listen(("127.0.0.1", 0), ssl=context) as listener:
+        options = {"max_streams": MAX_STREAMS} if streams > 1 else {}
+        with arraywire.listen((host, 0), ssl=context, **options) as listener:
             send_line(ctl, str(listener.address[1]))
             return listener.accept()
 
     def details(self) -> dict[str, Any]:
+        # The connections the receiver joined: a streams= that was ignored shows here.
+        details: dict[str, Any] = {"sockets": len(getattr(self.channel, "sockets", (self.channel.socket,)))}
         tls = self.channel.socket
-        if not isinstance(tls, ssl.SSLSocket):
-            return {}
-        return {"tls": f"{tls.version()}, {tls.cipher()[0]}, {ssl.OPENSSL_VERSION}"}
+        if isinstance(tls, ssl.SSLSocket):
+            details["tls"] = f"{tls.version()}, {tls.cipher()[0]}, {ssl.OPENSSL_VERSION}"
+        return details
 
 
 class ChannelBatched(ChannelMessages):
@@ -250,5 +264,17 @@ def measure(
     return {**result, **contenders[0].details()}
 
 
+def enter_netns(name: str) -> None:
+    """Move this process into a network namespace made by `ip netns add`
+    (the job's "netns" maps each role to one), before any socket or thread."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{name}") as namespace:
+        if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot enter network namespace {name}")
+
+
 if __name__ == "__main__":
+    namespace = json.loads(sys.argv[1]).get("netns", {}).get(sys.argv[2])
+    if namespace:
+        enter_netns(namespace)
     raise SystemExit(_bench.serve_role(sys.argv[1:], measure))

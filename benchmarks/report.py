@@ -120,6 +120,8 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
         channel_targets(data["latency"], add)
     if data.get("dask", {}).get("comm"):
         dask_targets(data["dask"], add)
+    if "streams" in data:
+        streams_targets(data["streams"], add, checks)
     if "memory" in data:
         for r in data["memory"]["rows"]:
             if r["contender"] in (COMPILED, CHANNEL):
@@ -127,6 +129,34 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                 add(f"peak RSS added by {how} of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
                     r["added_bytes"] / r["payload"], lambda x: x <= 1.05)
     return checks
+
+
+def streams_targets(streams: dict[str, Any], add: Callable[..., None], checks: list[list[str]]) -> None:
+    """The targets of the parallel streams issue. A figure of N streams where
+    the receiver joined fewer connections misses its target."""
+    def check(target: str, rows: list[dict[str, Any] | None], measured: Callable[[], float],
+              ok: Callable[[float], bool]) -> None:
+        short = [r for r in rows if r and r["sockets"] != r["streams"]]
+        if short:
+            checks.append([target, f"{short[0]['streams']} streams asked, {short[0]['sockets']} joined",
+                           "**missed**"])
+        else:
+            add(target, measured() if all(rows) else None, ok)
+
+    loopback = [pick(streams["loopback"], streams=n) for n in (1, 2)]
+    check("400 MB, TCP loopback, compiled: 2 streams / 1 >= 1.4", loopback,
+          lambda: loopback[1]["gbps"] / loopback[0]["gbps"], lambda x: x >= 1.4)
+    for count in (1, 2, 4):
+        row = pick(streams["link"], contender=CHANNEL, streams=count)
+        check(f"shaped link, {count} stream(s): Mbit/s / (0.8 x {count} x 100) >= 1", [row],
+              lambda row=row: row["mbps"] / row["target_mbps"], lambda x: x >= 1)
+    cli = streams["cli"]
+    target = "1 GB .npy, `arraywire send --streams 4` through the shaped link: received bytes identical"
+    if cli is None:
+        checks.append([target, "not measured", "-"])
+    else:
+        checks.append([target, f"{'identical' if cli['identical'] else 'differ'}, {cli['seconds']:.1f} s",
+                       "met" if cli["identical"] else "**missed**"])
 
 
 def dask_targets(dask: dict[str, Any], add: Callable[..., None]) -> None:
@@ -234,6 +264,8 @@ def sections(data: dict[str, dict[str, Any]]) -> list[str]:
         out.append(dask_section(data["dask"]))
     if "tls" in data:
         out.append(tls_section(data["tls"]))
+    if "streams" in data:
+        out.append(streams_section(data["streams"]))
     return out
 
 
@@ -272,6 +304,39 @@ def tls_section(tls: dict[str, Any]) -> str:
             + markdown_table(["contender", "64 B round trip, plain (µs)", "64 B round trip, TLS (µs)",
                               "TLS / plain", "400 MB, plain (GB/s)", "400 MB, TLS (GB/s)", "TLS / plain"],
                              table))
+
+
+def streams_section(streams: dict[str, Any]) -> str:
+    out = ["### 9. Parallel streams: one Channel over N TCP connections"]
+    if streams["missing"]:
+        out.append(f"Only one stream measured: {streams['missing']}.")
+    one = pick(streams["loopback"], streams=1)
+    out.append("Loopback TCP, 400 MB one way, compiled backend, from `arraywire.listen` / "
+               "`connect(..., streams=N)`, timed by the receiver:\n\n"
+               + markdown_table(["streams", "connections joined", "GB/s", "/ 1 stream"],
+                                [[r["streams"], r["sockets"], f"{r['gbps']:.3g}", f"{r['gbps'] / one['gbps']:.2f}"]
+                                 for r in streams["loopback"]]))
+    if streams["link"]:
+        out.append("Through the shaped link of `benchmarks/netlink.py` (two network namespaces, a veth "
+                   "pair, HTB: 100 Mbit/s per TCP source port bucket, 1 Gbit/s in all), "
+                   f"{size_label(streams['bytes_per_stream'])} per stream; plain TCP flows (one thread each, "
+                   "`sendall` / `recv_into`) are the link's ceiling:\n\n"
+                   + markdown_table(["contender", "streams", "connections joined", "Mbit/s", "target 0.8 x N x 100",
+                                     "/ target"],
+                                    [[r["contender"], r["streams"], r.get("sockets", r["streams"]), f"{r['mbps']:.1f}",
+                                      f"{r['target_mbps']:.0f}", f"{r['mbps'] / r['target_mbps']:.2f}"]
+                                     for r in streams["link"]]))
+    else:
+        out.append(f"Shaped link not measured: {streams['link_skipped']}.")
+    cli = streams["cli"]
+    if cli:
+        out.append(f"Command line, `arraywire send big.npy HOST:PORT {' '.join(cli['options'])}` to `arraywire recv` "
+                   f"through the shaped link, {cli['bytes'] / 1e9:.2f} GB, timed from starting the sender to its "
+                   f"exit (after the receiver's confirmation): {cli['seconds']:.1f} s, {cli['mbps']:.0f} Mbit/s; "
+                   f"received file {'byte-identical' if cli['identical'] else '**differs**'}.")
+    elif "cli_skipped" in streams:
+        out.append(f"Command line not measured: {streams['cli_skipped']}.")
+    return "\n\n".join(out)
 
 
 def environment(meta: dict[str, Any]) -> str:

@@ -11,21 +11,28 @@ an unlucky placement of one process pair does not decide a ratio.
 
 from __future__ import annotations
 
+import filecmp
 import importlib.util
+import inspect
 import json
+import os
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import netlink
+import numpy as np
 import trustme
 from harness import HERE, run_pair
 
+import arraywire
 from arraywire._bench import FAMILIES, median_gbps, median_seconds
 
 MB = 1_000_000
@@ -89,6 +96,11 @@ CONNECTED = {
     "arraywire Channel compiled": ("harness:Connected", "c", {}),
     "arraywire Channel pure": ("harness:Connected", "python", {}),
 }
+STREAM_COUNTS = (1, 2, 4)
+# Per stream through the shaped link: about 2.7 s at its 100 Mbit/s.
+LINK_BYTES_PER_STREAM = 32 * MB
+CLI_BYTES = 1_000_000_000
+CLI_STREAMS = 4
 PLACEMENTS = {"any CPU": None, "one CPU": [0]}
 # The copying contenders take seconds per GiB; 400 MB shows them well enough.
 NO_GIB = {"pickle 5 + sendall", "pyzmq REQ/REP", "multiprocessing.connection"}
@@ -323,6 +335,120 @@ def certificates(directory: Path) -> dict[str, str]:
     return paths
 
 
+def streams_missing() -> str | None:
+    """Why parallel streams cannot be measured with the installed arraywire, or None."""
+    if "streams" not in inspect.signature(arraywire.connect).parameters:
+        return "arraywire.connect has no streams= (parallel streams are not in this arraywire)"
+    return None
+
+
+def cli_streams_missing() -> str | None:
+    usage = subprocess.run([sys.executable, "-m", "arraywire", "send", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    return None if "--streams" in usage else "arraywire send has no --streams"
+
+
+def streams(settings: Settings) -> dict[str, Any]:
+    """9. Parallel streams: one Channel over N TCP connections, on loopback
+    and through a shaped link (100 Mbit/s per flow, 1 Gbit/s in all, see
+    netlink.py), and the command line's 1 GB --streams 4 through that link.
+
+    Cases that need streams= are left out, with the reason, while the
+    installed arraywire has none; one stream is a plain connect.
+    """
+    missing = streams_missing()
+    counts = (1,) if missing else STREAM_COUNTS
+    compiled = CONNECTED["arraywire Channel compiled"]
+    loopback = run_rounds(
+        {count: job(compiled, family="tcp", sizes=[ARRAY_400MB], streams=count) for count in counts},
+        settings,
+    )
+    result: dict[str, Any] = {
+        "missing": missing,
+        "loopback": [
+            {"streams": count, "size": ARRAY_400MB, "gbps": median_gbps(r, ARRAY_400MB), "sockets": r["sockets"]}
+            for count, r in loopback.items()
+        ],
+        "link": [],
+        "bytes_per_stream": LINK_BYTES_PER_STREAM,
+        "cli": None,
+    }
+    reason = netlink.unavailable()
+    if reason:
+        result["link_skipped"] = reason
+        return result
+    with netlink.shaped_link() as link:
+        result["link"] = shaped_link_rows(link, counts, settings)
+        cli_missing = cli_streams_missing()
+        if cli_missing:
+            result["cli_skipped"] = cli_missing
+        else:
+            result["cli"] = cli_transfer(link, CLI_BYTES, ["--streams", str(CLI_STREAMS)])
+    return result
+
+
+def shaped_link_rows(link: netlink.ShapedLink, counts: tuple[int, ...], settings: Settings) -> list[dict[str, Any]]:
+    """Mbit/s of plain TCP flows (the link's own ceiling, measured for every
+    count) and of a Channel over each of counts streams, from the sender's
+    namespace to the receiver's."""
+    rows = []
+    for count in STREAM_COUNTS:
+        speeds = [netlink.plain_flows(link, count, LINK_BYTES_PER_STREAM)
+                  for _ in range(settings.repeats)]
+        rows.append({"contender": "plain TCP flows", "streams": count, "mbps": statistics.median(speeds)})
+    # The shaper, not the CPU, sets these figures: fewer rounds do.
+    rounds = Settings(rounds=max(1, settings.rounds // 2), repeats=settings.repeats)
+    cases = {
+        count: job(CONNECTED["arraywire Channel compiled"], family="tcp",
+                   sizes=[count * LINK_BYTES_PER_STREAM], streams=count, host=link.receiver_address,
+                   netns={"measure": link.receiver_ns, "peer": link.sender_ns})
+        for count in counts
+    }
+    for count, r in run_rounds(cases, rounds).items():
+        size = count * LINK_BYTES_PER_STREAM
+        rows.append({"contender": "arraywire Channel compiled", "streams": count,
+                     "mbps": median_gbps(r, size) * 8000, "sockets": r["sockets"]})
+    for row in rows:
+        row["target_mbps"] = 0.8 * row["streams"] * netlink.FLOW_MBIT
+    return rows
+
+
+def cli_transfer(link: netlink.ShapedLink, nbytes: int, options: list[str]) -> dict[str, Any]:
+    """`arraywire send` of an nbytes .npy from the sender's namespace to
+    `arraywire recv` in the receiver's; timed from starting the sender to its
+    exit (which waits for the receiver's confirmation), compared byte by byte."""
+    with tempfile.TemporaryDirectory() as directory:
+        sent, received = Path(directory, "big.npy"), Path(directory, "received.npy")
+        array = np.lib.format.open_memmap(sent, mode="w+", dtype=np.uint8, shape=(nbytes,))
+        array[:] = np.random.default_rng(9).integers(0, 256, nbytes, dtype=np.uint8)
+        array.flush()
+        del array
+        command = [sys.executable, "-m", "arraywire"]
+        receiver = subprocess.Popen(
+            [*link.prefix("receiver"), *command, "recv", f"{link.receiver_address}:0", "-o", str(received), "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert receiver.stderr is not None
+            port = receiver.stderr.readline().strip().rsplit(":", 1)[1]
+            started = time.monotonic()
+            subprocess.run(
+                [*link.prefix("sender"), *command, "send", str(sent), f"{link.receiver_address}:{port}",
+                 "-q", *options],
+                check=True, timeout=1200,
+            )
+            seconds = time.monotonic() - started
+            if receiver.wait(60):
+                raise RuntimeError(f"arraywire recv failed: {receiver.stderr.read()}")
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
+        return {"bytes": os.path.getsize(sent), "options": options, "seconds": seconds,
+                "mbps": os.path.getsize(sent) * 8 / seconds / 1e6,
+                "identical": filecmp.cmp(sent, received, shallow=False)}
+
+
 SCENARIOS = {
     "throughput": throughput,
     "contention": contention,
@@ -332,4 +458,5 @@ SCENARIOS = {
     "asyncio": asyncio_vs_blocking,
     "dask": dask_comms,
     "tls": tls,
+    "streams": streams,
 }
