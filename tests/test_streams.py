@@ -356,6 +356,26 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+def test_aio_a_first_part_read_ahead_whole(backend: Backend, address: Any) -> None:
+    """Over 8 streams a 1 MiB payload's first part (128 KiB) fits the
+    read-ahead buffer (AF_UNIX fills it in one receive): nothing more comes
+    on stream 0, the rest on the others."""
+    data = np.arange(STRIPE, dtype=np.uint8)
+
+    async def main() -> np.ndarray:
+        async with await aio.listen(address) as listener:
+            channel = await aio.connect(listener.address, streams=8)
+            other = await listener.accept()
+            await channel.send(data)
+            await asyncio.sleep(0.2)  # every part waits in the kernel
+            received = await other.recv()
+            channel.close()
+            other.close()
+            return received
+
+    np.testing.assert_array_equal(run(main()), data)
+
+
 def test_aio_a_cancelled_striped_send_stops_every_thread(backend: Backend) -> None:
     data = np.ones(64 << 20, np.uint8)
 

@@ -222,14 +222,16 @@ async def _in_loop(
 
 
 async def _in_thread(
-    claim: _Claim, sending: bool, work: Callable[[socket.socket], T]
+    claim: _Claim, sending: bool, work: Callable[[socket.socket], T], *, wait: bool = True
 ) -> T:
-    """Run work(dup_of_sock) in a thread of its own once the socket is ready.
+    """Run work(dup_of_sock) in a thread of its own once the socket is ready
+    (at once without ``wait``).
 
     The work records what it moved in the engine itself; an error it raises
     carries the bytes of its unfinished call, as the core calls' errors do.
     """
-    await _ready(claim.sock, sending)
+    if wait:
+        await _ready(claim.sock, sending)
     loop = asyncio.get_running_loop()
     dup = claim.sock.dup()
     dup.settimeout(WORKER_TIMEOUT)
@@ -366,7 +368,9 @@ async def _move_stripes(
                 sock.close()
 
     try:
-        moved = await _in_thread(claim, sending, work)
+        # no wait for the first stream: its part may be read ahead already,
+        # and the others' bytes come anyway
+        moved = await _in_thread(claim, sending, work, wait=False)
     except BaseException:
         claim.shutdown()
         raise
