@@ -132,20 +132,18 @@ class Connected(ChannelMessages):
         streams = job.get("streams", 1)
         if role != "measure":
             context = ssl.create_default_context(cafile=certs["ca"]) if certs else None
-            options = {"streams": streams} if streams > 1 else {}
-            return arraywire.connect((host, int(recv_line(ctl))), ssl=context, **options)
+            return arraywire.connect((host, int(recv_line(ctl))), ssl=context, streams=streams)
         context = None
         if certs:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(certs["cert"])
-        options = {"max_streams": MAX_STREAMS} if streams > 1 else {}
-        with arraywire.listen((host, 0), ssl=context, **options) as listener:
+        with arraywire.listen((host, 0), ssl=context, max_streams=MAX_STREAMS) as listener:
             send_line(ctl, str(listener.address[1]))
             return listener.accept()
 
     def details(self) -> dict[str, Any]:
         # The connections the receiver joined: a streams= that was ignored shows here.
-        details: dict[str, Any] = {"sockets": len(getattr(self.channel, "sockets", (self.channel.socket,)))}
+        details: dict[str, Any] = {"sockets": len(self.channel.sockets)}
         tls = self.channel.socket
         if isinstance(tls, ssl.SSLSocket):
             details["tls"] = f"{tls.version()}, {tls.cipher()[0]}, {ssl.OPENSSL_VERSION}"

@@ -308,8 +308,6 @@ def tls_section(tls: dict[str, Any]) -> str:
 
 def streams_section(streams: dict[str, Any]) -> str:
     out = ["### 9. Parallel streams: one Channel over N TCP connections"]
-    if streams["missing"]:
-        out.append(f"Only one stream measured: {streams['missing']}.")
     one = pick(streams["loopback"], streams=1)
     out.append("Loopback TCP, 400 MB one way, compiled backend, from `arraywire.listen` / "
                "`connect(..., streams=N)`, timed by the receiver:\n\n"

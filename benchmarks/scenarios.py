@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import filecmp
 import importlib.util
-import inspect
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ import numpy as np
 import trustme
 from harness import HERE, run_pair
 
-import arraywire
 from arraywire._bench import FAMILIES, median_gbps, median_seconds
 
 MB = 1_000_000
@@ -335,13 +333,6 @@ def certificates(directory: Path) -> dict[str, str]:
     return paths
 
 
-def streams_missing() -> str | None:
-    """Why parallel streams cannot be measured with the installed arraywire, or None."""
-    if "streams" not in inspect.signature(arraywire.connect).parameters:
-        return "arraywire.connect has no streams= (parallel streams are not in this arraywire)"
-    return None
-
-
 def cli_streams_missing() -> str | None:
     usage = subprocess.run([sys.executable, "-m", "arraywire", "send", "--help"],
                            capture_output=True, text=True, check=True).stdout
@@ -352,19 +343,14 @@ def streams(settings: Settings) -> dict[str, Any]:
     """9. Parallel streams: one Channel over N TCP connections, on loopback
     and through a shaped link (100 Mbit/s per flow, 1 Gbit/s in all, see
     netlink.py), and the command line's 1 GB --streams 4 through that link.
-
-    Cases that need streams= are left out, with the reason, while the
-    installed arraywire has none; one stream is a plain connect.
     """
-    missing = streams_missing()
-    counts = (1,) if missing else STREAM_COUNTS
+    counts = STREAM_COUNTS
     compiled = CONNECTED["arraywire Channel compiled"]
     loopback = run_rounds(
         {count: job(compiled, family="tcp", sizes=[ARRAY_400MB], streams=count) for count in counts},
         settings,
     )
     result: dict[str, Any] = {
-        "missing": missing,
         "loopback": [
             {"streams": count, "size": ARRAY_400MB, "gbps": median_gbps(r, ARRAY_400MB), "sockets": r["sockets"]}
             for count, r in loopback.items()
