@@ -82,7 +82,36 @@ class Channel:
     async def send(
         self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
     ) -> int:
-        """Send one array as a message; return the bytes sent."""
+        """Send one array as a message (as ``arraywire.Channel.send``).
+
+        Returns
+        -------
+        int
+            The bytes sent: the header's and the array's.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before the first byte: what ``arraywire.send_array`` refuses, or
+            (ValueError) metadata when the peer's hello says it reads only
+            messages of version 1. The Channel stays usable.
+        RuntimeError
+            Another task is in a send on this Channel.
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way.
+        OSError
+            The socket's error (BrokenPipeError, ConnectionResetError,
+            ``ssl.SSLError`` over TLS, ...), with ``bytes_done`` counted from
+            the start of the message. If part of the message went out, the
+            Channel's socket is shut down and later calls raise
+            BrokenStreamError: close the Channel. With parallel streams, any
+            failure of a split payload does so, with ``bytes_done`` summed
+            over the streams.
+        asyncio.CancelledError
+            The task was cancelled. Cancelled while still waiting for the
+            socket, before any byte of the message moved, the Channel stays
+            usable; else it is broken as for OSError.
+        """
         if metadata is not None:
             check_peer_reads(2, self._peer_reads)
         return await self._send("send", plan_send((array,), progress, metadata))
@@ -94,7 +123,22 @@ class Channel:
         metadata: bytes | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Send arrays as one message; return the bytes sent."""
+        """Send arrays as one message (as ``arraywire.Channel.send_arrays``).
+
+        Returns
+        -------
+        int
+            The bytes sent: the header's and every array's.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before the first byte: what ``arraywire.send_arrays`` refuses, or
+            (ValueError) names or metadata when the peer's hello says it reads
+            only messages of version 1. The Channel stays usable.
+        RuntimeError, BrokenStreamError, OSError, asyncio.CancelledError
+            As ``send`` raises them.
+        """
         if metadata is not None or isinstance(arrays, Mapping):
             check_peer_reads(2, self._peer_reads)
         return await self._send("send_arrays", plan_send(arrays, progress, metadata))
@@ -108,7 +152,24 @@ class Channel:
 
     async def send_many(self, arrays: Iterable[Any]) -> int:
         """Send each array as a message of its own, small ones coalesced (as
-        ``arraywire.Channel.send_many``); return the bytes sent."""
+        ``arraywire.Channel.send_many``).
+
+        Returns
+        -------
+        int
+            The bytes sent: every message's, headers included.
+
+        Raises
+        ------
+        TypeError, ValueError
+            An input that cannot be sent, before its first byte, once the
+            messages before it are sent. The Channel stays usable.
+        RuntimeError, BrokenStreamError, OSError, asyncio.CancelledError
+            As ``send`` raises them.
+
+        Every exception carries ``bytes_done``, counted from the start of
+        the first message.
+        """
         self._claim("send")
         sent = 0
         try:
@@ -131,7 +192,49 @@ class Channel:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         progress: Progress | None = None,
     ) -> np.ndarray:
-        """Receive a one-array message, into ``out`` when given."""
+        """Receive a one-array message, into ``out`` when given (as
+        ``arraywire.Channel.recv``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out`` when given, else a fresh, writable array with memory of
+            its own, of the sender's dtype, shape and memory order.
+
+        Raises
+        ------
+        EOFError
+            The peer closed the connection cleanly, before the message's
+            first byte.
+        ValueError
+            ``out`` does not match the message, or the message holds another
+            number of arrays than one. The payload was read and discarded
+            first, so the Channel stays usable.
+        IncompleteTransferError
+            The peer closed inside the message; ``bytes_done`` and
+            ``bytes_expected`` count from its start.
+        ProtocolError
+            The header is malformed, of an unsupported version, or declares
+            more than ``max_bytes`` of payload or more metadata than
+            ``DEFAULT_MAX_METADATA``.
+        RuntimeError
+            Another task is in a receive on this Channel.
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way.
+        OSError
+            The socket's error (ConnectionResetError, ``ssl.SSLError`` over
+            TLS, ...), with ``bytes_done``.
+        asyncio.CancelledError
+            The task was cancelled. Cancelled while still waiting for the
+            socket, before any byte of the message moved, the Channel stays
+            usable; else it is broken as below.
+
+        After IncompleteTransferError, ProtocolError, or another failure
+        once part of the message came, the Channel's socket is shut down and
+        later calls raise BrokenStreamError: close the Channel. With parallel
+        streams, any failure of a split payload does so, with ``bytes_done``
+        summed over the streams.
+        """
         message = Receive(
             max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
         )
@@ -141,7 +244,22 @@ class Channel:
     async def recv_arrays(
         self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
     ) -> list[np.ndarray] | dict[str, np.ndarray]:
-        """Receive one message; return its arrays as ``recv_arrays`` does."""
+        """Receive one message of any number of arrays (as
+        ``arraywire.Channel.recv_arrays``).
+
+        Returns
+        -------
+        list of numpy.ndarray, or dict of str to numpy.ndarray
+            The arrays: a dict in the sender's order when the sender named
+            them, else a list. The metadata is dropped.
+
+        Raises
+        ------
+        EOFError, IncompleteTransferError, ProtocolError, RuntimeError
+            As ``recv`` raises them.
+        BrokenStreamError, OSError, asyncio.CancelledError
+            As ``recv`` raises them.
+        """
         return (await self.recv_message(max_bytes=max_bytes, progress=progress)).arrays
 
     async def recv_message(
@@ -151,7 +269,25 @@ class Channel:
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
     ) -> Message:
-        """Receive one message with its metadata."""
+        """Receive one message with its metadata (as
+        ``arraywire.Channel.recv_message``).
+
+        Returns
+        -------
+        Message
+            ``Message(arrays, metadata)``: the arrays as ``recv_arrays``
+            returns them, and the metadata bytes (b"" when the sender gave
+            none).
+
+        Raises
+        ------
+        ProtocolError
+            As ``recv``, or more than ``max_metadata`` bytes of metadata.
+        EOFError, IncompleteTransferError, RuntimeError, BrokenStreamError
+            As ``recv`` raises them.
+        OSError, asyncio.CancelledError
+            As ``recv`` raises them.
+        """
         message = Receive(
             max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
         )
@@ -177,6 +313,22 @@ class Channel:
         await aio.receive_buffered(self._sock, name, message, self._inbox, self._streams)
 
     def __aiter__(self) -> AsyncIterator[ChannelItem]:
+        """Receive each message in turn with ``async for``, until the peer
+        closes cleanly between messages (the loop then ends).
+
+        Yields
+        ------
+        ChannelItem
+            For a message of one unnamed array, the array itself; else what
+            ``recv_arrays`` returns. Metadata is dropped.
+
+        Raises
+        ------
+        IncompleteTransferError, ProtocolError, RuntimeError
+            As ``recv`` raises them.
+        BrokenStreamError, OSError, asyncio.CancelledError
+            As ``recv`` raises them.
+        """
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[ChannelItem]:
@@ -318,7 +470,32 @@ async def connect(
     is tried again until it passes, and the timeout bounds the opening too;
     ``authkey``, ``ssl``, ``server_hostname`` and ``streams`` as there
     (parallel streams over TLS need the blocking ``arraywire.connect``).
-    Returns the Channel; raises as ``arraywire.connect``."""
+
+    Returns
+    -------
+    Channel
+        An ``arraywire.aio.Channel``, its opening done, its sockets
+        non-blocking.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any connection: an argument of the wrong kind or out of
+        range, or (ValueError) ``streams`` over 1 with ``ssl``.
+    OSError
+        No connection could be made (ConnectionRefusedError,
+        FileNotFoundError for an AF_UNIX path, ``socket.gaierror``, ...).
+        With a timeout, a refused connection is tried again, and TimeoutError
+        is raised once the timeout passed without a connection and its
+        opening. Also ConnectionResetError for a reset during the opening.
+    ConnectionRefusedError
+        The Listener refused the parallel streams (more than its
+        ``max_streams``, or a group it no longer forms).
+    AuthenticationError, ProtocolError, ssl.SSLError
+        The opening failed, as for ``arraywire.connect``.
+    asyncio.CancelledError
+        The task was cancelled; the connections made so far are closed.
+    """
     check_options(authkey, ssl)
     check_streams(streams)
     if streams > 1 and ssl is not None:
@@ -419,8 +596,23 @@ async def listen(
 ) -> Listener:
     """``arraywire.listen`` for asyncio: ``await listener.accept()``;
     ``authkey``, ``ssl`` and ``max_streams`` as there (with ``ssl``, a peer's
-    parallel streams are refused). Returns the Listener; raises as
-    ``arraywire.listen``."""
+    parallel streams are refused). Call it in the event loop that will use
+    the Listener: its accepting runs as a task of that loop.
+
+    Returns
+    -------
+    Listener
+        An ``arraywire.aio.Listener``, bound and accepting. Close it with
+        ``aclose()``, ``close()`` or ``async with``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An address, ``authkey``, ``ssl`` or ``max_streams`` of the wrong kind
+        or out of range.
+    OSError
+        The address cannot be bound or its host not resolved.
+    """
     check_options(authkey, ssl)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
@@ -467,8 +659,29 @@ class Listener:
         return self._sock.fileno()
 
     async def accept(self) -> Channel:
-        """The next connection whose opening is done, as an aio Channel;
-        AuthenticationError for a peer whose key did not match."""
+        """Wait for the next connection whose opening is done.
+
+        A peer whose opening fails or is not done within
+        ``handshake_timeout`` is dropped without raising. For a time limit,
+        use ``asyncio.wait_for``.
+
+        Returns
+        -------
+        Channel
+            An ``arraywire.aio.Channel`` (over TLS when the Listener has
+            ``ssl``), its sockets non-blocking.
+
+        Raises
+        ------
+        AuthenticationError
+            A peer's key differs from the Listener's, or one of them has no
+            key. That peer's connection is closed; the next call goes on with
+            the others.
+        OSError
+            The Listener is closed, or was closed while this waited (EBADF);
+            or accepting failed for another reason than the peer (EMFILE:
+            out of descriptors, ...).
+        """
         if self._sock.fileno() == -1:
             raise closed_listener()
         item = await self._ready.get()

@@ -131,8 +131,34 @@ class Channel:
     def send(
         self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
     ) -> int:
-        """Send one array as a message; return the bytes sent (header included).
-        Refuses what ``send_array`` refuses, before the first byte."""
+        """Send one array as a message.
+
+        ``metadata`` and ``progress`` are as for ``arraywire.send_array``.
+
+        Returns
+        -------
+        int
+            The bytes sent: the header's and the array's.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before the first byte: what ``arraywire.send_array`` refuses, or
+            (ValueError) metadata when the peer's hello says it reads only
+            messages of version 1. The Channel stays usable.
+        RuntimeError
+            Another thread is in a send on this Channel (over TLS, in a send
+            or a receive).
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way, and closed it.
+        OSError
+            The socket's error (BrokenPipeError, ConnectionResetError,
+            TimeoutError after the socket's timeout with no byte moved, ...),
+            with ``bytes_done`` counted from the start of the message. If part
+            of the message went out (over TLS, on any failed write), the
+            Channel is closed. With parallel streams, any failure of a split
+            payload closes it, with ``bytes_done`` summed over the streams.
+        """
         # The claim is written out in the methods that small messages use.
         if not self._sending.acquire(False):
             raise self._busy("send")
@@ -162,8 +188,26 @@ class Channel:
         metadata: bytes | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Send arrays as one message (named when given as a mapping, as
-        ``send_arrays``); return the bytes sent."""
+        """Send arrays as one message.
+
+        ``arrays``, ``metadata`` and ``progress`` are as for
+        ``arraywire.send_arrays``: a mapping of str names to arrays sends the
+        names too.
+
+        Returns
+        -------
+        int
+            The bytes sent: the header's and every array's.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before the first byte: what ``arraywire.send_arrays`` refuses, or
+            (ValueError) names or metadata when the peer's hello says it reads
+            only messages of version 1. The Channel stays usable.
+        RuntimeError, BrokenStreamError, OSError
+            As ``Channel.send`` raises them.
+        """
         self._claim(self._sending, "send")
         try:
             plan = plan_send(arrays, progress, metadata)
@@ -173,11 +217,31 @@ class Channel:
             self._sending.release()
 
     def send_many(self, arrays: Iterable[Any]) -> int:
-        """Send each array as a message of its own, coalescing small messages
-        into as few system calls as their sizes allow; every byte is on the
-        wire when this returns. Returns the bytes sent. An input that cannot
-        be sent raises TypeError or ValueError before its first byte, once the
-        messages before it are sent (``bytes_done`` counts the bytes sent)."""
+        """Send each array as a message of its own.
+
+        Small messages are coalesced into as few system calls as their sizes
+        allow; every byte is on the wire when this returns. The peer receives
+        each message with ``recv`` or iteration.
+
+        Returns
+        -------
+        int
+            The bytes sent: every message's, headers included.
+
+        Raises
+        ------
+        TypeError, ValueError
+            An input that cannot be sent (as ``arraywire.send_array``
+            refuses it), before its first byte, once the messages before it
+            are sent; ``bytes_done`` counts their bytes. The Channel stays
+            usable.
+        RuntimeError, BrokenStreamError
+            As ``Channel.send`` raises them.
+        OSError
+            The socket's error, with ``bytes_done`` counted from the start of
+            the first message. If a message was cut short, the Channel is
+            closed.
+        """
         self._claim(self._sending, "send")
         sent = 0
         try:
@@ -237,9 +301,46 @@ class Channel:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         progress: Progress | None = None,
     ) -> np.ndarray:
-        """Receive a one-array message, into ``out`` when given (errors and
-        ``max_bytes`` as ``recv_array``; EOFError when the peer closed
-        cleanly between messages)."""
+        """Receive a one-array message.
+
+        ``out``, when given, receives the payload in place. ``max_bytes``
+        and ``progress`` are as for ``arraywire.recv_array``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out`` when given, else a fresh, writable array with memory of
+            its own, of the sender's dtype, shape and memory order.
+
+        Raises
+        ------
+        EOFError
+            The peer closed the connection cleanly, before the message's
+            first byte.
+        ValueError
+            ``out`` does not match the message (dtype, shape, memory order,
+            read-only), or the message holds another number of arrays than
+            one. The payload was read and discarded first, so the Channel
+            stays usable.
+        IncompleteTransferError
+            The peer closed inside the message; ``bytes_done`` and
+            ``bytes_expected`` count from its start. The Channel is closed.
+        ProtocolError
+            The header is malformed, of an unsupported version, or declares
+            more than ``max_bytes`` of payload or more metadata than
+            ``DEFAULT_MAX_METADATA``. The Channel is closed.
+        RuntimeError
+            Another thread is in a receive on this Channel (over TLS, in a
+            send or a receive).
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way, and closed it.
+        OSError
+            The socket's error (ConnectionResetError, TimeoutError after the
+            socket's timeout with no byte moved, ...), with ``bytes_done``. If
+            part of the message had come, the Channel is closed. With parallel
+            streams, any failure of a split payload closes it, with
+            ``bytes_done`` summed over the streams.
+        """
         if not self._receiving.acquire(False):
             raise self._busy("receive")
         try:
@@ -264,7 +365,22 @@ class Channel:
     def recv_arrays(
         self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
     ) -> list[np.ndarray] | dict[str, np.ndarray]:
-        """Receive one message; return its arrays as ``recv_arrays`` does."""
+        """Receive one message of any number of arrays.
+
+        ``max_bytes`` and ``progress`` are as for ``arraywire.recv_arrays``.
+
+        Returns
+        -------
+        list of numpy.ndarray, or dict of str to numpy.ndarray
+            The arrays, each fresh and with memory of its own: a dict in the
+            sender's order when the sender named them, else a list. The
+            metadata is dropped (``recv_message`` returns it).
+
+        Raises
+        ------
+        EOFError, IncompleteTransferError, ProtocolError, RuntimeError, BrokenStreamError, OSError
+            As ``Channel.recv`` raises them.
+        """
         return self.recv_message(max_bytes=max_bytes, progress=progress).arrays
 
     def recv_message(
@@ -274,7 +390,27 @@ class Channel:
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
     ) -> Message:
-        """Receive one message with its metadata, as ``recv_message`` does."""
+        """Receive one message with its metadata.
+
+        ``max_metadata`` caps the metadata's size; ``max_bytes`` and
+        ``progress`` are as for ``arraywire.recv_message``.
+
+        Returns
+        -------
+        Message
+            ``Message(arrays, metadata)``: the arrays as ``recv_arrays``
+            returns them, and the metadata bytes (b"" when the sender gave
+            none).
+
+        Raises
+        ------
+        ProtocolError
+            The header is malformed, or declares more than ``max_bytes`` of
+            payload or more than ``max_metadata`` bytes of metadata. The
+            Channel is closed.
+        EOFError, IncompleteTransferError, RuntimeError, BrokenStreamError, OSError
+            As ``Channel.recv`` raises them.
+        """
         self._claim(self._receiving, "receive")
         try:
             message = Receive(
@@ -286,8 +422,23 @@ class Channel:
             self._receiving.release()
 
     def __iter__(self) -> Iterator[ChannelItem]:
-        """Each message in turn (see ``arraywire.ChannelItem``) until the peer closes cleanly
-        between messages; messages over ``DEFAULT_MAX_BYTES`` raise as in recv."""
+        """Receive each message in turn, until the peer closes cleanly
+        between messages (the loop then ends, without EOFError).
+
+        Yields
+        ------
+        ChannelItem
+            For a message of one unnamed array, the array itself; else what
+            ``recv_arrays`` returns. Metadata is dropped.
+
+        Raises
+        ------
+        ProtocolError
+            As ``Channel.recv``; a message over ``DEFAULT_MAX_BYTES`` is
+            refused.
+        IncompleteTransferError, RuntimeError, BrokenStreamError, OSError
+            As ``Channel.recv`` raises them.
+        """
         while True:
             try:
                 yield self._next()

@@ -98,8 +98,21 @@ def listen(
     one asking for more than ``max_streams`` is refused (its ``connect``
     raises ConnectionRefusedError saying so).
 
-    Returns the Listener. Raises OSError when the address cannot be bound,
-    TypeError or ValueError for an address, key or option of the wrong kind.
+    Returns
+    -------
+    Listener
+        The Listener, bound and listening; ``listener.address`` has the real
+        port when port 0 was given. Close it with ``close()`` or a ``with``
+        block.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An address, ``authkey``, ``ssl`` or ``max_streams`` of the wrong kind
+        or out of range (an empty key, a port outside 0..65535, ...).
+    OSError
+        The address cannot be bound or its host not resolved
+        (``OSError`` EADDRINUSE, ``socket.gaierror``, ...).
     """
     check_options(authkey, ssl)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
@@ -170,10 +183,40 @@ def connect(
     "Parallel streams"). A Listener that takes fewer streams per Channel
     (its ``max_streams``) refuses with ConnectionRefusedError saying so.
 
-    Returns the Channel. Raises OSError (ConnectionRefusedError, TimeoutError,
-    ...) when no connection could be made, ProtocolError, AuthenticationError
-    or ssl.SSLError when the opening fails, TypeError or ValueError for an
-    argument of the wrong kind.
+    Returns
+    -------
+    Channel
+        The Channel, its opening done, its socket blocking with no timeout
+        (``channel.socket.settimeout`` sets one). With ``streams=N``, one
+        Channel over the N connections.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any connection: an address, ``authkey``, ``ssl`` or
+        ``streams`` of the wrong kind or out of range.
+    OSError
+        No connection could be made: ConnectionRefusedError (for an AF_UNIX
+        path, FileNotFoundError) once the timeout passed, or at once without
+        one; TimeoutError when the connection or the opening was not done
+        within the timeout; ``socket.gaierror``, ... Also
+        ConnectionResetError when the peer reset the connection during the
+        opening.
+    ConnectionRefusedError
+        The Listener refused the parallel streams (more than its
+        ``max_streams``, a group it no longer forms, or an ``arraywire.aio``
+        Listener over TLS).
+    AuthenticationError
+        ``authkey`` is given at one end only, or the keys differ.
+    ProtocolError
+        The peer is not an arraywire Listener, or does not speak TLS when
+        ``ssl`` is given.
+    ssl.SSLError
+        The TLS handshake failed (``ssl.SSLCertVerificationError`` for a
+        certificate that does not check out, ...).
+
+    With ``streams=N``, a failure on any connection closes those already
+    made.
     """
     check_options(authkey, ssl)
     check_streams(streams)
@@ -398,10 +441,33 @@ class Listener:
         return self._sock.fileno()
 
     def accept(self, *, timeout: float | None = None) -> Channel:
-        """The next connection whose opening is done, as a Channel; with a
-        timeout, TimeoutError when none was in time. A peer whose key does
-        not match raises AuthenticationError (its connection is closed; the
-        next call goes on with the others)."""
+        """Wait for the next connection whose opening is done.
+
+        Openings go on side by side while this waits. A peer whose opening
+        fails (wrong bytes, TLS handshake failure, reset) or is not done
+        within ``handshake_timeout`` is dropped without raising. The parallel
+        streams of one peer become one Channel once the last has joined.
+
+        Returns
+        -------
+        Channel
+            The connection, its opening done, its socket blocking with no
+            timeout.
+
+        Raises
+        ------
+        TimeoutError
+            With a ``timeout``: no opening was done within it.
+        AuthenticationError
+            A peer's key differs from the Listener's, or one of them has no
+            key. That peer's connection is closed; the next call goes on with
+            the others.
+        OSError
+            The Listener is closed (EBADF), or accepting failed for another
+            reason than the peer (EMFILE: out of descriptors, ...).
+
+        A second thread calling accept() waits until the first returns.
+        """
         with self._accepting:
             if self._sock.fileno() == -1:
                 raise closed_listener()

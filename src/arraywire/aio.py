@@ -383,12 +383,78 @@ async def _move_stripes(
 
 
 async def send_from(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
-    """Send every byte of a contiguous buffer; return the byte count."""
+    """Send every byte of a contiguous buffer over a non-blocking stream socket.
+
+    As ``arraywire.send_from``, awaited: no header goes out, so the receiver
+    must know the size. ``progress`` is called in the event loop's thread.
+
+    Returns
+    -------
+    int
+        The bytes sent: all of the buffer's.
+
+    Raises
+    ------
+    TypeError
+        Before any byte: obj exports no buffer or holds Python objects, or
+        sock is not a stream ``socket.socket`` (an ``ssl.SSLSocket``
+        included).
+    ValueError
+        Before any byte: the buffer is not contiguous, or the socket is not
+        non-blocking (call ``sock.setblocking(False)`` first).
+    RuntimeError
+        Another ``arraywire.aio`` send is in progress on this socket.
+    BrokenStreamError
+        An earlier ``arraywire.aio`` transfer on this socket stopped
+        part-way.
+    OSError
+        The socket's error (BrokenPipeError, ConnectionResetError, EBADF for
+        a closed socket, ...), with ``bytes_done``. If some but not all of
+        the bytes went out, the socket is shut down and marked broken.
+    asyncio.CancelledError
+        The task was cancelled. Cancelled while still waiting for the socket,
+        before any byte moved, the stream is left as it was; else the socket
+        is shut down and marked broken. A transfer in a worker thread
+        re-raises only once its thread has let go of the buffer.
+    """
     return await _raw(obj, sock, progress, sending=True)
 
 
 async def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) -> int:
-    """Fill a writable contiguous buffer completely; return the byte count."""
+    """Fill a writable contiguous buffer completely from a non-blocking stream socket.
+
+    As ``arraywire.recv_into``, awaited; ``progress`` is called in the event
+    loop's thread.
+
+    Returns
+    -------
+    int
+        The bytes received: the buffer's size.
+
+    Raises
+    ------
+    IncompleteTransferError
+        The peer closed the connection before the buffer was full; its
+        ``bytes_done`` bytes are in the buffer. If some came, the socket is
+        shut down and marked broken.
+    TypeError
+        Before any byte: as for ``send_from``, or the buffer is read-only.
+    ValueError
+        Before any byte: the buffer is not contiguous, or the socket is not
+        non-blocking.
+    RuntimeError
+        Another ``arraywire.aio`` receive is in progress on this socket.
+    BrokenStreamError
+        An earlier ``arraywire.aio`` transfer on this socket stopped
+        part-way.
+    OSError
+        The socket's error, with ``bytes_done``; as for ``send_from``.
+    asyncio.CancelledError
+        The task was cancelled. Cancelled while still waiting for the socket,
+        before any byte moved, the stream is left as it was; else the socket
+        is shut down and marked broken. A transfer in a worker thread
+        re-raises only once its thread has let go of the buffer.
+    """
     return await _raw(obj, sock, progress, sending=False)
 
 
@@ -411,15 +477,59 @@ async def send_arrays(
     metadata: bytes | None = None,
     progress: Progress | None = None,
 ) -> int:
-    """Send arrays as one self-describing message; return the bytes sent
-    (names, metadata and errors as in ``arraywire.send_arrays``)."""
+    """Send arrays as one self-describing message over a non-blocking stream socket.
+
+    ``arrays``, ``metadata`` and ``progress`` are as for
+    ``arraywire.send_arrays`` (a mapping sends the names too); ``progress``
+    is called in the event loop's thread.
+
+    Returns
+    -------
+    int
+        The bytes sent: the header's and every array's.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before the first byte: what ``arraywire.send_arrays`` refuses, or
+        (ValueError) a socket that is not non-blocking.
+    RuntimeError
+        Another ``arraywire.aio`` send is in progress on this socket.
+    BrokenStreamError
+        An earlier ``arraywire.aio`` transfer on this socket stopped
+        part-way.
+    OSError
+        The socket's error, with ``bytes_done`` counted from the start of the
+        message. If part of the message went out, the socket is shut down
+        and marked broken.
+    asyncio.CancelledError
+        The task was cancelled. Cancelled while still waiting for the socket,
+        before any byte moved, the stream is left as it was; else the socket
+        is shut down and marked broken. A transfer in a worker thread
+        re-raises only once its thread has let go of the buffer.
+    """
     return await _send_message(arrays, sock, metadata, progress, "send_arrays")
 
 
 async def send_array(
     array: Any, sock: Any, *, metadata: bytes | None = None, progress: Progress | None = None
 ) -> int:
-    """Send one array as a self-describing message; return the bytes sent."""
+    """Send one array as a self-describing message over a non-blocking stream socket.
+
+    The message is that of ``send_arrays((array,), sock)``; ``metadata`` and
+    ``progress`` are as there.
+
+    Returns
+    -------
+    int
+        The bytes sent: the header's and the array's.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError, BrokenStreamError, OSError, asyncio.CancelledError
+        As ``send_arrays`` raises them (TypeError and ValueError before the
+        first byte).
+    """
     return await _send_message((array,), sock, metadata, progress, "send_array")
 
 
@@ -464,13 +574,53 @@ async def recv_arrays(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
 ) -> list[np.ndarray] | dict[str, np.ndarray]:
-    """Receive one message; return its arrays (each with memory of its own),
-    a dict when the sender named them (as ``arraywire.recv_arrays``).
+    """Receive one message of any number of arrays from a non-blocking stream socket.
 
-    A header declaring more than max_bytes of payload (None: only the
-    format's limit) raises ProtocolError before anything is allocated.
-    Progress counts message bytes (header included), as the sender's does.
-    A peer that closes before the message's first byte raises EOFError.
+    As ``arraywire.recv_arrays``, awaited. A header declaring more than
+    max_bytes of payload (None: only the format's limit) raises ProtocolError
+    before anything is allocated. Progress counts message bytes (header
+    included), as the sender's does, and is called in the event loop's
+    thread.
+
+    Returns
+    -------
+    list of numpy.ndarray, or dict of str to numpy.ndarray
+        The arrays, each fresh, writable and with memory of its own: a dict in
+        the sender's order when the sender named them, else a list. The
+        metadata is dropped (``recv_message`` returns it).
+
+    Raises
+    ------
+    EOFError
+        The peer closed the connection cleanly, before the message's first
+        byte.
+    IncompleteTransferError
+        The peer closed inside the message; ``bytes_done`` and
+        ``bytes_expected`` count from its start.
+    ProtocolError
+        The header is malformed, of an unsupported version, or declares more
+        than ``max_bytes`` of payload or more metadata than
+        ``DEFAULT_MAX_METADATA``.
+    TypeError
+        The socket is not a stream ``socket.socket``.
+    ValueError
+        The socket is not non-blocking (call ``sock.setblocking(False)``
+        first).
+    RuntimeError
+        Another ``arraywire.aio`` receive is in progress on this socket.
+    BrokenStreamError
+        An earlier ``arraywire.aio`` transfer on this socket stopped
+        part-way.
+    OSError
+        The socket's error (ConnectionResetError, ...), with ``bytes_done``.
+    asyncio.CancelledError
+        The task was cancelled. Cancelled while still waiting for the socket,
+        before any byte moved, the stream is left as it was; else the socket
+        is shut down and marked broken. A transfer in a worker thread
+        re-raises only once its thread has let go of the buffer.
+
+    After IncompleteTransferError, ProtocolError, or another failure once
+    part of the message came, the socket is shut down and marked broken.
     """
     message = Receive(max_bytes, progress=progress)
     await _receive(sock, "recv_arrays", message)
@@ -484,7 +634,28 @@ async def recv_message(
     max_metadata: int = DEFAULT_MAX_METADATA,
     progress: Progress | None = None,
 ) -> Message:
-    """Receive one message with its metadata (as ``arraywire.recv_message``)."""
+    """Receive one message with its metadata from a non-blocking stream socket.
+
+    As ``arraywire.recv_message``, awaited; ``max_metadata`` caps the
+    metadata's size, the rest is as for ``recv_arrays``.
+
+    Returns
+    -------
+    Message
+        ``Message(arrays, metadata)``: the arrays as ``recv_arrays`` returns
+        them, and the metadata bytes (b"" when the sender gave none).
+
+    Raises
+    ------
+    ProtocolError
+        The header is malformed, or declares more than ``max_bytes`` of
+        payload or more than ``max_metadata`` bytes of metadata. The socket
+        is shut down and marked broken.
+    EOFError, IncompleteTransferError, TypeError, ValueError, RuntimeError, BrokenStreamError
+        As ``recv_arrays`` raises them.
+    OSError, asyncio.CancelledError
+        As ``recv_arrays`` raises them.
+    """
     message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
     await _receive(sock, "recv_message", message)
     return message.message()
@@ -497,10 +668,29 @@ async def recv_array(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Receive a one-array message, into ``out`` when given.
+    """Receive a one-array message from a non-blocking stream socket.
 
-    If ``out`` does not match the message, the payload is read and discarded
-    so the connection stays usable, then ValueError is raised.
+    As ``arraywire.recv_array``, awaited: ``out``, when given, receives the
+    payload in place; ``max_bytes`` and ``progress`` are as for
+    ``recv_arrays``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out`` when given, else a fresh, writable array with memory of its
+        own, of the sender's dtype, shape and memory order.
+
+    Raises
+    ------
+    ValueError
+        ``out`` does not match the message (dtype, shape, memory order,
+        read-only), or the message holds another number of arrays than one:
+        the payload was read and discarded first, so the connection stays
+        usable. Also, before any byte, a socket that is not non-blocking.
+    EOFError, IncompleteTransferError, ProtocolError, TypeError, RuntimeError
+        As ``recv_arrays`` raises them.
+    BrokenStreamError, OSError, asyncio.CancelledError
+        As ``recv_arrays`` raises them.
     """
     message = Receive(max_bytes, progress=progress, one_array=True, out=out)
     await _receive(sock, "recv_array", message)
