@@ -305,3 +305,29 @@ def test_a_receiver_takes_no_message_in_place_of_the_group(
     assert status == 1
     assert "closed a connection that is not one of the sender's streams" in err
     assert "only 1 of the sender's 2 streams connected within 1 s" in err
+
+
+BAD_GROUP_HELLOS = {
+    # a hello of the stream feature that is wrong in itself, or names no group
+    "message-version-0": (HELLO.pack(b"AWHI", 1, 0, 0x0002, GROUP.size, 0)
+                          + GROUP.pack(bytes(16), 0, 2),
+                          "hello declares version 1 and message version 0"),
+    "group-of-one": (HELLO.pack(b"AWHI", 1, 1, 0x0002, GROUP.size, 0)
+                     + GROUP.pack(bytes(16), 0, 1),
+                     "stream group of 1 streams with this stream at index 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GROUP_HELLOS))
+def test_a_bad_group_hello_fails_the_receiver_clearly(backend: Backend, tmp_path: Path,
+                                                      case: str) -> None:
+    hello, says = BAD_GROUP_HELLOS[case]
+    output = tmp_path / "out.npy"
+    receiver = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), "-q")
+    with socket.create_connection(("127.0.0.1", receiver.port()), timeout=TIMEOUT) as sock:
+        sock.sendall(hello)
+        status, err = receiver.finish()
+    assert status == 1
+    line = one_error_line(err, "recv")
+    assert f"the connection opening with the sender failed: {says}" in line, line
+    assert os.listdir(tmp_path) == []

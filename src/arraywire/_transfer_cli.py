@@ -865,7 +865,10 @@ def _take_peer(
         if _is_group_hello(early):
             opening = _Opening(None, connecting=False)
             sock.sendall(opening.outgoing())
-            opening.received(early)
+            try:
+                opening.received(early)
+            except ProtocolError as exc:
+                raise Failure(f"the connection opening with the sender failed: {exc}") from None
             early = b""
             _open(sock, opening, deadline, ends, wait)
     sock.settimeout(args.timeout)
