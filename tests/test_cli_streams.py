@@ -220,6 +220,29 @@ def test_a_stream_reset_mid_array_fails_the_sender(backend: Backend, tmp_path: P
     assert 200_000 <= int(match[1].replace(",", "")) < total
 
 
+def test_a_receiver_gone_after_stream_0_fails_the_sender_at_once(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Only the first stream waits for a receiver to listen."""
+    source = tmp_path / "in.npy"
+    np.save(source, np.zeros(10))
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "--streams", "2", "-q")
+    conn, _ = server.accept()
+    server.close()  # before stream 0 joins: stream 1 finds nothing listening
+    with conn:
+        conn.settimeout(TIMEOUT)
+        _read_exactly(conn, HELLO.size + GROUP.size)
+        conn.sendall(HELLO.pack(b"AWHI", 1, 1, 0, 0, 0) + JOIN.pack(1, 0, 8))
+        status, err = sender.finish()
+    assert status == 1
+    assert one_error_line(err, "send").endswith(
+        f"cannot connect stream 1 to 127.0.0.1:{port}: connection refused (the receiver "
+        "stopped listening after stream 0; see its messages)"
+    )
+
+
 def stream_by_hand(port: int, ident: bytes, member: int, size: int) -> socket.socket:
     """A sender's stream opened by hand: its hello, the receiver's, JOINED."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)

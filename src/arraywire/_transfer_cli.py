@@ -195,7 +195,8 @@ def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-streams", type=parse_streams, default=None, metavar="M",
         help="take a sender's parallel streams (arraywire send --streams N) up to M "
-             f"connections (default {DEFAULT_MAX_STREAMS}); a sender asking for more is refused",
+             f"connections (default {DEFAULT_MAX_STREAMS}); a sender asking for more is "
+             "refused. All of them must connect within --timeout (default 10 s)",
     )
     parser.add_argument("-f", "--force", action="store_true", help="replace an existing OUTPUT")
     _add_common(parser)
@@ -830,7 +831,7 @@ def _dial_peer(
     ident = os.urandom(_hello.GROUP_ID_BYTES)
     socks = []
     for index in range(streams):
-        raw = _connect_when_listening(args.address, args.timeout, ends, args.quiet)
+        raw = _connect_when_listening(args.address, args.timeout, ends, args.quiet, index)
         sock = _secure(stack, raw, context, False, ends, args.address.host, wait)
         group = None if streams == 1 else _hello.Group(ident, index, streams)
         if key is not None or group is not None:
@@ -939,12 +940,13 @@ def _join_group(
                 f"only {joined} of the sender's {group.size} streams connected within "
                 f"{wait:g} s"
             )
+        sock = raw
         try:
             sock = _secure(stack, raw, context, True, ends, args.address.host, wait)
             other = _Opening(key, connecting=False)
             _connection.run_opening(sock, other, deadline)
         except (Failure, OSError, ProtocolError, AuthenticationError, _NotAHello) as exc:
-            raw.close()
+            sock.close()
             reason = f" ({exc})" if str(exc) else ""
             _note(args, f"closed a connection that is not one of the sender's streams{reason}")
             continue
@@ -1017,8 +1019,10 @@ def _listening_on(server: socket.socket) -> str:
 
 
 def _connect_when_listening(
-    address: Address, timeout: float | None, ends: Ends, quiet: bool
+    address: Address, timeout: float | None, ends: Ends, quiet: bool, stream: int = 0
 ) -> socket.socket:
+    """A connection to the peer, tried again while refused so that either end
+    may start first. The later streams of a group are not: the peer listened for stream 0."""
     where = format_address(address.host, address.port)
     deadline = None if timeout is None else time.monotonic() + timeout
     told = quiet  # --quiet: no note while waiting
@@ -1028,6 +1032,11 @@ def _connect_when_listening(
                 (address.host, address.port), timeout=_connection.remaining(deadline)
             )
         except ConnectionRefusedError:
+            if stream:
+                raise Failure(
+                    f"cannot connect stream {stream} to {where}: connection refused (the "
+                    f"{ends.peer} stopped listening after stream 0; see its messages)"
+                ) from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise Failure(
                     f"cannot connect to {where}: connection refused for {timeout:g} s "
