@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import struct
 import time
@@ -353,4 +354,27 @@ def test_a_bad_group_hello_fails_the_receiver_clearly(backend: Backend, tmp_path
     assert status == 1
     line = one_error_line(err, "recv")
     assert f"the connection opening with the sender failed: {says}" in line, line
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_terminated_striped_receive_stops_every_stream(backend: Backend,
+                                                         tmp_path: Path) -> None:
+    output = tmp_path / "out.npy"
+    receiver = Cli(backend, "recv", "127.0.0.1:0", "-o", str(output), "-q")
+    port = receiver.port()
+    ident = os.urandom(16)
+    first, second = (stream_by_hand(port, ident, i, 2) for i in range(2))
+    first.sendall(plan_send([np.ones(4 * STRIPE_BYTES, np.uint8)]).header + bytes(1000))
+    second.sendall(bytes(1000))
+    deadline = time.monotonic() + TIMEOUT
+    while not (tmp_path / "out.npy.partial").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)  # the threads are waiting for the rest
+    receiver.proc.send_signal(signal.SIGTERM)
+    status, err = receiver.finish()
+    first.close()
+    second.close()
+    assert status == 130
+    assert "interrupted" in one_error_line(err, "recv")
     assert os.listdir(tmp_path) == []
