@@ -163,9 +163,9 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--streams", type=parse_streams, default=1, metavar="N",
         help="send over N parallel connections, each part of the array by a thread of "
-             "its own (default 1; the receiver takes at most its --max-streams, by "
-             f"default {DEFAULT_MAX_STREAMS}); arrays under {STRIPE_BYTES >> 20} MiB go "
-             "whole on the first",
+             "its own (default 1; not with --listen; the receiver takes at most its "
+             f"--max-streams, by default {DEFAULT_MAX_STREAMS}); an array under "
+             f"{STRIPE_BYTES >> 20} MiB goes whole over the first connection",
     )
     parser.add_argument(
         "--no-confirm", action="store_true",
