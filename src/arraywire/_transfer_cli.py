@@ -26,6 +26,11 @@ authentication) before the exchange. With TLS (``--tls``, ``--tls-*``) the end
 that listens is the TLS server and everything, the opening too, runs inside
 TLS. An end with a key or TLS recognises what a peer without them sends in
 their place, and says which end lacks what.
+
+With ``--streams N`` the sender opens N connections, each with the opening
+of a stream group, and stripes the array over them as a Channel of N streams
+does; the receiver joins them (up to ``--max-streams``) and receives each
+stream's part into the output file by a thread of its own.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from decimal import Decimal
 from functools import partial
 from typing import Any, NamedTuple, NoReturn
@@ -53,10 +58,19 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from arraywire import _connection, _framing, _hello, _tls, _transport
-from arraywire._common import Progress
-from arraywire._engine import MessageProgress, plan_send
+from arraywire._common import Progress, numpy_bytes
+from arraywire._engine import (
+    STRIPE_BYTES,
+    MessageProgress,
+    Receive,
+    plan_send,
+    split_bytes,
+    stripe_sizes,
+)
 from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
+from arraywire._groups import DEFAULT_MAX_STREAMS
 from arraywire._protocol import MAGIC as MESSAGE_MAGIC, check_transferable
+from arraywire._striping import move_parts, part_job
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
 # once the file is complete on its disk, or REFUSE, the reason's length and
@@ -109,6 +123,7 @@ examples:
   arraywire send weights.npy '[fd00::2]:5000'     an IPv6 address goes in brackets
   arraywire send weights.npy 5000 --listen        to arraywire recv HOST:5000 --connect
   arraywire send weights.npy host:5000 --key-file transfer.key --tls-ca ca.pem
+  arraywire send weights.npy host:5000 --streams 4  four connections at once
 
 The connecting end tries again while nothing listens (see --timeout), so either
 end may start first. The bar and the summary count in decimal units: 1 MB is
@@ -146,6 +161,13 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
              "(for a receiver that runs arraywire recv --connect)",
     )
     parser.add_argument(
+        "--streams", type=parse_streams, default=1, metavar="N",
+        help="send over N parallel connections, each part of the array by a thread of "
+             "its own (default 1; not with --listen; the receiver takes at most its "
+             f"--max-streams, by default {DEFAULT_MAX_STREAMS}); an array under "
+             f"{STRIPE_BYTES >> 20} MiB goes whole over the first connection",
+    )
+    parser.add_argument(
         "--no-confirm", action="store_true",
         help="do not wait for the receiver to confirm that it wrote the array "
              "(for a receiving program that does not answer b'AWOK')",
@@ -169,6 +191,12 @@ def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-bytes", type=parse_size, default=None, metavar="SIZE",
         help="refuse arrays larger than this (default: no cap, only the free space of "
              "the output directory)",
+    )
+    parser.add_argument(
+        "--max-streams", type=parse_streams, default=None, metavar="M",
+        help="take a sender's parallel streams (arraywire send --streams N) up to M "
+             f"connections (default {DEFAULT_MAX_STREAMS}); a sender asking for more is "
+             "refused. All of them must connect within --timeout (default 10 s)",
     )
     parser.add_argument("-f", "--force", action="store_true", help="replace an existing OUTPUT")
     _add_common(parser)
@@ -239,6 +267,16 @@ def parse_size(text: str) -> int:
     return int(Decimal(number) * scale)
 
 
+def parse_streams(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"not a stream count from 1 to 65535: {text!r}")
+    return count
+
+
 def parse_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -302,6 +340,11 @@ def usage_problem(args: argparse.Namespace, listen: bool, ends: Ends) -> str | N
 
 def run_send(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     problem = usage_problem(args, args.listen, ENDS["send"])
+    if args.listen and args.streams > 1:
+        problem = (
+            "--streams needs this end to connect: the connecting end opens the streams, "
+            "so drop --listen and run arraywire recv without --connect"
+        )
     if problem:
         parser.error(problem)
     return _main("send", args, _send)
@@ -310,20 +353,35 @@ def run_send(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> str:
     array = open_source(args.file)
     plan = plan_send([array])
-    with _connected(args, args.listen, ENDS["send"]) as sock:
+    with _connected(args, args.listen, ENDS["send"], streams=args.streams) as link:
+        sock = link.streams[0]
+        core = _core(sock)
         incoming = _Incoming(sock)
+        parts = plan.stripes(len(link.streams))
         with _progress(args, "send", os.path.basename(args.file), plan.total) as progress:
-            reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
             started = time.perf_counter()
             try:
-                _framing.write_plan(plan, sock, reporter, _core(sock))
+                if parts is None:
+                    reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
+                    _framing.write_plan(plan, sock, reporter, core)
+                else:
+                    reporter = MessageProgress(progress, plan.total)
+                    jobs = [
+                        part_job(core.sendmsg_from, part, stream)
+                        for part, stream in zip(parts, link.streams, strict=True)
+                    ]
+                    # Only stream 0's own thread reads stream 0 (an SSLSocket
+                    # is not for two threads at once).
+                    jobs[0] = partial(_watched_part, core, parts[0], sock, incoming)
+                    plan.moved(move_parts(jobs, link.streams, reporter, 0))
             except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
                 # A TLS send to a closed peer raises SSLEOFError; why it closed
                 # (an alert, a refusal) may still wait to be read.
                 plan.fail(exc)  # counts the bytes from the message's start
+                closed = "the connection" if parts is None else "a stream"
                 raise _reply_failure(incoming.reply()) or Failure(
-                    f"the receiver closed the connection after {_moved(exc):,} of "
-                    f"{plan.total:,} bytes"
+                    f"the receiver closed {closed} after {_moved(exc):,} of "
+                    f"{plan.total:,} bytes{_over(link.streams, 'sent')}"
                 ) from None
             reporter.finish()
             seconds = time.perf_counter() - started
@@ -335,7 +393,25 @@ def _send(args: argparse.Namespace) -> str:
                     "the array (see its messages; a program that receives with "
                     "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
                 )
-    return _summary(f"sent {args.file}", array.dtype, array.shape, seconds)
+    return _summary(f"sent {args.file}", array.dtype, array.shape, seconds) + _over(link.streams)
+
+
+def _watched_part(
+    core: Any, part: list[Any], sock: socket.socket, incoming: _Incoming,
+    progress: Progress | None,
+) -> int:
+    """Send stream 0's part of a striped array, stopping once the receiver answers."""
+    assert progress is not None  # move_parts gets a reporter
+    return int(core.sendmsg_from(part, sock, progress=_stop_on_reply(incoming, progress)))
+
+
+def _over(streams: Sequence[socket.socket], moved: str = "") -> str:
+    """The stream count, for messages: nothing for one stream."""
+    if len(streams) == 1:
+        return ""
+    if moved:
+        return f" ({moved} over {len(streams)} streams)"
+    return f" over {len(streams)} streams"
 
 
 def open_source(path: str) -> np.ndarray:
@@ -462,13 +538,19 @@ def _reply_failure(reply: tuple[bytes, str]) -> Failure | None:
 # --- receiving ---------------------------------------------------------------
 
 
-def _refuse(sock: socket.socket, reason: str, failure: str | None = None) -> NoReturn:
+def _refuse(
+    sock: socket.socket, reason: str, failure: str | None = None,
+    others: Sequence[socket.socket] = (),
+) -> NoReturn:
     """Tell the peer why this end refuses (docs/PROTOCOL.md, "The command
     line's exchange"), hang up, then fail with failure (by default: the
-    sender's array was refused for reason)."""
+    sender's array was refused for reason). The sender's other streams are
+    closed once the reason is out: their threads stop at once."""
     text = reason.encode("utf-8")[:MAX_REASON]
     with suppress(OSError):
         sock.sendall(REFUSE + REASON_LENGTH.pack(len(text)) + text)
+        for other in others:
+            other.close()
         _hang_up(sock)
     raise Failure(failure or f"refused the sender's array: {reason}")
 
@@ -487,6 +569,11 @@ def _hang_up(sock: socket.socket) -> None:
 
 def run_recv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     problem = usage_problem(args, not args.connect, ENDS["recv"])
+    if args.connect and args.max_streams is not None:
+        problem = (
+            "--max-streams is for a listening receiver: with --connect this end opens "
+            "one connection"
+        )
     if problem:
         parser.error(problem)
     return _main("recv", args, _recv)
@@ -496,20 +583,24 @@ def _recv(args: argparse.Namespace) -> str:
     output = args.output
     partial = output + ".partial"
     _check_output(output, args.force)
-    with _connected(args, not args.connect, ENDS["recv"]) as sock:
+    with _connected(args, not args.connect, ENDS["recv"]) as link:
+        sock = link.streams[0]
         core = _core(sock)
+
+        def refuse(reason: str) -> NoReturn:
+            _refuse(sock, reason, others=link.streams[1:])
+
         try:
-            specs = _framing.recv_header(sock, None, core)
+            specs = _recv_header(sock, core, link.early)
         except ProtocolError as exc:
-            _refuse(sock, str(exc))
+            refuse(str(exc))
         except EOFError:  # cleanly or inside the header
             raise Failure("the sender closed the connection before sending an array") from None
         if len(specs) != 1:
-            _refuse(sock, f"the message holds {len(specs)} arrays; arraywire recv takes one")
+            refuse(f"the message holds {len(specs)} arrays; arraywire recv takes one")
         spec = specs[0]
         if args.max_bytes is not None and spec.nbytes > args.max_bytes:
-            _refuse(
-                sock,
+            refuse(
                 f"the array is {spec.nbytes:,} bytes, over its --max-bytes of "
                 f"{args.max_bytes:,}",
             )
@@ -518,7 +609,7 @@ def _recv(args: argparse.Namespace) -> str:
         except BaseException as exc:
             _remove(partial)
             if isinstance(exc, Failure):
-                _refuse(sock, str(exc))
+                refuse(str(exc))
             raise
         try:
             try:
@@ -526,7 +617,7 @@ def _recv(args: argparse.Namespace) -> str:
                     # From the array's first byte: not the wait for the
                     # sender, nor the allocation of the file.
                     started = time.perf_counter()
-                    _receive(sock, target, spec.nbytes, progress, core)
+                    _receive(link.streams, target, spec.nbytes, progress, core)
                     seconds = time.perf_counter() - started
                 target.flush()
             finally:
@@ -539,7 +630,19 @@ def _recv(args: argparse.Namespace) -> str:
             sock.sendall(ACK)
         except OSError:  # the file is complete; the sender reports its own failure
             pass
-    return _summary(f"wrote {output}", spec.dtype, spec.shape, seconds)
+    return _summary(f"wrote {output}", spec.dtype, spec.shape, seconds) + _over(link.streams)
+
+
+def _recv_header(sock: socket.socket, core: Any, early: bytes) -> tuple[Any, ...]:
+    """The message header's arrays; early holds its first bytes when read already."""
+    if not early:
+        return _framing.recv_header(sock, None, core)
+    message = Receive(None)
+    reads = message.header_reads()
+    next(reads)[0][:] = early  # the preamble
+    message.moved(len(early))
+    _framing.read_into(message, reads, sock, core)
+    return message.specs
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -594,19 +697,33 @@ def _preallocate(path: str) -> None:
 
 
 def _receive(
-    sock: socket.socket, target: np.ndarray, nbytes: int, progress: Progress, core: Any
+    streams: list[socket.socket], target: np.ndarray, nbytes: int, progress: Progress,
+    core: Any,
 ) -> None:
+    """Fill target with the array's payload: striped over the streams as the
+    sender striped it, each part by a thread of its own."""
+    striped = len(streams) > 1 and nbytes >= STRIPE_BYTES
     try:
-        core.recv_into(target, sock, progress=progress)
+        if not striped:
+            core.recv_into(target, streams[0], progress=progress)
+        else:
+            parts = split_bytes([numpy_bytes(target, True)], stripe_sizes(nbytes, len(streams)))
+            jobs = [
+                part_job(core.recvmsg_into, part, stream)
+                for part, stream in zip(parts, streams, strict=True)
+            ]
+            move_parts(jobs, streams, MessageProgress(progress, nbytes), 0)
     except IncompleteTransferError as exc:
+        closed = "a stream" if striped else "the connection"
         raise Failure(
-            f"the sender closed the connection after {exc.bytes_done:,} of {nbytes:,} "
-            "bytes of the array"
+            f"the sender closed {closed} after {_moved(exc):,} of {nbytes:,} "
+            f"bytes of the array{_over(streams, 'received') if striped else ''}"
         ) from None
     except ConnectionError as exc:
+        lost = "a stream" if striped else "the connection"
         raise Failure(
-            f"lost the connection after {_moved(exc):,} of {nbytes:,} bytes of the array "
-            f"({exc.strerror or exc})"
+            f"lost {lost} after {_moved(exc):,} of {nbytes:,} bytes of the array "
+            f"({exc.strerror or exc}){_over(streams, 'received') if striped else ''}"
         ) from None
 
 
@@ -680,34 +797,188 @@ def _os_error(exc: OSError) -> str:
     return text
 
 
+class Link(NamedTuple):
+    """The connection to the peer, opening done: its streams (one unless the
+    sender asked for more; SSLSockets with TLS), and the bytes a receiver
+    without a key read from stream 0 while looking for a hello."""
+
+    streams: list[socket.socket]
+    early: bytes
+
+
 @contextmanager
-def _connected(args: argparse.Namespace, listen: bool, ends: Ends) -> Iterator[socket.socket]:
-    """The connection to the peer, once its opening is done: an SSLSocket with TLS."""
+def _connected(
+    args: argparse.Namespace, listen: bool, ends: Ends, streams: int = 1
+) -> Iterator[Link]:
+    """The connection to the peer once its opening is done: as many streams
+    as the connecting sender asks for."""
     key = read_key(args.key_file)
     context = tls_context(args, listen)
-    with peer_socket(args, listen, ends) as sock:
-        wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
-        deadline = time.monotonic() + wait
-        if context is not None:
-            sock.settimeout(wait)
-            sock = _start_tls(context, sock, args.address.host, listen, ends, wait)
-        with sock:  # the SSLSocket: the TCP socket above is detached from it
-            if key is not None:
-                _authenticate(sock, key, not listen, deadline, ends, wait)
-            sock.settimeout(args.timeout)
-            yield sock
+    with ExitStack() as stack:
+        if listen:
+            yield _take_peer(stack, args, ends, key, context)
+        else:
+            yield _dial_peer(stack, args, ends, key, context, streams)
 
 
-def peer_socket(args: argparse.Namespace, listen: bool, ends: Ends) -> socket.socket:
-    """The TCP connection to the peer: the first to connect when this end
-    listens, else one to the peer's address, tried again while refused so
-    that either end may start first."""
-    if listen:
-        return _accept_first(args.address, args.timeout)
-    return _connect_when_listening(args.address, args.timeout, ends, args.quiet)
+def _dial_peer(
+    stack: ExitStack, args: argparse.Namespace, ends: Ends, key: bytes | None,
+    context: ssl.SSLContext | None, streams: int,
+) -> Link:
+    """Connect to the listening peer: with several streams, each with the
+    opening of the group."""
+    wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
+    ident = os.urandom(_hello.GROUP_ID_BYTES)
+    socks = []
+    for index in range(streams):
+        raw = _connect_when_listening(args.address, args.timeout, ends, args.quiet, index)
+        sock = _secure(stack, raw, context, False, ends, args.address.host, wait)
+        group = None if streams == 1 else _hello.Group(ident, index, streams)
+        if key is not None or group is not None:
+            opening = _Opening(key, connecting=True, group=group)
+            _open(sock, opening, time.monotonic() + wait, ends, wait)
+        sock.settimeout(args.timeout)
+        socks.append(sock)
+    return Link(socks, b"")
 
 
-def _accept_first(address: Address, timeout: float | None) -> socket.socket:
+def _take_peer(
+    stack: ExitStack, args: argparse.Namespace, ends: Ends, key: bytes | None,
+    context: ssl.SSLContext | None,
+) -> Link:
+    """Listen for the peer; a receiver then joins the sender's streams."""
+    wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
+    server = stack.enter_context(_listening(args.address))
+    raw = _accept(server, args.timeout)
+    if raw is None:
+        raise Failure(f"nobody connected within {args.timeout:g} s")
+    sock = _secure(stack, raw, context, True, ends, args.address.host, wait)
+    deadline = time.monotonic() + wait
+    early = b""
+    opening: _Opening | None = None
+    if key is not None:
+        opening = _open(sock, _Opening(key, connecting=False), deadline, ends, wait)
+    elif ends.me == "receiver":
+        # A sender without a key begins with its message, or with the hello
+        # of a stream group.
+        sock.settimeout(args.timeout)
+        early = _read_start(sock)
+        if _is_group_hello(early):
+            opening = _Opening(None, connecting=False)
+            sock.sendall(opening.outgoing())
+            try:
+                opening.received(early)
+            except ProtocolError as exc:
+                raise Failure(f"the connection opening with the sender failed: {exc}") from None
+            early = b""
+            _open(sock, opening, deadline, ends, wait)
+    sock.settimeout(args.timeout)
+    if opening is None or opening.group is None:
+        return Link([sock], early)
+    return Link(_join_group(stack, server, sock, opening, args, context, key, wait), early)
+
+
+def _secure(
+    stack: ExitStack, sock: socket.socket, context: ssl.SSLContext | None, listen: bool,
+    ends: Ends, host: str, wait: float,
+) -> socket.socket:
+    """sock, closed with the stack, over TLS when there is a context."""
+    stack.enter_context(sock)
+    if context is None:
+        return sock
+    sock.settimeout(wait)
+    # the SSLSocket: the TCP socket is detached from it
+    return stack.enter_context(_start_tls(context, sock, host, listen, ends, wait))
+
+
+def _read_start(sock: socket.socket) -> bytes:
+    """The first bytes of what a sender without a key sends: a message's
+    preamble, or a hello (both are 16 bytes)."""
+    start = bytearray(_hello.SIZE)
+    try:
+        _core(sock).recv_into(start, sock)
+    except IncompleteTransferError:
+        raise Failure("the sender closed the connection before sending an array") from None
+    return bytes(start)
+
+
+def _is_group_hello(data: bytes) -> bool:
+    """Whether data is the hello of a stream of a group without a key (a
+    keyed hello is refused as the message it is not, saying so)."""
+    if not data.startswith(_hello.MAGIC):
+        return False
+    features = _hello.HELLO.unpack(data)[3]
+    return bool(features & _hello.STREAMS) and not features & _hello.AUTH
+
+
+def _join_group(
+    stack: ExitStack, server: socket.socket, first: socket.socket, opening: _Opening,
+    args: argparse.Namespace, context: ssl.SSLContext | None, key: bytes | None, wait: float,
+) -> list[socket.socket]:
+    """Answer the first stream of the sender's group, then take the others as
+    they connect, in index order; other connections are refused and closed."""
+    group = opening.group
+    assert group is not None
+    max_streams = args.max_streams or DEFAULT_MAX_STREAMS
+    if group.size > max_streams:
+        _answer(first, opening, _hello.TOO_MANY_STREAMS, max_streams)
+        _hang_up(first)
+        raise Failure(
+            f"refused the sender's {group.size} streams: this end takes at most "
+            f"{max_streams} (--max-streams)"
+        )
+    _answer(first, opening, _hello.JOINED, max_streams)
+    members: list[socket.socket | None] = [None] * group.size
+    members[group.member] = first
+    deadline = time.monotonic() + wait
+    ends = ENDS["recv"]
+    while None in members:
+        raw = _accept(server, deadline - time.monotonic())
+        if raw is None:
+            joined = group.size - members.count(None)
+            raise Failure(
+                f"only {joined} of the sender's {group.size} streams connected within "
+                f"{wait:g} s"
+            )
+        sock = raw
+        try:
+            sock = _secure(stack, raw, context, True, ends, args.address.host, wait)
+            other = _Opening(key, connecting=False)
+            _connection.run_opening(sock, other, deadline)
+        except (Failure, OSError, ProtocolError, AuthenticationError, _NotAHello) as exc:
+            sock.close()
+            reason = f" ({exc})" if str(exc) else ""
+            _note(args, f"closed a connection that is not one of the sender's streams{reason}")
+            continue
+        stream = other.group
+        if stream is None or stream.ident != group.ident or stream.size != group.size or (
+            members[stream.member] is not None
+        ):
+            if stream is not None:
+                with suppress(OSError):
+                    _answer(sock, other, _hello.NOT_JOINABLE, max_streams)
+            sock.close()
+            _note(args, "closed a connection that is not one of the sender's streams")
+            continue
+        _answer(sock, other, _hello.JOINED, max_streams)
+        sock.settimeout(args.timeout)
+        members[stream.member] = sock
+    return members  # type: ignore[return-value]
+
+
+def _answer(sock: socket.socket, opening: _Opening, status: int, max_streams: int) -> None:
+    opening.answer_join(status, max_streams)
+    sock.sendall(opening.outgoing())
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(f"arraywire recv: {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _listening(address: Address) -> Iterator[socket.socket]:
+    """The listening socket; its address is printed for the peer."""
     # A port alone: every interface, IPv4 and IPv6 on one socket where the OS can.
     host = address.host or ("::" if socket.has_dualstack_ipv6() else "")
     where = format_address(host or "0.0.0.0", address.port)
@@ -721,11 +992,18 @@ def _accept_first(address: Address, timeout: float | None) -> socket.socket:
     with server:
         # Printed even with --quiet: the peer needs the port (which may be 0 here).
         print(f"arraywire: listening on {_listening_on(server)}", file=sys.stderr, flush=True)
-        server.settimeout(timeout)
-        try:
-            sock, _ = server.accept()
-        except TimeoutError:
-            raise Failure(f"nobody connected within {timeout:g} s") from None
+        yield server
+
+
+def _accept(server: socket.socket, timeout: float | None) -> socket.socket | None:
+    """The next connection; None when none came within timeout."""
+    if timeout is not None and timeout <= 0:
+        return None
+    server.settimeout(timeout)
+    try:
+        sock, _ = server.accept()
+    except TimeoutError:
+        return None
     return sock
 
 
@@ -741,8 +1019,10 @@ def _listening_on(server: socket.socket) -> str:
 
 
 def _connect_when_listening(
-    address: Address, timeout: float | None, ends: Ends, quiet: bool
+    address: Address, timeout: float | None, ends: Ends, quiet: bool, stream: int = 0
 ) -> socket.socket:
+    """A connection to the peer, tried again while refused so that either end
+    may start first. The later streams of a group are not: the peer listened for stream 0."""
     where = format_address(address.host, address.port)
     deadline = None if timeout is None else time.monotonic() + timeout
     told = quiet  # --quiet: no note while waiting
@@ -752,6 +1032,11 @@ def _connect_when_listening(
                 (address.host, address.port), timeout=_connection.remaining(deadline)
             )
         except ConnectionRefusedError:
+            if stream:
+                raise Failure(
+                    f"cannot connect stream {stream} to {where}: connection refused (the "
+                    f"{ends.peer} stopped listening after stream 0; see its messages)"
+                ) from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise Failure(
                     f"cannot connect to {where}: connection refused for {timeout:g} s "
@@ -916,22 +1201,50 @@ class _Opening(_hello.Opening):
     """The opening of arraywire.connect/listen, which stops at a refusal, a
     message or a TLS handshake in place of the peer's hello."""
 
-    __slots__ = ()
+    __slots__ = ("joining",)
+
+    def __init__(
+        self, authkey: bytes | None, *, connecting: bool, group: _hello.Group | None = None
+    ) -> None:
+        super().__init__(authkey, connecting=connecting, group=group)
+        self.joining = group  # the group this end's stream asks to join
 
     def received(self, data: bytes) -> None:
         if self.part == "hello" and (
             data.startswith((REFUSE, MESSAGE_MAGIC)) or data[:2] in _hello.TLS_RECORDS
         ):
             raise _NotAHello(data)
+        if self.part == _hello.PARTS["join"]:
+            _check_joined(data, self.joining)
         super().received(data)
 
 
-def _authenticate(
-    sock: socket.socket, key: bytes, connecting: bool, deadline: float, ends: Ends, wait: float
-) -> None:
-    """The connection opening with a key (docs/PROTOCOL.md, "Connections")."""
+def _check_joined(data: bytes, group: _hello.Group | None) -> None:
+    """The receiver's answer to a stream of the sender's group, in the
+    command line's words when it refuses."""
+    assert group is not None
+    status, _, max_streams = _hello.JOIN.unpack(data)
+    if status == _hello.TOO_MANY_STREAMS:
+        raise Failure(
+            f"the receiver takes at most {max_streams} streams: use --streams {max_streams} "
+            f"or fewer, or arraywire recv --max-streams {group.size}"
+        )
+    if status == _hello.NOT_JOINABLE:
+        raise Failure(
+            f"the receiver did not let stream {group.member} join the others (it gave up "
+            "waiting for them, or has that stream already)"
+        )
+    if status == _hello.NO_STREAMS:
+        raise Failure("the receiver takes no parallel streams: use --streams 1")
+
+
+def _open(
+    sock: socket.socket, opening: _Opening, deadline: float, ends: Ends, wait: float
+) -> _Opening:
+    """The connection opening (docs/PROTOCOL.md, "Connections"): with a key,
+    or for a stream of a group; returns the opening once done."""
     try:
-        _connection.run_opening(sock, _Opening(key, connecting=connecting), deadline)
+        _connection.run_opening(sock, opening, deadline)
     except _NotAHello as exc:
         data = exc.data
         if data.startswith(REFUSE):
@@ -956,6 +1269,7 @@ def _authenticate(
         raise Failure(f"the {ends.peer} reset the connection during the opening") from None
     except ProtocolError as exc:
         raise Failure(f"the connection opening with the {ends.peer} failed: {exc}") from None
+    return opening
 
 
 @contextmanager
