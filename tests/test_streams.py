@@ -234,6 +234,49 @@ def test_progress_over_streams_counts_the_whole_message(backend: Backend) -> Non
         assert {t for _, t in side} == {total}
 
 
+@pytest.mark.parametrize("ends", ["blocking", "aio to blocking", "blocking to aio"])
+def test_a_learned_layout_never_takes_a_striped_message(backend: Backend, ends: str) -> None:
+    """A small message teaches the cores a layout (dtype, dimensions, order);
+    a large array of that layout still goes striped, and is read striped."""
+    small, large = np.arange(10.0), np.random.default_rng(2).random(STRIPE // 4)
+    items = [small, large, small * 2, large * 2, large * 3]
+
+    def blocking_send(address: Any) -> None:
+        with arraywire.connect(address, streams=2) as channel:
+            channel.send(small)
+            channel.send(large)
+            channel.send(small * 2)
+            channel.send_many([large * 2])
+            channel.send(large * 3, progress=lambda done, total: None)
+
+    async def aio_send(address: Any) -> None:
+        async with await aio.connect(address, streams=2) as channel:
+            for item in items:
+                await channel.send(item)
+
+    if ends == "blocking to aio":
+
+        async def main() -> list[np.ndarray]:
+            async with await aio.listen(("127.0.0.1", 0)) as listener:
+                peer = Peer(blocking_send, ("127.0.0.1", listener.address[1]))
+                async with await listener.accept() as channel:
+                    received = [await channel.recv() for _ in items]
+                await asyncio.to_thread(peer.result)
+                return received
+
+        received = run(main())
+    else:
+        with arraywire.listen(("127.0.0.1", 0)) as listener:
+            peer = serve(listener, lambda channel: [channel.recv() for _ in items])
+            if ends == "blocking":
+                blocking_send(listener.address)
+            else:
+                run(aio_send(listener.address))
+            received = peer.result()
+    for got, sent in zip(received, items, strict=True):
+        np.testing.assert_array_equal(got, sent)
+
+
 # --- the wire: PROTOCOL.md's group hello and striping ---------------------------------
 
 
@@ -423,6 +466,59 @@ def test_aio_a_stream_cut_mid_part_breaks_the_receive(backend: Backend) -> None:
     run(main())
 
 
+def test_aio_cancelling_a_receive_stops_a_stalled_stream(backend: Backend) -> None:
+    """Stream 0's part came whole, stream 1's stalls: a cancel still ends
+    the receive at once, every stream shut down."""
+    data = np.arange(2 * STRIPE, dtype=np.uint8)
+    header = arraywire._engine.plan_send((data,)).header
+    sizes = _stripe_sizes(data.nbytes, 2)
+
+    async def main() -> None:
+        async with await aio.listen(("127.0.0.1", 0)) as listener:
+            group = os.urandom(16)
+            first, second = await asyncio.gather(
+                *(asyncio.to_thread(_raw_stream, listener.address, group, i, 2) for i in range(2))
+            )
+            channel = await listener.accept()
+            first.sendall(header + data.tobytes()[: sizes[0]])
+            second.sendall(data.tobytes()[sizes[0] : sizes[0] + 1000])
+            receiving = asyncio.ensure_future(channel.recv())
+            await asyncio.sleep(0.3)
+            receiving.cancel()
+            done, _ = await asyncio.wait({receiving}, timeout=5)
+            assert done, "the cancel waited for the stalled stream"
+            with pytest.raises(asyncio.CancelledError):
+                receiving.result()
+            assert not stream_threads()
+            with pytest.raises(BrokenStreamError):
+                await channel.recv()
+            channel.close()
+            first.close()
+            second.close()
+
+    run(main())
+
+
+def test_draining_a_misfit_keeps_the_first_streams_timeout(backend: Backend) -> None:
+    data = np.arange(2 * STRIPE, dtype=np.uint8)
+    header = arraywire._engine.plan_send((data,)).header
+    sizes = _stripe_sizes(data.nbytes, 2)
+    with arraywire.listen(("127.0.0.1", 0)) as listener:
+        peer = Peer(lambda: listener.accept(timeout=LIMIT))
+        group = os.urandom(16)
+        first, second = (_raw_stream(listener.address, group, i, 2) for i in range(2))
+        with peer.result() as channel:
+            channel.socket.settimeout(0.5)
+            first.sendall(header + data.tobytes()[: sizes[0]])
+            second.sendall(data.tobytes()[sizes[0] : sizes[0] + 1000])  # then stalls
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                channel.recv(out=np.empty(3))
+            assert time.monotonic() - started < LIMIT / 2
+        first.close()
+        second.close()
+
+
 # --- groups: limits, refusals, timeouts -------------------------------------------------
 
 
@@ -478,6 +574,39 @@ def test_a_group_that_never_completes_is_dropped(backend: Backend) -> None:
         assert lonely.recv(1) == b""  # the Listener closed it
         assert time.monotonic() - started < 5
         lonely.close()
+
+
+def test_a_late_stream_of_a_given_up_group_is_refused(backend: Backend) -> None:
+    with arraywire.listen(("127.0.0.1", 0), handshake_timeout=0.3) as listener:
+        group = os.urandom(16)
+        accepting = Peer(lambda: listener.accept(timeout=1.5))
+        first = _raw_stream(listener.address, group, 0, 2)
+        first.settimeout(LIMIT)
+        assert first.recv(1) == b""  # given up
+        with socket.create_connection(listener.address, timeout=LIMIT) as late:
+            late.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, group, 1, 2))
+            _receive(late, 16)
+            assert struct.unpack("<BBH", _receive(late, 4)) == (3, 0, 8)
+        with pytest.raises(TimeoutError):
+            accepting.result()
+        first.close()
+
+
+def test_aio_a_late_stream_of_a_given_up_group_is_refused(backend: Backend) -> None:
+    async def main() -> None:
+        async with await aio.listen(("127.0.0.1", 0), handshake_timeout=0.3) as listener:
+            group = os.urandom(16)
+            first = await asyncio.to_thread(_raw_stream, listener.address, group, 0, 2)
+            first.settimeout(LIMIT)
+            assert await asyncio.to_thread(first.recv, 1) == b""  # given up
+            with socket.create_connection(listener.address, timeout=LIMIT) as late:
+                late.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, group, 1, 2))
+                await asyncio.to_thread(_receive, late, 16)
+                answer = await asyncio.to_thread(_receive, late, 4)
+                assert struct.unpack("<BBH", answer) == (3, 0, 8)
+            first.close()
+
+    run(main())
 
 
 def _raw_stream_after_accepting(listener: arraywire.Listener) -> socket.socket:

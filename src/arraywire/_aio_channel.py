@@ -523,20 +523,39 @@ async def _connect_all(
         opening = _hello.Opening(authkey, connecting=True)
         return await _connect(address, opening, context, server_hostname, retry=retry)
     ident = os.urandom(_hello.GROUP_ID_BYTES)
-    socks: list[socket.socket] = []
+    # the first stream alone, then the others side by side, as the blocking
+    # connect opens them
+    first, peer = await _open_stream(address, authkey, _hello.Group(ident, 0, streams), retry)
     try:
-        for index in range(streams):
-            group = _hello.Group(ident, index, streams)
-            opening = _hello.Opening(authkey, connecting=True, group=group)
-            sock = await _connect_retrying(address, retry)
-            socks.append(sock)
-            tune(sock)
-            peer = await _run_opening(_SocketPipe(sock), opening)
-    except BaseException:
-        for sock in socks:
-            sock.close()
+        opened = await asyncio.gather(
+            *(_open_stream(address, authkey, _hello.Group(ident, i, streams), retry)
+              for i in range(1, streams)),
+            return_exceptions=True,
+        )
+    except BaseException:  # cancelled: the others close their own
+        first.close()
         raise
-    return Channel(socks[0], peer_reads=peer.reads_messages, more_streams=socks[1:])
+    failed = [result for result in opened if isinstance(result, BaseException)]
+    others = [result[0] for result in opened if not isinstance(result, BaseException)]
+    if failed:
+        for sock in (first, *others):
+            sock.close()
+        raise failed[0]
+    return Channel(first, peer_reads=peer.reads_messages, more_streams=others)
+
+
+async def _open_stream(
+    address: Address, authkey: bytes | None, group: _hello.Group, retry: bool
+) -> tuple[socket.socket, _hello.Hello]:
+    """One stream of a group, its opening done, and the peer's hello."""
+    sock = await _connect_retrying(address, retry)
+    try:
+        tune(sock)
+        opening = _hello.Opening(authkey, connecting=True, group=group)
+        return sock, await _run_opening(_SocketPipe(sock), opening)
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def _connect_retrying(address: Address, retry: bool) -> socket.socket:
@@ -725,32 +744,32 @@ class Listener:
         except BaseException:
             conn.close()
             raise
-        if isinstance(opened, Channel):
-            self._ready.put_nowait(opened)
+        if self._sock.fileno() == -1:  # closed meanwhile: close() has cleared the rest
+            for sock in [conn] if opened is None else opened.sockets:
+                sock.close()
             return
-        group, reads = opened
-        status, members = self._groups.join(group, conn, time.monotonic())
-        if status != _hello.JOINED:
-            conn.close()
-        elif members is not None:
-            self._ready.put_nowait(Channel(members[0], peer_reads=reads, more_streams=members[1:]))
+        if opened is not None:
+            self._ready.put_nowait(opened)
         self._schedule_expiry()
 
-    async def _open(self, conn: socket.socket) -> Channel | tuple[_hello.Group, int]:
-        """The opening: a Channel, or for a stream of a group, its group and
-        the peer's message version once its answer is sent."""
+    async def _open(self, conn: socket.socket) -> Channel | None:
+        """The opening: a Channel, or None for a stream of a group that is
+        not whole yet (the last stream to join makes the group's Channel)."""
         opening = _hello.Opening(self._authkey, connecting=False)
         if self._ssl is None:
             pipe = _SocketPipe(conn)
             peer = await _run_opening(pipe, opening)
             if opening.group is None:
                 return Channel(conn, peer_reads=peer.reads_messages)
-            status = self._groups.admit(opening.group)
+            status, members = self._groups.join(opening.group, conn, time.monotonic())
             opening.answer_join(status, self._groups.max_streams)
             await pipe.send(opening.outgoing())
             if status != _hello.JOINED:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "stream group refused")
-            return opening.group, peer.reads_messages
+            if members is None:
+                return None
+            reads = peer.reads_messages
+            return Channel(members[0], peer_reads=reads, more_streams=members[1:])
         session = await _secure(conn, self._ssl, server_side=True, server_hostname=None)
         tls_pipe = _SessionPipe(session)
         peer = await _run_opening(tls_pipe, opening)

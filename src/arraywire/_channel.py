@@ -85,7 +85,8 @@ class Channel:
     split over ``sockets``, a thread per stream, and the peer must be a
     Channel over the same sockets in the same order. A failure on any stream
     fails the message, with ``bytes_done`` summed over the streams, and
-    closes the Channel.
+    closes the Channel. A striped message's progress callback runs in the
+    streams' threads, one call at a time.
     """
 
     def __init__(
@@ -165,14 +166,14 @@ class Channel:
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot send: {self._broken}")
-            if metadata is None and progress is None:
+            if metadata is None and progress is None and self._one_stream(array):
                 sent: int | None = self._outbox.send(array)
                 if sent is not None:
                     return sent
             plan = plan_send((array,), progress, metadata)
             self._write(plan, "send")
             if metadata is None:
-                learn_layout(self._outbox, array, plan, len(self._streams))
+                learn_layout(self._outbox, array, plan)
             return plan.complete()
         except BaseException as exc:
             if self._cut_short(exc):
@@ -268,7 +269,9 @@ class Channel:
             if parts is None:
                 write_plan(plan, self._sock, plan.reporter, self._core)
             else:
-                plan.moved(self._move_parts(self._core.sendmsg_from, parts, plan.reporter))
+                send = self._core.sendmsg_from
+                jobs = [part_job(send, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
+                plan.moved(self._run_parts(jobs, plan.reporter, 0))
         except BaseException as exc:
             # over TLS, any failed write (see _cut_short); striped, any failure
             # (the streams were shut down)
@@ -276,13 +279,25 @@ class Channel:
                 self._break(what, exc, plan)
             raise
 
-    def _move_parts(self, call: Any, parts: list[list[Any]], reporter: Any, offset: int = 0) -> int:
-        """Send or receive (call: the core's sendmsg_from or recvmsg_into)
-        each stream's part at once; the first stream's timeout bounds all."""
+    def _one_stream(self, array: Any) -> bool:
+        """Whether the core's learned-layout send may take array: on parallel
+        streams only an array under STRIPE_BYTES, which goes on one stream."""
+        return len(self._streams) == 1 or (
+            type(array) is np.ndarray and array.nbytes < STRIPE_BYTES
+        )
+
+    def _one_stream_limit(self, max_bytes: int | None) -> int | None:
+        """The max_bytes of the core's learned-layout receive: on parallel
+        streams a striped message is the engine's."""
+        if len(self._streams) == 1:
+            return max_bytes
+        return STRIPE_BYTES - 1 if max_bytes is None else min(max_bytes, STRIPE_BYTES - 1)
+
+    def _run_parts(self, jobs: list[Job], reporter: Any, offset: int) -> int:
+        """Each stream's part at once; the first stream's timeout bounds all."""
         timeout = self._sock.gettimeout()
         for sock in self._streams[1:]:
             sock.settimeout(timeout)
-        jobs = [part_job(call, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
         return move_parts(jobs, self._streams, reporter, offset)
 
     def _cut_short(self, exc: BaseException) -> bool:
@@ -347,7 +362,7 @@ class Channel:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
             if out is None and progress is None:
-                array: np.ndarray | None = self._inbox.take_array(max_bytes)
+                array: np.ndarray | None = self._inbox.take_array(self._one_stream_limit(max_bytes))
                 if array is not None:
                     return array
             message = Receive(
@@ -453,7 +468,9 @@ class Channel:
         try:
             if self._broken is not None:
                 raise BrokenStreamError(f"cannot receive: {self._broken}")
-            array: np.ndarray | None = self._inbox.take_array(DEFAULT_MAX_BYTES)
+            array: np.ndarray | None = self._inbox.take_array(
+                self._one_stream_limit(DEFAULT_MAX_BYTES)
+            )
             if array is not None:
                 return array
             message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
@@ -496,8 +513,7 @@ class Channel:
         header = message.simple_header
         if header is not None and not message.problem:
             spec = message.specs[0]
-            if len(self._streams) == 1 or spec.nbytes < STRIPE_BYTES:
-                inbox.learn(header, spec.dtype, spec.shape, spec.order)
+            inbox.learn(header, spec.dtype, spec.shape, spec.order)
 
     def _receive_stripes(self, stripes: Stripes, message: Receive) -> int:
         """Receive a striped payload; stream 0's part takes the read-ahead
@@ -508,11 +524,13 @@ class Channel:
                 for size, sock in zip(stripes.sizes, self._streams, strict=True)
             ]
             jobs[0] = drain_job(self._core, stripes.sizes[0], self._sock, self._inbox)
-            return move_parts(jobs, self._streams, None, 0)
+            return self._run_parts(jobs, None, 0)
         first, taken = take_buffered(self._inbox, stripes.parts[0])
         message.moved(taken)
+        receive = self._core.recvmsg_into
         parts = [first, *stripes.parts[1:]]
-        return self._move_parts(self._core.recvmsg_into, parts, message.reporter, message.offset)
+        jobs = [part_job(receive, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
+        return self._run_parts(jobs, message.reporter, message.offset)
 
     # --- state --------------------------------------------------------------------
 
@@ -567,12 +585,9 @@ class Channel:
         self.close()
 
 
-def learn_layout(outbox: Any, array: Any, plan: SendPlan, streams: int = 1) -> None:
-    """Let the core send the next array of this layout without planning
-    (never a striped one: the core sends on one stream)."""
+def learn_layout(outbox: Any, array: Any, plan: SendPlan) -> None:
+    """Let the core send the next array of this layout without planning."""
     if type(array) is not np.ndarray or plan.header[4] != 1:  # version 1: one unnamed array
-        return
-    if streams > 1 and array.nbytes >= STRIPE_BYTES:
         return
     if array.flags.c_contiguous:
         outbox.learn(plan.header, array.dtype, array.shape, "C")
@@ -585,17 +600,20 @@ def coalesce(
 ) -> Iterator[bytearray | tuple[Any, SendPlan]]:
     """The pieces of send_many: staging buffers holding runs of small
     messages, and (array, plan) for a message to send on its own. An array
-    that cannot be sent raises once the staged messages before it were given."""
+    that cannot be sent raises once the staged messages before it were given.
+    On parallel streams (``streams`` > 1) an array of STRIPE_BYTES or more is
+    never packed: it is striped."""
     staging = bytearray()
     for array in arrays:
-        if not outbox.pack(array, staging):
+        fits = streams == 1 or (type(array) is np.ndarray and array.nbytes < STRIPE_BYTES)
+        if not (fits and outbox.pack(array, staging)):
             try:
                 plan = plan_send((array,))
             except (TypeError, ValueError):
                 if staging:
                     yield staging
                 raise
-            learn_layout(outbox, array, plan, streams)
+            learn_layout(outbox, array, plan)
             if plan.total < PACK_BYTES and not any(
                 isinstance(segment, Packed) for segment in plan.segments
             ):

@@ -17,6 +17,7 @@ import selectors
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from ssl import SSLContext, SSLError, SSLSocket, SSLWantReadError, SSLWantWriteError
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -228,17 +229,25 @@ def connect(
         sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, None)
         return Channel(sock, peer_reads=peer.reads_messages)
     ident = os.urandom(_hello.GROUP_ID_BYTES)
-    socks: list[socket.socket] = []
-    try:
-        for index in range(streams):
-            group = _hello.Group(ident, index, streams)
-            sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, group)
-            socks.append(sock)
-    except BaseException:
-        for sock in socks:
+    options = (family, where, timeout, deadline, authkey, ssl, server_hostname)
+    # The first stream alone finds out whether the Listener takes the group
+    # (key, TLS, max_streams); the others then open side by side, since one
+    # after another a long round trip times N could outlast the Listener's
+    # wait for the whole group.
+    first, peer = _open(*options, _hello.Group(ident, 0, streams))
+    with ThreadPoolExecutor(streams - 1, thread_name_prefix="arraywire connect") as pool:
+        opening = [
+            pool.submit(_open, *options, _hello.Group(ident, index, streams))
+            for index in range(1, streams)
+        ]
+        wait(opening)
+    opened = [future.result()[0] for future in opening if future.exception() is None]
+    failed = [future.exception() for future in opening if future.exception() is not None]
+    if failed:
+        for sock in (first, *opened):
             sock.close()
-        raise
-    return Channel(socks[0], peer_reads=peer.reads_messages, more_streams=socks[1:])
+        raise failed[0]  # type: ignore[misc]
+    return Channel(first, peer_reads=peer.reads_messages, more_streams=opened)
 
 
 def _open(
@@ -379,7 +388,7 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
 class _Pending:
     """An accepted connection whose opening is still going on."""
 
-    __slots__ = ("answered", "data", "deadline", "filled", "handshaking", "opening", "sock", "unsent")
+    __slots__ = ("data", "deadline", "filled", "handshaking", "joined", "opening", "sock", "unsent")
 
     def __init__(self, sock: socket.socket, deadline: float, opening: _hello.Opening) -> None:
         self.sock = sock
@@ -389,7 +398,9 @@ class _Pending:
         self.data = bytearray(64)  # the largest part of an opening read at once is 33 bytes
         self.filled = 0
         self.unsent = b""
-        self.answered = False  # a stream of a group: the answer to its joining is out
+        # a stream of a group: its status and, if it made the group whole, the
+        # group's streams, once it asked to join
+        self.joined: tuple[int, list[socket.socket] | None] | None = None
 
     def send(self) -> None:
         """Send what the opening has to say; BlockingIOError (or SSLWantWriteError)
@@ -533,10 +544,10 @@ class Listener:
                 pending.send()
                 wanted = opening.wanted
                 if not wanted:
-                    if opening.group is None or pending.answered:
+                    if opening.group is None or pending.joined is not None:
                         break
-                    opening.answer_join(self._groups.admit(opening.group), self._groups.max_streams)
-                    pending.answered = True
+                    pending.joined = self._groups.join(opening.group, sock, time.monotonic())
+                    opening.answer_join(pending.joined[0], self._groups.max_streams)
                     continue
                 count = sock.recv_into(memoryview(pending.data)[pending.filled : wanted])
                 if not count:
@@ -568,7 +579,8 @@ class Listener:
             sock.setblocking(True)
             return Channel(sock, peer_reads=reads)
         # a stream of a group: the Channel once its last stream joined
-        status, members = self._groups.join(opening.group, sock, time.monotonic())
+        assert pending.joined is not None
+        status, members = pending.joined
         if status != _hello.JOINED:
             sock.close()  # refused: the peer has read why
         if members is None:

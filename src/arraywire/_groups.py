@@ -2,10 +2,11 @@
 end's parallel streams have joined, and when a group is whole.
 
 Both Listeners (blocking and aio) keep one ``Groups``: each connection whose
-hello names a group asks to ``join``; the answer is the status the Listener
-sends back, and the group's connections in index order once all have come.
-A group not whole ``timeout`` seconds after its first stream joined is given
-up (``expired``), its connections for the Listener to close.
+hello names a group asks to ``join`` once its opening is done; the answer is
+the status the Listener sends back, and the group's connections in index
+order once all have come. A group not whole ``timeout`` seconds after its
+first stream joined is given up (``expired``), its connections for the
+Listener to close; streams that come for it later are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from arraywire._hello import JOINED, NOT_JOINABLE, TOO_MANY_STREAMS, Group
 T = TypeVar("T")
 
 DEFAULT_MAX_STREAMS = 8
+# A given-up group's late streams are refused for at least this long.
+REMEMBER_GIVEN_UP = 60.0
 
 
 def check_max_streams(max_streams: int) -> None:
@@ -43,28 +46,22 @@ class Groups(Generic[T]):
         self.max_streams = max_streams
         self._timeout = timeout
         self._forming: dict[bytes, _Forming[T]] = {}
-
-    def admit(self, group: Group) -> int:
-        """Whether a stream of group may join now: the status to answer with."""
-        if group.size > self.max_streams:
-            return TOO_MANY_STREAMS
-        forming = self._forming.get(group.ident)
-        if forming is not None and (
-            len(forming.members) != group.size or forming.members[group.member] is not None
-        ):
-            return NOT_JOINABLE
-        return JOINED
+        # given-up groups, until their late streams can no longer come
+        self._given_up: dict[bytes, float] = {}
 
     def join(self, group: Group, conn: T, now: float) -> tuple[int, list[T] | None]:
-        """Let conn join its group once its answer is sent: the status (not
-        JOINED when the group changed meanwhile: close conn), and the group's
-        connections in index order when conn made it whole."""
-        status = self.admit(group)
-        if status != JOINED:
-            return status, None
+        """Let conn join its group: the status to answer with (conn is in
+        the group only when it is JOINED), and the group's connections in
+        index order when conn made it whole."""
+        if group.size > self.max_streams:
+            return TOO_MANY_STREAMS, None
+        if group.ident in self._given_up:
+            return NOT_JOINABLE, None
         forming = self._forming.get(group.ident)
         if forming is None:
             forming = self._forming[group.ident] = _Forming(group.size, now + self._timeout)
+        elif len(forming.members) != group.size or forming.members[group.member] is not None:
+            return NOT_JOINABLE, None
         forming.members[group.member] = conn
         if any(member is None for member in forming.members):
             return JOINED, None
@@ -77,7 +74,11 @@ class Groups(Generic[T]):
 
     def expired(self, now: float) -> list[T]:
         """Give up the groups past their deadline; return their connections."""
+        for ident in [i for i, until in self._given_up.items() if until <= now]:
+            del self._given_up[ident]
         late = [ident for ident, f in self._forming.items() if f.deadline <= now]
+        for ident in late:
+            self._given_up[ident] = now + max(self._timeout, REMEMBER_GIVEN_UP)
         return [conn for ident in late for conn in self._take(ident)]
 
     def clear(self) -> list[T]:

@@ -41,10 +41,13 @@ class _SharedProgress:
 
 
 def shut_down(socks: Sequence[socket.socket]) -> None:
-    """Stop every transfer on these sockets: a blocked call returns at once."""
+    """Stop every transfer on these sockets: a blocked call returns at once.
+    The plain socket's shutdown, also for an SSLSocket: its own first drops
+    the TLS object, and a send by another stream's thread in that moment
+    would go out unencrypted."""
     for sock in socks:
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:  # closed or disconnected already
             pass
 
@@ -71,11 +74,16 @@ def move_parts(
         threading.Thread(target=run, args=(index,), name=f"arraywire stream {index}", daemon=True)
         for index in range(1, len(jobs))
     ]
+    try:
+        for thread in threads:
+            thread.start()
+    except BaseException as exc:  # noqa: BLE001 - no thread may be left behind
+        failures.append(exc)
+        shut_down(socks)
+    else:
+        run(0)
     for thread in threads:
-        thread.start()
-    run(0)
-    for thread in threads:
-        while thread.is_alive():
+        while thread.is_alive():  # False for a thread that never started
             try:
                 thread.join()
             except BaseException as exc:  # noqa: BLE001 - an interrupt: stop the others

@@ -57,7 +57,7 @@ from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import one_stream, write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._step import PendingViews, byte_view
-from arraywire._striping import Job, drain_job, move_parts, part_job, take_buffered
+from arraywire._striping import Job, drain_job, move_parts, part_job, shut_down, take_buffered
 
 if TYPE_CHECKING:  # either twin's; they have the same signatures
     from arraywire._transport_py import Inbox
@@ -222,10 +222,16 @@ async def _in_loop(
 
 
 async def _in_thread(
-    claim: _Claim, sending: bool, work: Callable[[socket.socket], T], *, wait: bool = True
+    claim: _Claim,
+    sending: bool,
+    work: Callable[[socket.socket], T],
+    *,
+    wait: bool = True,
+    also: Sequence[socket.socket] = (),
 ) -> T:
     """Run work(dup_of_sock) in a thread of its own once the socket is ready
-    (at once without ``wait``).
+    (at once without ``wait``); a cancellation shuts down the sockets
+    ``also`` (which the work uses too) with the claim's.
 
     The work records what it moved in the engine itself; an error it raises
     carries the bytes of its unfinished call, as the core calls' errors do.
@@ -257,6 +263,7 @@ async def _in_thread(
         # go of the buffer; further cancellations cannot cut this short.
         if not settled.done():
             claim.shutdown()
+            shut_down(also)
         while not settled.done():
             try:
                 await asyncio.wait((settled,))
@@ -349,10 +356,11 @@ async def _move_stripes(
     sending: bool,
     jobs: Callable[[list[socket.socket]], list[Job]],
     reporter: Reporter | None,
-) -> int:
+) -> None:
     """Move a striped payload's parts at once (``_striping``), in worker
-    threads on duplicates of the streams' sockets; cancelled as ``_in_thread``.
-    Any failure leaves the streams shut down, and the socket marked broken."""
+    threads on duplicates of the streams' sockets, and count them in the
+    claim's transfer; cancelled as ``_in_thread``. Any failure leaves the
+    streams shut down, and the socket marked broken."""
     forward = None if reporter is None else _Forward(reporter)
     offset = claim.transfer.offset
 
@@ -368,15 +376,15 @@ async def _move_stripes(
                 sock.close()
 
     try:
-        # no wait for the first stream: its part may be read ahead already,
-        # and the others' bytes come anyway
-        moved = await _in_thread(claim, sending, work, wait=False)
+        # a receive does not wait for the first stream: its part may be read
+        # ahead already, and the others' bytes come anyway
+        claim.transfer.moved(await _in_thread(claim, sending, work, wait=sending, also=streams[1:]))
     except BaseException:
         claim.shutdown()
+        shut_down(streams[1:])
         raise
     if forward is not None:
         forward.raise_error()
-    return moved
 
 
 # --- the public functions -------------------------------------------------------
@@ -552,11 +560,11 @@ async def send_plan(
         parts = plan.stripes(len(streams))
         if parts is not None:
             send = _transport.impl.sendmsg_from
-            plan.moved(await _move_stripes(
+            await _move_stripes(
                 claim, streams, True,
                 lambda socks: [part_job(send, p, s) for p, s in zip(parts, socks, strict=True)],
                 plan.reporter,
-            ))
+            )
         elif plan.total <= NATIVE_BYTES:
             for batch in plan.batches():
                 await _move(claim, batch, True, plan.reporter)
@@ -718,7 +726,7 @@ async def _receive(
                     if not await _fill(sock, inbox):
                         raise IncompleteTransferError(0, request)
                 elif isinstance(request, Stripes):
-                    message.moved(await _receive_stripes(claim, request, inbox, streams, message))
+                    await _receive_stripes(claim, request, inbox, streams, message)
                 else:
                     await _move(claim, request, False, message.reporter)
         except IncompleteTransferError as exc:
@@ -734,11 +742,11 @@ async def _receive_stripes(
     inbox: Inbox,
     streams: Sequence[socket.socket],
     message: Receive,
-) -> int:
+) -> None:
     core = _transport.impl
     sizes = stripes.sizes
     if stripes.parts is None:
-        return await _move_stripes(
+        await _move_stripes(
             claim, streams, False,
             lambda socks: [
                 drain_job(core, size, sock, inbox if index == 0 else None)
@@ -746,10 +754,11 @@ async def _receive_stripes(
             ],
             None,
         )
+        return
     first, taken = take_buffered(inbox, stripes.parts[0])
     message.moved(taken)
     parts = [first, *stripes.parts[1:]]
-    return await _move_stripes(
+    await _move_stripes(
         claim, streams, False,
         lambda socks: [
             part_job(core.recvmsg_into, p, s) for p, s in zip(parts, socks, strict=True)
