@@ -332,8 +332,6 @@ def streams_section(streams: dict[str, Any]) -> str:
                    f"through the shaped link, {cli['bytes'] / 1e9:.2f} GB, timed from starting the sender to its "
                    f"exit (after the receiver's confirmation): {cli['seconds']:.1f} s, {cli['mbps']:.0f} Mbit/s; "
                    f"received file {'byte-identical' if cli['identical'] else '**differs**'}.")
-    elif "cli_skipped" in streams:
-        out.append(f"Command line not measured: {streams['cli_skipped']}.")
     return "\n\n".join(out)
 
 
