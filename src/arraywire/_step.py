@@ -37,6 +37,11 @@ def byte_view(obj: Any, *, writable: bool) -> memoryview:
         if writable and view.readonly:
             raise read_only(obj)
         return view
+    if type(obj) is memoryview and obj.format == "B" and obj.ndim == 1 and obj.c_contiguous:
+        # a byte view already, as the engine's reads are
+        if writable and obj.readonly:
+            raise read_only(obj)
+        return obj
     if isinstance(obj, np.ndarray):
         return numpy_bytes(obj, writable).data
     try:

@@ -472,7 +472,11 @@ async def _raw(obj: Any, sock: Any, progress: Progress | None, *, sending: bool)
     reporter = None if progress is None else MessageProgress(progress, total)
     name = "send_from" if sending else "recv_into"
     async with _Claim(sock, name, sending, Transfer(total)) as claim:
-        await _move(claim, [view], sending, reporter)
+        if total <= NATIVE_BYTES:  # already a byte view: straight to the loop's calls
+            part = None if reporter is None else reporter.part(0)
+            claim.transfer.moved(await _in_loop(sock, PendingViews((view,)), sending, part))
+        else:
+            await _move(claim, [view], sending, reporter)
         if reporter is not None:
             reporter.finish()
     return total
