@@ -61,6 +61,8 @@ The wire format (messages, the connection hello, authentication, the command
 line's exchange) is specified in docs/PROTOCOL.md of the source distribution.
 """
 
+from types import FunctionType as _FunctionType
+
 from arraywire._channel import Channel, ChannelItem
 from arraywire._connection import Listener, connect, listen
 from arraywire._engine import STRIPE_BYTES, Message
@@ -87,7 +89,11 @@ for _public_class in (
     ProtocolError,
 ):
     _public_class.__module__ = __name__
-del _public_class
+    # pydoc (3.13 on) names a method's own module when it differs from its class's
+    for _member in vars(_public_class).values():
+        if isinstance(_member, _FunctionType):
+            _member.__module__ = __name__
+del _public_class, _member, _FunctionType
 
 __all__ = [
     "BACKEND",
