@@ -36,6 +36,16 @@ def connected_pair(kind: str) -> tuple[socket.socket, socket.socket]:
     raise ValueError(kind)
 
 
+def receive_exactly(sock: socket.socket, size: int) -> bytes:
+    """Read size bytes, failing the test if the peer closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
 class Peer(threading.Thread):
     """Runs fn(*args) in a thread; result() re-raises what it raised."""
 

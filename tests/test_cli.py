@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend, backend_env
+from sockets import receive_exactly
 
 import arraywire
 from arraywire._cli import build_parser
@@ -277,7 +278,7 @@ def test_a_log_gets_plain_progress_lines(backend: Backend, receiver_dir: Path) -
     fake.sock.sendall(fake.payload[2_400_000:4_800_000])
     time.sleep(0.5)
     fake.sock.sendall(fake.payload[4_800_000:])
-    assert _read_exactly(fake.sock, len(ACK)) == ACK
+    assert receive_exactly(fake.sock, len(ACK)) == ACK
     fake.close()
     status, err = receiver.finish()
     assert status == 0, err
@@ -630,7 +631,7 @@ def test_receiver_refuses_bad_or_oversized_messages(
     fake.sock.sendall(fake.header)
     reason = "the array is 8,000,000 bytes, over its --max-bytes of 7,969,177"
     reply = REFUSE + struct.pack("<I", len(reason)) + reason.encode()
-    assert _read_exactly(fake.sock, len(reply)) == reply
+    assert receive_exactly(fake.sock, len(reply)) == reply
     fake.close()
     status, err = receiver.finish()
     assert status == 1
@@ -664,15 +665,6 @@ def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:
                      r"without confirming)", line), line
 
 
-def _read_exactly(conn: socket.socket, nbytes: int) -> bytes:
-    data = b""
-    while len(data) < nbytes:
-        chunk = conn.recv(nbytes - len(data))
-        assert chunk, "the peer closed before sending that much"
-        data += chunk
-    return data
-
-
 def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Path) -> None:
     """A receiver that takes every byte but does not confirm the write is a failure."""
     source = tmp_path / "in.npy"
@@ -683,7 +675,7 @@ def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Pat
                      "-q")
         conn, _ = server.accept()
         with conn:
-            _read_exactly(conn, total)
+            receive_exactly(conn, total)
             conn.shutdown(socket.SHUT_WR)
             status, err = sender.finish()
         assert status == 1
@@ -693,7 +685,7 @@ def test_sender_needs_the_receivers_confirmation(backend: Backend, tmp_path: Pat
                      "-q")
         conn, _ = server.accept()
         with conn:
-            _read_exactly(conn, total)
+            receive_exactly(conn, total)
             conn.sendall(ACK)
             assert sender.finish() == (0, "")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backends import Backend
+from sockets import receive_exactly
 from test_cli import (  # the autouse fixture reaps this module's children too
     ACK,
     TIMEOUT,
     Cli,
-    _read_exactly,
     _reap_children,  # noqa: F401
     one_error_line,
     same_file_contents,
@@ -161,9 +161,9 @@ def join_by_hand(server: socket.socket, streams: int) -> list[socket.socket]:
     for _ in range(streams):
         conn, _ = server.accept()
         conn.settimeout(TIMEOUT)
-        magic, _, _, features, extra, _ = HELLO.unpack(_read_exactly(conn, HELLO.size))
+        magic, _, _, features, extra, _ = HELLO.unpack(receive_exactly(conn, HELLO.size))
         assert (magic, features, extra) == (b"AWHI", 0x0002, GROUP.size)
-        ident, member, size = GROUP.unpack(_read_exactly(conn, GROUP.size))
+        ident, member, size = GROUP.unpack(receive_exactly(conn, GROUP.size))
         assert size == streams and socks[member] is None
         idents.add(ident)
         conn.sendall(HELLO.pack(b"AWHI", 1, 1, 0, 0, 0) + JOIN.pack(1, 0, 8))
@@ -188,7 +188,7 @@ def test_each_part_goes_on_its_own_connection(backend: Backend, tmp_path: Path) 
             part = payload[start : start + sizes[index]]
             start += sizes[index]
             expected = header + part if index == 0 else part
-            assert _read_exactly(sock, len(expected)) == expected, f"stream {index}"
+            assert receive_exactly(sock, len(expected)) == expected, f"stream {index}"
         socks[0].sendall(ACK)
         assert sender.finish() == (0, "")
         for sock in socks:  # nothing more came on any stream
@@ -207,8 +207,8 @@ def test_a_stream_reset_mid_array_fails_the_sender(backend: Backend, tmp_path: P
         sender = Cli(backend, "send", str(source), f"127.0.0.1:{server.getsockname()[1]}",
                      "--streams", "2", "-q")
         first, second = join_by_hand(server, 2)
-        _read_exactly(first, 100_000)
-        _read_exactly(second, 100_000)
+        receive_exactly(first, 100_000)
+        receive_exactly(second, 100_000)
         second.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
         second.close()  # with unread data: a reset
         status, err = sender.finish()
@@ -234,7 +234,7 @@ def test_a_receiver_gone_after_stream_0_fails_the_sender_at_once(
     server.close()  # before stream 0 joins: stream 1 finds nothing listening
     with conn:
         conn.settimeout(TIMEOUT)
-        _read_exactly(conn, HELLO.size + GROUP.size)
+        receive_exactly(conn, HELLO.size + GROUP.size)
         conn.sendall(HELLO.pack(b"AWHI", 1, 1, 0, 0, 0) + JOIN.pack(1, 0, 8))
         status, err = sender.finish()
     assert status == 1
@@ -249,8 +249,8 @@ def stream_by_hand(port: int, ident: bytes, member: int, size: int) -> socket.so
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     sock.sendall(HELLO.pack(b"AWHI", 1, 1, 0x0002, GROUP.size, 0)
                  + GROUP.pack(ident, member, size))
-    assert _read_exactly(sock, HELLO.size)[:4] == b"AWHI"
-    assert JOIN.unpack(_read_exactly(sock, JOIN.size)) == (1, 0, 8)
+    assert receive_exactly(sock, HELLO.size)[:4] == b"AWHI"
+    assert JOIN.unpack(receive_exactly(sock, JOIN.size)) == (1, 0, 8)
     return sock
 
 
@@ -299,8 +299,8 @@ def test_the_receiver_waits_for_the_whole_group_within_its_timeout(
     stranger = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     stranger.sendall(HELLO.pack(b"AWHI", 1, 1, 0x0002, GROUP.size, 0)
                      + GROUP.pack(os.urandom(16), 1, 3))
-    assert _read_exactly(stranger, HELLO.size)[:4] == b"AWHI"
-    assert JOIN.unpack(_read_exactly(stranger, JOIN.size))[0] == 3  # NOT_JOINABLE
+    assert receive_exactly(stranger, HELLO.size)[:4] == b"AWHI"
+    assert JOIN.unpack(receive_exactly(stranger, JOIN.size))[0] == 3  # NOT_JOINABLE
     stream_by_hand(port, ident, 1, 3).close()
     status, err = receiver.finish()
     assert time.monotonic() - started < 5

@@ -23,7 +23,7 @@ import pytest
 import trustme
 from backends import Backend, backend_env
 from hypothesis import given, settings, strategies as st
-from sockets import Peer
+from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import AuthenticationError, IncompleteTransferError, ProtocolError, _hello, aio
@@ -408,19 +408,10 @@ def _authenticate_by_hand(address: Any, key: bytes) -> tuple[bytes, bytes]:
         sent = opening.outgoing()
         sock.sendall(sent)
         for _ in range(2):  # the Listener's hello, then its nonce
-            opening.received(_receive(sock, opening.wanted))
+            opening.received(receive_exactly(sock, opening.wanted))
         proof = opening.outgoing()
         sock.sendall(proof)
-        return sent + proof, _receive(sock, _hello.VERDICT_BYTES)
-
-
-def _receive(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
+        return sent + proof, receive_exactly(sock, _hello.VERDICT_BYTES)
 
 
 def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backend) -> None:
@@ -431,13 +422,13 @@ def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backen
         with socket.create_connection(listener.address, timeout=LIMIT) as sock:
             mine = hello + os.urandom(32)
             sock.sendall(mine)
-            theirs = _receive(sock, 16 + 32)
+            theirs = receive_exactly(sock, 16 + 32)
             assert theirs[:16] == hello
             both = mine + theirs
             proof = hmac.new(KEY, b"arraywire auth v1: connecting end" + both, "sha256")
             sock.sendall(proof.digest())
             expected = hmac.new(KEY, b"arraywire auth v1: listening end" + both, "sha256")
-            assert _receive(sock, 33) == b"\x01" + expected.digest()
+            assert receive_exactly(sock, 33) == b"\x01" + expected.digest()
             arraywire.send_array(np.arange(3), sock)
 
     with arraywire.listen(("127.0.0.1", 0), authkey=KEY) as listener:
@@ -457,8 +448,8 @@ def test_a_replayed_opening_is_refused(backend: Backend) -> None:
         def replay() -> bytes:
             with socket.create_connection(listener.address, timeout=LIMIT) as sock:
                 sock.sendall(recorded)  # the old nonce and proof, byte for byte
-                _receive(sock, _hello.SIZE + _hello.NONCE_BYTES)
-                return _receive(sock, _hello.VERDICT_BYTES)
+                receive_exactly(sock, _hello.SIZE + _hello.NONCE_BYTES)
+                return receive_exactly(sock, _hello.VERDICT_BYTES)
 
         replayer = Peer(replay)
         with pytest.raises(AuthenticationError, match="key differs"):
@@ -475,7 +466,7 @@ def test_a_listener_that_fakes_its_proof_is_refused(backend: Backend) -> None:
             with conn:
                 opening = _hello.Opening(OTHER_KEY, connecting=False)
                 conn.sendall(opening.outgoing())
-                _receive(conn, _hello.SIZE + _hello.NONCE_BYTES + _hello.PROOF_BYTES)
+                receive_exactly(conn, _hello.SIZE + _hello.NONCE_BYTES + _hello.PROOF_BYTES)
                 conn.sendall(_hello.ACCEPTED + bytes(_hello.PROOF_BYTES))
                 conn.recv(1)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import trustme
 from backends import Backend
-from sockets import Peer
+from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, aio
@@ -280,15 +280,6 @@ def test_a_learned_layout_never_takes_a_striped_message(backend: Backend, ends: 
 # --- the wire: PROTOCOL.md's group hello and striping ---------------------------------
 
 
-def _receive(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
-
-
 def _stripe_sizes(payload: int, streams: int) -> list[int]:
     """docs/PROTOCOL.md, "Parallel streams", written out."""
     part = -(-payload // streams)
@@ -302,8 +293,8 @@ def _raw_stream(address: Any, group: bytes, member: int, size: int) -> socket.so
     sock = socket.create_connection(address, timeout=LIMIT)
     sock.sendall(struct.pack("<4sBBHII", b"AWHI", 1, 2, 0x0002, 20, 0))
     sock.sendall(struct.pack("<16sHH", group, member, size))
-    assert _receive(sock, 16)[:4] == b"AWHI"
-    status, _, max_streams = struct.unpack("<BBH", _receive(sock, 4))
+    assert receive_exactly(sock, 16)[:4] == b"AWHI"
+    status, _, max_streams = struct.unpack("<BBH", receive_exactly(sock, 4))
     assert (status, max_streams) == (1, 8)
     return sock
 
@@ -343,7 +334,7 @@ def test_a_receiver_sees_the_parts_the_protocol_document_names(backend: Backend)
                 for i, sock in enumerate(other.sockets):
                     expected = payload[start : start + sizes[i]]
                     start += sizes[i]
-                    got = _receive(sock, len(header) + sizes[0] if i == 0 else sizes[i])
+                    got = receive_exactly(sock, len(header) + sizes[0] if i == 0 else sizes[i])
                     assert got == (header + expected if i == 0 else expected)
                 assert peer.result() == len(header) + len(payload)
 
@@ -553,8 +544,8 @@ def test_a_stream_that_joins_twice_is_refused(backend: Backend) -> None:
         first = _raw_stream(listener.address, group, 0, 2)
         with socket.create_connection(listener.address, timeout=LIMIT) as again:
             again.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, group, 0, 2))
-            _receive(again, 16)
-            assert struct.unpack("<BBH", _receive(again, 4)) == (3, 0, 8)
+            receive_exactly(again, 16)
+            assert struct.unpack("<BBH", receive_exactly(again, 4)) == (3, 0, 8)
             assert again.recv(1) == b""  # closed
         second = _raw_stream(listener.address, group, 1, 2)
         channel = peer.result()
@@ -585,8 +576,8 @@ def test_a_late_stream_of_a_given_up_group_is_refused(backend: Backend) -> None:
         assert first.recv(1) == b""  # given up
         with socket.create_connection(listener.address, timeout=LIMIT) as late:
             late.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, group, 1, 2))
-            _receive(late, 16)
-            assert struct.unpack("<BBH", _receive(late, 4)) == (3, 0, 8)
+            receive_exactly(late, 16)
+            assert struct.unpack("<BBH", receive_exactly(late, 4)) == (3, 0, 8)
         with pytest.raises(TimeoutError):
             accepting.result()
         first.close()
@@ -601,8 +592,8 @@ def test_aio_a_late_stream_of_a_given_up_group_is_refused(backend: Backend) -> N
             assert await asyncio.to_thread(first.recv, 1) == b""  # given up
             with socket.create_connection(listener.address, timeout=LIMIT) as late:
                 late.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, group, 1, 2))
-                await asyncio.to_thread(_receive, late, 16)
-                answer = await asyncio.to_thread(_receive, late, 4)
+                await asyncio.to_thread(receive_exactly, late, 16)
+                answer = await asyncio.to_thread(receive_exactly, late, 4)
                 assert struct.unpack("<BBH", answer) == (3, 0, 8)
             first.close()
 
@@ -626,7 +617,7 @@ def test_a_bad_group_in_a_hello_is_refused(backend: Backend) -> None:
             sock.sendall(struct.pack("<4sBBHII16sHH", b"AWHI", 1, 2, 2, 20, 0, bytes(16), 2, 2))
             with pytest.raises(TimeoutError):
                 listener.accept(timeout=0.5)
-            assert _receive(sock, 16)[:4] == b"AWHI"
+            assert receive_exactly(sock, 16)[:4] == b"AWHI"
             assert sock.recv(1) == b""  # index 2 of 2: closed, no answer
 
 

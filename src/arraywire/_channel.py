@@ -41,7 +41,7 @@ from arraywire._engine import (
 from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
-from arraywire._striping import Job, drain_job, move_parts, part_job, shut_down, take_buffered
+from arraywire._striping import Job, move_parts, receive_jobs, send_jobs, shut_down
 
 ChannelItem: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
 """What iterating a Channel gives for each message: the array itself for a
@@ -269,8 +269,7 @@ class Channel:
             if parts is None:
                 write_plan(plan, self._sock, plan.reporter, self._core)
             else:
-                send = self._core.sendmsg_from
-                jobs = [part_job(send, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
+                jobs = send_jobs(self._core, parts, self._streams)
                 plan.moved(self._run_parts(jobs, plan.reporter, 0))
         except BaseException as exc:
             # over TLS, any failed write (see _cut_short); striped, any failure
@@ -516,21 +515,11 @@ class Channel:
             inbox.learn(header, spec.dtype, spec.shape, spec.order)
 
     def _receive_stripes(self, stripes: Stripes, message: Receive) -> int:
-        """Receive a striped payload; stream 0's part takes the read-ahead
-        buffer's bytes first."""
-        if stripes.parts is None:
-            jobs: list[Job] = [
-                drain_job(self._core, size, sock)
-                for size, sock in zip(stripes.sizes, self._streams, strict=True)
-            ]
-            jobs[0] = drain_job(self._core, stripes.sizes[0], self._sock, self._inbox)
-            return self._run_parts(jobs, None, 0)
-        first, taken = take_buffered(self._inbox, stripes.parts[0])
-        message.moved(taken)
-        receive = self._core.recvmsg_into
-        parts = [first, *stripes.parts[1:]]
-        jobs = [part_job(receive, part, sock) for part, sock in zip(parts, self._streams, strict=True)]
-        return self._run_parts(jobs, message.reporter, message.offset)
+        """Receive (or drain) a striped payload; stream 0's part takes the
+        read-ahead buffer's bytes first."""
+        jobs = receive_jobs(self._core, stripes, self._streams, self._inbox)
+        reporter = None if stripes.parts is None else message.reporter
+        return self._run_parts(jobs, reporter, message.offset)
 
     # --- state --------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from arraywire._common import Progress
-from arraywire._engine import DRAIN_BYTES, Reporter
+from arraywire._engine import DRAIN_BYTES, Reporter, Stripes
 
 # One part's work: given its progress callback (or None), move the part and
 # return its byte count.
@@ -99,14 +100,60 @@ def move_parts(
     return sum(moved)
 
 
-def part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
-    """The work of one stream's part of a striped message."""
+def send_jobs(core: Any, parts: Sequence[list[Any]], socks: Sequence[socket.socket]) -> list[Job]:
+    """The jobs of a striped payload's send: parts[i] over socks[i]."""
+    return [_part_job(core.sendmsg_from, part, sock) for part, sock in zip(parts, socks, strict=True)]
+
+
+def receive_jobs(
+    core: Any, stripes: Stripes, socks: Sequence[socket.socket], inbox: Any = None
+) -> list[Job]:
+    """The jobs of a striped payload's receive (or of its drain, when it does
+    not fit): stream i's part from socks[i], stream 0's taking the bytes the
+    read-ahead buffer inbox (if any) holds first."""
+    if stripes.parts is None:
+        return [
+            _drain_job(core, size, sock, inbox if index == 0 else None)
+            for index, (size, sock) in enumerate(zip(stripes.sizes, socks, strict=True))
+        ]
+    first, *others = (
+        _part_job(core.recvmsg_into, part, sock)
+        for part, sock in zip(stripes.parts, socks, strict=True)
+    )
+    if inbox is not None:
+        first = _buffered_job(core, stripes.parts[0], socks[0], inbox)
+    return [first, *others]
+
+
+def _part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
     if not part:
         return lambda progress: 0
     return lambda progress: call(part, sock, progress=progress)
 
 
-def take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
+def _buffered_job(core: Any, part: list[Any], sock: socket.socket, inbox: Any) -> Job:
+    """Receive a part, its first views from the read-ahead buffer."""
+
+    def receive(progress: Progress | None) -> int:
+        rest, taken = _take_buffered(inbox, part)
+        if not rest:
+            return taken
+        report = None if progress is None else partial(_shifted, progress, taken)
+        try:
+            received: int = core.recvmsg_into(rest, sock, progress=report)
+        except BaseException as exc:
+            exc.bytes_done = taken + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            raise
+        return taken + received
+
+    return receive
+
+
+def _shifted(progress: Progress, taken: int, done: int, total: int) -> None:
+    progress(taken + done, total)
+
+
+def _take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
     """Fill a part's first views from a read-ahead buffer: the views still
     to receive, and the bytes taken."""
     taken = 0
@@ -122,9 +169,9 @@ def take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
     return rest, taken
 
 
-def drain_job(core: Any, size: int, sock: socket.socket, inbox: Any = None) -> Job:
-    """The work of reading and discarding one stream's part of a payload
-    that does not fit (so the streams stay in step)."""
+def _drain_job(core: Any, size: int, sock: socket.socket, inbox: Any) -> Job:
+    """Read and discard one stream's part of a payload that does not fit
+    (so the streams stay in step)."""
 
     def drain(_progress: Progress | None) -> int:
         scratch = memoryview(bytearray(min(size, DRAIN_BYTES)))

@@ -63,6 +63,7 @@ from arraywire._engine import (
     STRIPE_BYTES,
     MessageProgress,
     Receive,
+    Stripes,
     plan_send,
     split_bytes,
     stripe_sizes,
@@ -70,7 +71,7 @@ from arraywire._engine import (
 from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
 from arraywire._groups import DEFAULT_MAX_STREAMS
 from arraywire._protocol import MAGIC as MESSAGE_MAGIC, check_transferable
-from arraywire._striping import move_parts, part_job
+from arraywire._striping import move_parts, receive_jobs, send_jobs
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
 # once the file is complete on its disk, or REFUSE, the reason's length and
@@ -366,10 +367,7 @@ def _send(args: argparse.Namespace) -> str:
                     _framing.write_plan(plan, sock, reporter, core)
                 else:
                     reporter = MessageProgress(progress, plan.total)
-                    jobs = [
-                        part_job(core.sendmsg_from, part, stream)
-                        for part, stream in zip(parts, link.streams, strict=True)
-                    ]
+                    jobs = send_jobs(core, parts, link.streams)
                     # Only stream 0's own thread reads stream 0 (an SSLSocket
                     # is not for two threads at once).
                     jobs[0] = partial(_watched_part, core, parts[0], sock, incoming)
@@ -707,11 +705,9 @@ def _receive(
         if not striped:
             core.recv_into(target, streams[0], progress=progress)
         else:
-            parts = split_bytes([numpy_bytes(target, True)], stripe_sizes(nbytes, len(streams)))
-            jobs = [
-                part_job(core.recvmsg_into, part, stream)
-                for part, stream in zip(parts, streams, strict=True)
-            ]
+            sizes = stripe_sizes(nbytes, len(streams))
+            parts = split_bytes([numpy_bytes(target, True)], sizes)
+            jobs = receive_jobs(core, Stripes(sizes, parts), streams)
             move_parts(jobs, streams, MessageProgress(progress, nbytes), 0)
     except IncompleteTransferError as exc:
         closed = "a stream" if striped else "the connection"

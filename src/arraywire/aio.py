@@ -57,7 +57,7 @@ from arraywire._errors import BrokenStreamError, IncompleteTransferError
 from arraywire._framing import one_stream, write_plan
 from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._step import PendingViews, byte_view
-from arraywire._striping import Job, drain_job, move_parts, part_job, shut_down, take_buffered
+from arraywire._striping import Job, move_parts, receive_jobs, send_jobs, shut_down
 
 if TYPE_CHECKING:  # either twin's; they have the same signatures
     from arraywire._transport_py import Inbox
@@ -563,10 +563,9 @@ async def send_plan(
     async with _Claim(sock, name, True, plan) as claim:
         parts = plan.stripes(len(streams))
         if parts is not None:
-            send = _transport.impl.sendmsg_from
             await _move_stripes(
                 claim, streams, True,
-                lambda socks: [part_job(send, p, s) for p, s in zip(parts, socks, strict=True)],
+                lambda socks: send_jobs(_transport.impl, parts, socks),
                 plan.reporter,
             )
         elif plan.total <= NATIVE_BYTES:
@@ -747,27 +746,10 @@ async def _receive_stripes(
     streams: Sequence[socket.socket],
     message: Receive,
 ) -> None:
-    core = _transport.impl
-    sizes = stripes.sizes
-    if stripes.parts is None:
-        await _move_stripes(
-            claim, streams, False,
-            lambda socks: [
-                drain_job(core, size, sock, inbox if index == 0 else None)
-                for index, (size, sock) in enumerate(zip(sizes, socks, strict=True))
-            ],
-            None,
-        )
-        return
-    first, taken = take_buffered(inbox, stripes.parts[0])
-    message.moved(taken)
-    parts = [first, *stripes.parts[1:]]
     await _move_stripes(
         claim, streams, False,
-        lambda socks: [
-            part_job(core.recvmsg_into, p, s) for p, s in zip(parts, socks, strict=True)
-        ],
-        message.reporter,
+        lambda socks: receive_jobs(_transport.impl, stripes, socks, inbox),
+        None if stripes.parts is None else message.reporter,
     )
 
 
