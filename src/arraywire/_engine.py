@@ -196,9 +196,15 @@ class SendPlan(Transfer):
         self.segments = segments
         self.reporter = None if progress is None else MessageProgress(progress, total)
 
-    def batches(self) -> Iterator[list[Any]]:
+    def batches(self) -> Iterable[list[Any]]:
         """Buffers for gather calls, in order. Send each batch whole before
         asking for the next: packed pieces share one staging buffer."""
+        for segment in self.segments:
+            if type(segment) is Packed:
+                return self._staged_batches()
+        return ([self.header, *self.segments],)
+
+    def _staged_batches(self) -> Iterator[list[Any]]:
         pending: list[Any] = [self.header]
         for segment in self.segments:
             if not isinstance(segment, Packed):
@@ -248,15 +254,16 @@ def plan_send(
         items = arrays.values()
     specs = []
     segments: list[Segment] = []
+    payload = 0
     for item in items:
         spec, parts = describe(as_array(item))
         specs.append(spec)
         segments.extend(parts)
+        payload += spec.nbytes
     if metadata is not None:
         metadata = bytes(memoryview(metadata))
     header = encode_header(specs, names, metadata)
-    total = len(header) + sum(spec.nbytes for spec in specs)
-    return SendPlan(header, segments, total, progress)
+    return SendPlan(header, segments, len(header) + payload, progress)
 
 
 def as_array(item: Any) -> np.ndarray:
@@ -296,16 +303,18 @@ def as_array(item: Any) -> np.ndarray:
 
 def describe(array: np.ndarray) -> tuple[ArraySpec, list[Segment]]:
     """The header entry for an array and the segments carrying its bytes."""
-    check_transferable(array.dtype)
+    dtype = array.dtype
+    check_transferable(dtype)
+    nbytes = array.nbytes
+    flags = array.flags
     segments: list[Segment]
-    if array.flags.c_contiguous:
-        order, segments = "C", [array]
-    elif array.flags.f_contiguous:
-        order, segments = "F", [array]
+    if flags.c_contiguous:
+        order, segments = "C", [array] if nbytes else []
+    elif flags.f_contiguous:
+        order, segments = "F", [array] if nbytes else []
     else:
-        order, segments = "C", list(_strided_segments(array))
-    spec = ArraySpec(array.dtype, array.shape, order, array.nbytes)
-    return spec, [s for s in segments if s.nbytes]
+        order, segments = "C", [s for s in _strided_segments(array) if s.nbytes]
+    return ArraySpec(dtype, array.shape, order, nbytes), segments
 
 
 def _strided_segments(array: np.ndarray) -> Iterator[Segment]:
@@ -371,7 +380,7 @@ class Receive(Transfer):
     def __init__(
         self,
         max_bytes: int | None,
-        *,
+        # not keyword-only: keywords cost a class call a dict (small messages pay)
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
         one_array: bool = False,
@@ -407,14 +416,19 @@ class Receive(Transfer):
         # messages pay for every hop.
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
-        declared = decode_preamble(bytes(preamble))
-        block = bytearray(declared.block_len)
+        preamble_bytes = bytes(preamble)
+        declared = decode_preamble(preamble_bytes)
+        version, _, block_len, count = declared
+        block = bytearray(block_len)
         yield [block]
-        total = self._decode(block, declared)
-        if declared.version == 1 and declared.arrays == 1 and declared.block_len <= SIMPLE_BLOCK:
-            self.simple_header = bytes(preamble) + bytes(block)
-        if self._one_array:
-            self.problem = mismatch(self.specs, self._out)
+        block_bytes = bytes(block)
+        total = self._decode(block_bytes, declared)
+        specs = self.specs
+        if version == 1 and count == 1 and block_len <= SIMPLE_BLOCK:
+            self.simple_header = preamble_bytes + block_bytes
+        out = self._out
+        if self._one_array and (count != 1 or out is not None):
+            self.problem = mismatch(specs, out)
         payload = total - self.offset
         sizes = None
         if self._streams > 1 and payload >= STRIPE_BYTES:
@@ -423,22 +437,22 @@ class Receive(Transfer):
             if sizes is not None:
                 yield Stripes(sizes, None)
                 return
-            scratch = np.empty(min(total - self.offset, DRAIN_BYTES), np.uint8)
+            scratch = np.empty(min(payload, DRAIN_BYTES), np.uint8)
             while self.offset < total:
                 yield [scratch[: min(total - self.offset, scratch.nbytes)]]
             return
-        if self._out is not None:
-            self.arrays = [self._out]
+        if out is not None:
+            self.arrays = [out]
         else:
             self.arrays = [
-                np.empty(spec.shape, spec.dtype, order=spec.order)  # type: ignore[call-overload]
-                for spec in self.specs
+                np.empty(spec.shape, spec.dtype, spec.order)  # type: ignore[call-overload]
+                for spec in specs
             ]
         if self._progress is not None:
             self.reporter = MessageProgress(self._progress, total)
         if sizes is not None:
             yield Stripes(sizes, split_bytes((numpy_bytes(a, True) for a in self.arrays), sizes))
-        elif self.offset < total:
+        elif payload:
             yield self.arrays
 
     def header_reads(self) -> Iterator[list[Any]]:
@@ -448,10 +462,10 @@ class Receive(Transfer):
         declared = decode_preamble(bytes(preamble))
         block = bytearray(declared.block_len)
         yield [block]
-        self._decode(block, declared)
+        self._decode(bytes(block), declared)
 
-    def _decode(self, block: bytearray, declared: Preamble) -> int:
-        header = decode_block(bytes(block), declared, self.max_bytes, self._max_metadata)
+    def _decode(self, block: bytes, declared: Preamble) -> int:
+        header = decode_block(block, declared, self.max_bytes, self._max_metadata)
         self.specs = header.specs
         self.names = header.names
         self.metadata = header.metadata

@@ -9,7 +9,7 @@ calls; receivers get fresh arrays filled in place by one scatter recvmsg.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -96,13 +96,15 @@ def write_plan(
     transport's, unless given: a Channel over TLS passes its own)."""
     sendmsg_from = (_transport.impl if core is None else core).sendmsg_from
     for batch in plan.batches():
-        part = None if reporter is None else reporter.part(plan.offset)
-        plan.moved(sendmsg_from(batch, sock, progress=part))
+        if reporter is None:
+            plan.moved(sendmsg_from(batch, sock))
+        else:
+            plan.moved(sendmsg_from(batch, sock, progress=reporter.part(plan.offset)))
 
 
 def one_stream(message: Receive) -> Iterator[list[Any]]:
     """The reads of a message on a socket of its own (never striped)."""
-    return cast("Iterator[list[Any]]", message.reads())
+    return message.reads()  # type: ignore[return-value]  # a cast() call costs
 
 
 def read_into(
@@ -113,14 +115,17 @@ def read_into(
     if core is None:
         core = _transport.impl
     moved = message.moved
+    recv_into = core.recv_into
     try:
         for buffers in reads:
             reporter = message.reporter  # set once the header is read
-            part = None if reporter is None else reporter.part(message.offset)
-            if len(buffers) == 1:  # a header part, or one array: the cheaper call
-                moved(core.recv_into(buffers[0], sock, progress=part))
-            else:
+            if len(buffers) != 1:
+                part = None if reporter is None else reporter.part(message.offset)
                 moved(core.recvmsg_into(buffers, sock, progress=part))
+            elif reporter is None:  # a header part, or one array: the cheaper call
+                moved(recv_into(buffers[0], sock))
+            else:
+                moved(recv_into(buffers[0], sock, progress=reporter.part(message.offset)))
     except BaseException as exc:
         message.fail(exc)
         end = message.end_of_stream(exc)
@@ -205,7 +210,7 @@ def recv_message(
     EOFError, IncompleteTransferError, TypeError, OSError
         As recv_arrays raises them.
     """
-    message = Receive(max_bytes, max_metadata=max_metadata, progress=progress)
+    message = Receive(max_bytes, max_metadata, progress)
     read_into(message, one_stream(message), sock)
     return message.message()
 
@@ -237,6 +242,6 @@ def recv_array(
     EOFError, IncompleteTransferError, ProtocolError, TypeError, OSError
         As recv_arrays raises them.
     """
-    message = Receive(max_bytes, progress=progress, one_array=True, out=out)
+    message = Receive(max_bytes, DEFAULT_MAX_METADATA, progress, True, out)
     read_into(message, one_stream(message), sock)
     return message.result()[0]

@@ -215,17 +215,19 @@ def decode_block(
     max_metadata: int = DEFAULT_MAX_METADATA,
 ) -> Header:
     """Parse a descriptor block; the payloads together may not exceed max_bytes."""
-    if len(block) <= _CACHED_BLOCK_BYTES and not preamble.flags & HAS_METADATA:
-        header = _decode_cached(bytes(block), preamble.arrays, preamble.flags)
+    _, flags, _, count = preamble
+    if len(block) <= _CACHED_BLOCK_BYTES and not flags & HAS_METADATA:
+        header = _decode_cached(bytes(block), count, flags)
     else:
-        header = _decode_all(block, preamble.arrays, preamble.flags)
+        header = _decode_all(block, count, flags)
     if len(header.metadata) > max_metadata:
         raise ProtocolError(
             f"message carries {len(header.metadata):,} bytes of metadata, over "
             f"max_metadata={max_metadata:,}"
         )
-    limit = MAX_PAYLOAD if max_bytes is None else min(max_bytes, MAX_PAYLOAD)
-    if header.payload > limit:
+    payload = header.payload
+    if payload > MAX_PAYLOAD or (max_bytes is not None and payload > max_bytes):
+        limit = MAX_PAYLOAD if max_bytes is None else min(max_bytes, MAX_PAYLOAD)
         total = 0
         for spec in header.specs:
             total += spec.nbytes
