@@ -3,6 +3,7 @@ the error messages, kept here once so the two backends cannot drift apart."""
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import re
@@ -39,6 +40,9 @@ CLEAN_END = "the peer closed the connection (cleanly, between messages)"
 IOV_MAX = 1024
 
 
+_base_type = _socket.socket.type.__get__
+
+
 def check_socket(sock: Any) -> tuple[int, float | None]:
     """Return (fd, timeout) of a socket arraywire may use, or raise."""
     if type(sock) is not socket.socket and SSLSocket is not None and isinstance(sock, SSLSocket):
@@ -51,7 +55,7 @@ def check_socket(sock: Any) -> tuple[int, float | None]:
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
     # The base class's plain int: socket.socket.type builds an enum member,
     # which costs more than the system call of a small message.
-    if super(socket.socket, sock).type != socket.SOCK_STREAM:
+    if _base_type(sock) != socket.SOCK_STREAM:
         raise TypeError(
             f"arraywire needs a stream socket (SOCK_STREAM), got {sock.type!r}: datagram "
             "and packet sockets cut or drop messages"
@@ -113,11 +117,12 @@ def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
     """
     # the checks and their order are those of a buffer export (acquire in
     # _transport_c.pyx, byte_view in _step.py)
-    if writable and not arr.flags.writeable:
+    flags = arr.flags  # a new object at each access
+    if writable and not flags.writeable:
         raise read_only(arr)
-    if arr.flags.c_contiguous:
+    if flags.c_contiguous:
         flat = arr.reshape(-1)
-    elif arr.flags.f_contiguous:
+    elif flags.f_contiguous:
         flat = arr.reshape(-1, order="F")
     else:
         raise not_contiguous(arr)

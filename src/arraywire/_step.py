@@ -68,8 +68,9 @@ class PendingViews:
     __slots__ = ("first", "nbytes", "views")
 
     def __init__(self, views: Iterable[memoryview]) -> None:
-        self.views = [view for view in views if view.nbytes]
-        self.nbytes = sum(map(len, self.views))  # byte views: len is nbytes
+        # byte views: len is nbytes
+        self.views = [view for view in views if view]
+        self.nbytes = len(self.views[0]) if len(self.views) == 1 else sum(map(len, self.views))
         self.first = 0
 
     def step(self, sock: socket.socket, sending: bool, chunk: int, counts: list[int]) -> None:
