@@ -116,13 +116,12 @@ def receive_jobs(
             _drain_job(core, size, sock, inbox if index == 0 else None)
             for index, (size, sock) in enumerate(zip(stripes.sizes, socks, strict=True))
         ]
-    first, *others = (
-        _part_job(core.recvmsg_into, part, sock)
-        for part, sock in zip(stripes.parts, socks, strict=True)
-    )
-    if inbox is not None:
-        first = _buffered_job(core, stripes.parts[0], socks[0], inbox)
-    return [first, *others]
+    receive = core.recvmsg_into
+    first, *others = zip(stripes.parts, socks, strict=True)
+    return [
+        _part_job(receive, *first) if inbox is None else _buffered_job(core, *first, inbox),
+        *(_part_job(receive, part, sock) for part, sock in others),
+    ]
 
 
 def _part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:

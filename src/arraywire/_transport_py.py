@@ -163,7 +163,11 @@ def _transfer(
     done = 0
     moved: list[int] = []  # filled by PendingViews.step, read before a handler can run
     try:
-        while done < total:
+        # not `while done < total`: Python 3.13 lets an interrupt raised while
+        # evaluating a loop's condition escape the try (CPython issue 130279)
+        while True:
+            if done >= total:
+                break
             pending.step(sock, sending, chunk, moved)
             if moved[0] == 0 and not sending:
                 raise IncompleteTransferError(done, total)

@@ -202,7 +202,11 @@ async def _in_loop(
     done = 0
     moved: list[int] = []  # filled by PendingViews.step
     try:
-        while done < total:
+        # not `while done < total`: Python 3.13 lets an interrupt raised while
+        # evaluating a loop's condition escape the try (CPython issue 130279)
+        while True:
+            if done >= total:
+                break
             try:
                 pending.step(sock, sending, MAX_CHUNK, moved)
             except (BlockingIOError, InterruptedError):
