@@ -71,7 +71,7 @@ from arraywire._engine import (
 from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
 from arraywire._groups import DEFAULT_MAX_STREAMS
 from arraywire._protocol import MAGIC as MESSAGE_MAGIC, check_transferable
-from arraywire._striping import move_parts, receive_jobs, send_jobs
+from arraywire._striping import Job, move_parts, receive_jobs, send_jobs
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
 # once the file is complete on its disk, or REFUSE, the reason's length and
@@ -367,10 +367,12 @@ def _send(args: argparse.Namespace) -> str:
                     _framing.write_plan(plan, sock, reporter, core)
                 else:
                     reporter = MessageProgress(progress, plan.total)
-                    jobs = send_jobs(core, parts, link.streams)
                     # Only stream 0's own thread reads stream 0 (an SSLSocket
                     # is not for two threads at once).
-                    jobs[0] = partial(_watched_part, core, parts[0], sock, incoming)
+                    jobs: list[Job] = [
+                        partial(_watched_part, core, parts[0], sock, incoming),
+                        *send_jobs(core, parts[1:], link.streams[1:]),
+                    ]
                     plan.moved(move_parts(jobs, link.streams, reporter, 0))
             except (_ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
                 # A TLS send to a closed peer raises SSLEOFError; why it closed
