@@ -57,9 +57,9 @@ def _extensions() -> list[Extension]:
         return []
 
     extension = Extension(
-        "arraywire._transport_c",
-        ["src/arraywire/_transport_c.pyx"],
-        include_dirs=["src/arraywire"],
+        "arraywire._core.transport_c",
+        ["src/arraywire/_core/transport_c.pyx"],
+        include_dirs=["src/arraywire/_core"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 from harness import Contender
 
-from arraywire._bench import recv_line, send_line
+from arraywire._cli.bench import recv_line, send_line
 
 LENGTH = struct.Struct("!Q")
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 import arraywire
-from arraywire import _bench
-from arraywire._bench import check, pattern, recv_line, repetitions, send_line
+from arraywire._cli import bench
+from arraywire._cli.bench import check, pattern, recv_line, repetitions, send_line
 
 HERE = str(Path(__file__).resolve().parent)
 CLONE_NEWNET = 0x40000000
@@ -39,7 +39,7 @@ CHILD = (sys.executable, str(Path(__file__).resolve()))
 
 
 def run_pair(job: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-    return _bench.run_pair(job, CHILD, timeout)
+    return bench.run_pair(job, CHILD, timeout)
 
 
 class Contender:
@@ -275,4 +275,4 @@ if __name__ == "__main__":
     namespace = json.loads(sys.argv[1]).get("netns", {}).get(sys.argv[2])
     if namespace:
         enter_netns(namespace)
-    raise SystemExit(_bench.serve_role(sys.argv[1:], measure))
+    raise SystemExit(bench.serve_role(sys.argv[1:], measure))

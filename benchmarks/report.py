@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from arraywire._bench import FAMILIES, FAMILY_NAMES, markdown_table
+from arraywire._cli.bench import FAMILIES, FAMILY_NAMES, markdown_table
 
 COMPILED, PURE = "arraywire compiled", "arraywire pure"
 CHANNEL = "arraywire Channel compiled"

@@ -31,7 +31,7 @@ import numpy as np
 import trustme
 from harness import HERE, run_pair
 
-from arraywire._bench import FAMILIES, median_gbps, median_seconds
+from arraywire._cli.bench import FAMILIES, median_gbps, median_seconds
 
 MB = 1_000_000
 ARRAY_400MB = 400 * MB  # the seed scenario's 50,000,000 float64 values

@@ -61,16 +61,16 @@ import zipfile
 sdist, wheel = sys.argv[1:]
 sdist_names = tarfile.open(sdist).getnames()
 wheel_names = zipfile.ZipFile(wheel).namelist()
-assert any(n.endswith("/_transport_c.pyx") for n in sdist_names), "no .pyx in the sdist"
-assert any(n.endswith("/_transport_c_compat.h") for n in sdist_names), "no .h in the sdist"
+assert any(n.endswith("/_core/transport_c.pyx") for n in sdist_names), "no .pyx in the sdist"
+assert any(n.endswith("/_core/transport_c_compat.h") for n in sdist_names), "no .h in the sdist"
 assert any(n.endswith("/tests/conftest.py") for n in sdist_names), "no tests in the sdist"
 generated = [n for n in sdist_names if n.endswith(".c")]
 assert not generated, f"generated C in the sdist: {generated}"
-source = [n for n in wheel_names if n.endswith((".c", ".pyx", ".pxd", ".h"))]
+source = [n for n in wheel_names if n.endswith((".c", ".pyx", ".pxd", ".pxi", ".h"))]
 assert not source, f"source files in the wheel: {source}"
-for shipped in ("arraywire/py.typed", "arraywire/_transport_c.pyi"):
+for shipped in ("arraywire/py.typed", "arraywire/_core/transport_c.pyi"):
     assert shipped in wheel_names, f"{shipped} missing from the wheel"
-assert any(n.startswith("arraywire/_transport_c.") and n.endswith(".so") for n in wheel_names)
+assert any(n.startswith("arraywire/_core/transport_c.") and n.endswith(".so") for n in wheel_names)
 print("ok:", len(sdist_names), "sdist entries,", len(wheel_names), "wheel entries")
 EOF
 
@@ -168,7 +168,7 @@ echo "ok: $(ls "$work"/windows) is picked for win_amd64 only"
 step "8. the wheel's extension has no debug sections"
 mkdir "$work/unpacked"
 "$tools/python" -m zipfile -e "$wheel" "$work/unpacked"
-extension=$(ls "$work"/unpacked/arraywire/_transport_c.*.so)
+extension=$(ls "$work"/unpacked/arraywire/_core/transport_c.*.so)
 readelf --section-headers --wide "$extension" >"$work/sections.txt"
 if grep -E ' \.z?debug_' "$work/sections.txt"; then
     echo "$(basename "$extension") carries the debug sections above" >&2

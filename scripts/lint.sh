@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.." || exit 1
 
 failed=()
 ruff check . || failed+=("ruff")
-cython-lint src/arraywire/_transport_c.pyx || failed+=("cython-lint")
+cython-lint src/arraywire/_core/*.pyx src/arraywire/_core/*.pxi || failed+=("cython-lint")
+lint-imports || failed+=("lint-imports")  # the layers contract, in pyproject.toml
+python scripts/check-structure.py src || failed+=("check-structure")
 mypy || failed+=("mypy")  # strict, as set in pyproject.toml
 check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml \
     || failed+=("check-jsonschema")

@@ -19,11 +19,11 @@ trap 'rm -rf "$work"' EXIT
 ARRAYWIRE_SANITIZE=1 CIBUILDWHEEL=1 \
     "$work/venv/bin/python" -m pip install --quiet --no-cache-dir "$work/src[test]"
 
-extension="$("$work/venv/bin/python" -c 'import arraywire._transport_c as m; print(m.__file__)' \
+extension="$("$work/venv/bin/python" -c 'import arraywire._core.transport_c as m; print(m.__file__)' \
     2>/dev/null || true)"
 if [ -z "$extension" ]; then
     # importing an ASan-built module without the runtime preloaded fails: find the file
-    extension="$(find "$work/venv" -name '_transport_c*.so' | head -n 1)"
+    extension="$(find "$work/venv" -name 'transport_c*.so' | head -n 1)"
 fi
 # not `nm | grep -q`: grep's early exit would kill nm with SIGPIPE, which
 # pipefail counts as a failure once the symbol table outgrows the pipe

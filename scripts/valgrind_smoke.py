@@ -11,9 +11,9 @@ import threading
 
 import numpy as np
 
-from arraywire import _transport_c as core
-from arraywire._engine import plan_send
-from arraywire._errors import IncompleteTransferError
+from arraywire._core import transport_c as core
+from arraywire._wire.engine import plan_send
+from arraywire._wire.errors import IncompleteTransferError
 
 MB = 1 << 20
 

@@ -10,12 +10,12 @@ from backends import Backend
 from faultkit import Pairs
 from sockets import KINDS, connected_pair
 
-from arraywire import _transport, _transport_py
+from arraywire._core import transport, transport_py
 
 try:
-    from arraywire import _transport_c
+    from arraywire._core import transport_c
 except ImportError:  # test_backends.py fails loudly unless this is intended
-    _transport_c = None
+    transport_c = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,10 +27,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _backend_params() -> list:
-    params = [pytest.param(Backend("python", _transport_py), id="python")]
-    if _transport_c is not None and not _transport.NO_EXTENSIONS:
+    params = [pytest.param(Backend("python", transport_py), id="python")]
+    if transport_c is not None and not transport.NO_EXTENSIONS:
         params.insert(
-            0, pytest.param(Backend("c", _transport_c), id="c", marks=pytest.mark.c_extension)
+            0, pytest.param(Backend("c", transport_c), id="c", marks=pytest.mark.c_extension)
         )
     return params
 
@@ -41,7 +41,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     chosen: Backend = request.param
     if chosen.name == "c" and request.config.getoption("--no-c-extensions"):
         pytest.skip("--no-c-extensions")
-    monkeypatch.setattr(_transport, "impl", chosen.module)
+    monkeypatch.setattr(transport, "impl", chosen.module)
     return chosen
 
 

@@ -20,7 +20,7 @@ from sockets import connected_pair
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, ProtocolError, aio
-from arraywire._engine import plan_send
+from arraywire._wire.engine import plan_send
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from sockets import Peer
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, ProtocolError, aio
-from arraywire._engine import plan_send
+from arraywire._wire.engine import plan_send
 
 T = TypeVar("T")
 LIMIT = 30.0

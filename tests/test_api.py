@@ -15,12 +15,12 @@ import pytest
 
 import arraywire
 import arraywire.aio
-from arraywire import _transport_py
+from arraywire._core import transport_py
 
 try:
-    from arraywire import _transport_c
+    from arraywire._core import transport_c
 except ImportError:  # test_backends.py fails loudly unless this is intended
-    _transport_c = None
+    transport_c = None
 
 PUBLIC_CLASSES = sorted(name for name in arraywire.__all__ if isinstance(getattr(arraywire, name), type))
 TRANSFER_FUNCTIONS = ["recv_into", "recvmsg_into", "send_from", "sendmsg_from"]
@@ -126,7 +126,7 @@ def test_public_function_says_what_it_returns_and_raises(path: str) -> None:
 
 
 def stub_docstrings() -> dict[str, str | None]:
-    text = resources.files("arraywire").joinpath("_transport_c.pyi").read_text("utf-8")
+    text = resources.files("arraywire").joinpath("_core", "transport_c.pyi").read_text("utf-8")
     return {
         node.name: ast.get_docstring(node)
         for node in ast.parse(text).body
@@ -136,15 +136,15 @@ def stub_docstrings() -> dict[str, str | None]:
 
 @pytest.mark.parametrize("name", TRANSFER_FUNCTIONS)
 def test_stub_docstring_is_the_pure_twins(name: str) -> None:
-    assert stub_docstrings()[name] == inspect.getdoc(getattr(_transport_py, name))
+    assert stub_docstrings()[name] == inspect.getdoc(getattr(transport_py, name))
 
 
 @pytest.mark.c_extension
-@pytest.mark.skipif(_transport_c is None, reason="the compiled backend was not built")
+@pytest.mark.skipif(transport_c is None, reason="the compiled backend was not built")
 @pytest.mark.parametrize("name", TRANSFER_FUNCTIONS)
 def test_compiled_docstring_is_the_pure_twins(name: str) -> None:
-    compiled = getattr(_transport_c, name)
-    assert inspect.getdoc(compiled) == inspect.getdoc(getattr(_transport_py, name))
+    compiled = getattr(transport_c, name)
+    assert inspect.getdoc(compiled) == inspect.getdoc(getattr(transport_py, name))
 
 
 @pytest.mark.parametrize(

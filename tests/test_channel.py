@@ -21,7 +21,7 @@ from sockets import Peer
 
 import arraywire
 from arraywire import BrokenStreamError, Channel, IncompleteTransferError, ProtocolError
-from arraywire._engine import plan_send
+from arraywire._wire.engine import plan_send
 
 LIMIT = 30.0
 

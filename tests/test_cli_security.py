@@ -20,9 +20,10 @@ from test_cli import (  # the autouse fixture reaps this module's children too
     usage_error,
 )
 
-from arraywire import _hello, _transport_py
-from arraywire._errors import ProtocolError
-from arraywire._protocol import decode_preamble
+from arraywire._core import transport_py
+from arraywire._wire import hello
+from arraywire._wire.errors import ProtocolError
+from arraywire._wire.header import decode_preamble
 
 # Both ends of a refused connection are done well before any of the CLI's
 # 10-second waits (the opening's default timeout, a refusing end's discard).
@@ -331,7 +332,7 @@ def test_certificate_failures(backend: Backend, tmp_path: Path, files: tuple[Pat
 
 # --- bad options: one line before any connection -------------------------------------------
 
-PYTHON = Backend("python", _transport_py)
+PYTHON = Backend("python", transport_py)
 
 
 def test_bad_key_and_certificate_files(tmp_path: Path, files: tuple[Path, Path],
@@ -392,7 +393,7 @@ def test_tls_options_that_do_not_go_together_exit_2(
 
 def test_a_hello_or_tls_in_place_of_a_message_says_so() -> None:
     with pytest.raises(ProtocolError, match="the peer opened with a connection hello"):
-        decode_preamble(_hello.encode(_hello.AUTH, _hello.NONCE_BYTES))
+        decode_preamble(hello.encode(hello.AUTH, hello.NONCE_BYTES))
     with pytest.raises(ProtocolError, match="the peer speaks TLS and this end does not"):
         decode_preamble(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(5))
     with pytest.raises(ProtocolError, match="not an arraywire message: magic b'NOPE'"):

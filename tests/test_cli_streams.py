@@ -36,7 +36,7 @@ from test_cli_security import (
 )
 
 from arraywire import STRIPE_BYTES
-from arraywire._engine import plan_send
+from arraywire._wire.engine import plan_send
 
 HELLO = struct.Struct("<4sBBHII")
 GROUP = struct.Struct("<16sHH")

@@ -28,7 +28,8 @@ from distributed.security import Security  # noqa: E402
 from distributed.utils import get_ip  # noqa: E402
 from distributed.utils_test import gen_cluster, gen_test  # noqa: E402
 
-from arraywire import ProtocolError, _dask_frames, aio  # noqa: E402
+from arraywire import ProtocolError, aio  # noqa: E402
+from arraywire._wire import dask_frames  # noqa: E402
 from arraywire.dask_comm import ArraywireBackend, ArraywireComm  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -341,9 +342,9 @@ async def test_shards_of_one_buffer_rejoin_without_a_copy(backend, monkeypatch) 
         sent_frames.append(len(frames))
         return pack(frames)
 
-    unpack, pack = _dask_frames.to_frames, _dask_frames.to_arrays
-    monkeypatch.setattr(_dask_frames, "to_frames", recording_to_frames)
-    monkeypatch.setattr(_dask_frames, "to_arrays", recording_to_arrays)
+    unpack, pack = dask_frames.to_frames, dask_frames.to_arrays
+    monkeypatch.setattr(dask_frames, "to_frames", recording_to_frames)
+    monkeypatch.setattr(dask_frames, "to_arrays", recording_to_arrays)
     big = np.arange(1_000_000, dtype=np.int64)  # 8 MB: eight shards of 1 MiB
     with dask.config.set({"distributed.comm.shard": "1 MiB"}):
         async with echo_server() as listener:
@@ -360,7 +361,7 @@ async def test_shards_of_one_buffer_rejoin_without_a_copy(backend, monkeypatch) 
 
 @gen_test()
 async def test_more_buffers_than_the_descriptor_limit_still_go_through(backend) -> None:
-    count = _dask_frames.MAX_BUFFER_ARRAYS + 50
+    count = dask_frames.MAX_BUFFER_ARRAYS + 50
     arrays = [np.full(3, n) for n in range(count)]
     async with echo_server() as listener:
         comm = await connect(listener.contact_address)
@@ -597,28 +598,28 @@ def test_frames_come_back_as_they_went(payloads, owners) -> None:
     frames: list = []
     for payload, source in zip(payloads, owners + [0] * len(payloads), strict=False):
         frames.append(payload if source == 0 else memoryview(buffers[source - 1])[: len(payload)])
-    arrays = _dask_frames.to_arrays(frames)
-    assert [bytes(frame) for frame in _dask_frames.to_frames(arrays)] == [bytes(f) for f in frames]
+    arrays = dask_frames.to_arrays(frames)
+    assert [bytes(frame) for frame in dask_frames.to_frames(arrays)] == [bytes(f) for f in frames]
 
 
 def test_shards_of_one_buffer_travel_as_one_view_of_it() -> None:
     buffer = np.arange(1000, dtype=np.uint8)
     shards = [memoryview(buffer)[:400], memoryview(buffer)[400:]]
-    head, joined = _dask_frames.to_arrays([b"header", *shards])
+    head, joined = dask_frames.to_arrays([b"header", *shards])
     assert np.shares_memory(joined, buffer) and joined.nbytes == 1000
-    frames = _dask_frames.to_frames([head.copy(), joined.copy()])
+    frames = dask_frames.to_frames([head.copy(), joined.copy()])
     assert frames[1].obj is frames[2].obj and bytes(frames[1]) + bytes(frames[2]) == buffer.tobytes()
 
 
 @given(st.binary(max_size=200), st.integers(0, 3))
 def test_a_corrupt_head_gives_protocol_error_or_frames_that_add_up(noise, extra_arrays) -> None:
-    head = np.frombuffer(_dask_frames.PREFIX.pack(b"AWDF", 1, len(noise) // 12) + noise, np.uint8)
+    head = np.frombuffer(dask_frames.PREFIX.pack(b"AWDF", 1, len(noise) // 12) + noise, np.uint8)
     arrays = [head, *(np.zeros(n, np.uint8) for n in range(extra_arrays))]
     try:
-        frames = _dask_frames.to_frames(arrays)
+        frames = dask_frames.to_frames(arrays)
     except ProtocolError:
         return
-    assert sum(frame.nbytes for frame in frames) == sum(a.nbytes for a in arrays) - _dask_frames.PREFIX.size - len(frames) * 12
+    assert sum(frame.nbytes for frame in frames) == sum(a.nbytes for a in arrays) - dask_frames.PREFIX.size - len(frames) * 12
 
 
 @pytest.mark.parametrize(
@@ -629,9 +630,9 @@ def test_a_corrupt_head_gives_protocol_error_or_frames_that_add_up(noise, extra_
         ([np.zeros(20, np.float64)], "uint8"),
         ([np.zeros(5, np.uint8)], "shorter than its 16-byte prefix"),
         ([np.frombuffer(b"AWDF\x02\0\0\0" + bytes(8), np.uint8)], "layout version 2"),
-        ([np.frombuffer(_dask_frames.PREFIX.pack(b"AWDF", 1, 10**15), np.uint8)], "frame table of"),
+        ([np.frombuffer(dask_frames.PREFIX.pack(b"AWDF", 1, 10**15), np.uint8)], "frame table of"),
     ],
 )
 def test_what_is_not_a_dask_message_is_named(arrays, reason) -> None:
     with pytest.raises(ProtocolError, match=reason):
-        _dask_frames.to_frames(arrays)
+        dask_frames.to_frames(arrays)

@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sockets import Peer
 
-from arraywire import _transport, _transport_py
-from arraywire._common import numpy_bytes
-from arraywire._engine import plan_send
+from arraywire._core import transport, transport_py
+from arraywire._wire.engine import plan_send
+from arraywire._wire.limits import numpy_bytes
 
-if _transport.NO_EXTENSIONS:
+if transport.NO_EXTENSIONS:
     pytest.skip("the compiled backend is switched off for this run", allow_module_level=True)
 try:
-    from arraywire import _transport_c
+    from arraywire._core import transport_c
 except ImportError:  # tests/test_backends.py reports this as the failure
     pytest.skip("the compiled backend is not built", allow_module_level=True)
 
-BACKENDS = (_transport_c, _transport_py)
+BACKENDS = (transport_c, transport_py)
 DIFF = settings(max_examples=60, deadline=None)
 
 
@@ -94,7 +94,7 @@ def test_send_gather_same_bytes(sizes) -> None:
             sender = Peer(module.sendmsg_from if len(sources) > 1 else
                           lambda s, sock: module.send_from(s[0], sock), sources, a)
             target = bytearray(sum(sizes))
-            _transport_py.recv_into(target, b)
+            transport_py.recv_into(target, b)
             assert sender.result() == sum(sizes)
             received.append(bytes(target))
     assert received[0] == received[1] == b"".join(s.tobytes() for s in sources)

@@ -13,8 +13,8 @@ from backends import Backend, backend_env
 from sockets import Peer
 
 import arraywire
-from arraywire import _engine
-from arraywire._protocol import PREAMBLE, ArraySpec, encode_header
+from arraywire._wire import engine
+from arraywire._wire.header import PREAMBLE, ArraySpec, encode_header
 
 DTYPES = [
     "?", "i1", "u1", "<i2", ">i2", "<u2", "<i4", ">i4", "<u4", "<i8", ">u8",
@@ -88,26 +88,26 @@ def test_non_contiguous_arrays(backend: Backend, pair, make) -> None:
 
 def test_strided_runs_are_sent_without_packing(monkeypatch) -> None:
     array = np.zeros((10, 2, 40_000))[:, 1]  # 10 runs of 320 kB
-    segments = _engine.plan_send([array]).segments
+    segments = engine.plan_send([array]).segments
     assert len(segments) == 10
     assert all(isinstance(s, np.ndarray) and s.flags.c_contiguous for s in segments)
     assert all(np.shares_memory(s, array) for s in segments)
     packed = np.zeros((1000, 40))[:, ::2]
-    segments = _engine.plan_send([packed]).segments
+    segments = engine.plan_send([packed]).segments
     assert len(segments) == 1 and not isinstance(segments[0], np.ndarray)
 
 
 @pytest.mark.parametrize("shape", [(3000, 1000), (7, 5000, 3), (100_000,)], ids=str)
 def test_packed_pieces_are_bounded(shape) -> None:
     array = _example(np.dtype("<i4"), shape)[..., ::3]
-    pieces = list(_engine.packed_pieces(array, 4096))
+    pieces = list(engine.packed_pieces(array, 4096))
     assert max(piece.nbytes for piece in pieces) <= 4096
     flat = np.concatenate([piece.ravel() for piece in pieces])
     np.testing.assert_array_equal(flat, array.ravel())
 
 
 def test_packing_through_a_small_staging_buffer(backend: Backend, pair, monkeypatch) -> None:
-    monkeypatch.setattr(_engine, "STAGING_BYTES", 1000)
+    monkeypatch.setattr(engine, "STAGING_BYTES", 1000)
     sent = _example(np.dtype("<i4"), (300, 100, 2))[:, ::3, ::-1]
     received = _round_trip(backend, pair, sent)
     np.testing.assert_array_equal(received, sent)

@@ -19,7 +19,8 @@ from faultkit import Pairs
 from sockets import Peer
 
 import arraywire
-from arraywire import _protocol, aio
+from arraywire import aio
+from arraywire._wire import header
 
 MB = 1 << 20
 # nothing beyond the header (at most 1 MiB) and small bookkeeping
@@ -31,15 +32,15 @@ ALLOCATION_LIMIT = 2 * MB
 def _descriptor(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
     text = dtype.encode()
     return (
-        _protocol.ARRAY_FIXED.pack(nbytes, len(shape), b"C", len(text))
-        + b"".join(_protocol.DIM.pack(dim) for dim in shape)
+        header.ARRAY_FIXED.pack(nbytes, len(shape), b"C", len(text))
+        + b"".join(header.DIM.pack(dim) for dim in shape)
         + text
     )
 
 
 def _header(*descriptors: bytes) -> bytes:
     block = b"".join(descriptors)
-    return _protocol.PREAMBLE.pack(b"AWIR", 1, bytes(3), len(block), len(descriptors)) + block
+    return header.PREAMBLE.pack(b"AWIR", 1, bytes(3), len(block), len(descriptors)) + block
 
 
 VALID = _header(_descriptor("<f8", (1000,), 8000))
@@ -147,7 +148,7 @@ def test_close_mid_message_of_several_arrays(backend: Backend, pairs: Pairs) -> 
 def test_header_announcing_a_large_block_then_stalling(backend: Backend, pairs: Pairs) -> None:
     """The descriptor block may be up to 1 MiB; a peer that never sends it
     costs that much, and the socket's timeout, no more."""
-    stall = _protocol.PREAMBLE.pack(b"AWIR", 1, bytes(3), 1 << 20, 1) + bytes(100)
+    stall = header.PREAMBLE.pack(b"AWIR", 1, bytes(3), 1 << 20, 1) + bytes(100)
 
     def receive(sock: socket.socket) -> object:
         sock.settimeout(0.5)

@@ -17,8 +17,8 @@ from sockets import Peer
 
 import arraywire
 from arraywire import BrokenStreamError, aio
-from arraywire._common import PROGRESS_INTERVAL
-from arraywire._engine import plan_send
+from arraywire._wire.engine import plan_send
+from arraywire._wire.limits import PROGRESS_INTERVAL
 
 SLOW_BYTES = 8 << 20  # moved in ~0.6 s by the slow peers below
 SLOW_STEP = 256 << 10

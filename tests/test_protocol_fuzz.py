@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from arraywire import ProtocolError, send_array
-from arraywire._protocol import (
+from arraywire._wire.header import (
     ARRAY_FIXED,
     MAGIC,
     MAX_DESCRIPTOR_BYTES,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from arraywire import _transport_py
+from arraywire._core import transport_py
 
 try:
-    from arraywire import _transport_c
+    from arraywire._core import transport_c
 except ImportError:  # test_backends.py fails loudly unless this is intended
-    _transport_c = None
+    transport_c = None
 
 
 def public_functions(module: ModuleType) -> dict[str, Callable[..., Any]]:
@@ -49,7 +49,7 @@ def public_members(cls: type) -> dict[str, Any]:
 
 
 def load_stub() -> ast.Module:
-    text = resources.files("arraywire").joinpath("_transport_c.pyi").read_text("utf-8")
+    text = resources.files("arraywire").joinpath("_core", "transport_c.pyi").read_text("utf-8")
     return ast.parse(text)
 
 
@@ -114,8 +114,8 @@ def without_annotations(signature: inspect.Signature) -> inspect.Signature:
     )
 
 
-PURE = public_functions(_transport_py)
-PURE_CLASSES = public_classes(_transport_py)
+PURE = public_functions(transport_py)
+PURE_CLASSES = public_classes(transport_py)
 STUB = load_stub()
 
 
@@ -139,28 +139,28 @@ def test_stub_signature_matches_pure(name: str) -> None:
 def test_stub_variables_exist_in_both_backends() -> None:
     variables = stub_variables(STUB)
     assert "BACKEND" in variables
-    modules = [_transport_py] if _transport_c is None else [_transport_py, _transport_c]
+    modules = [transport_py] if transport_c is None else [transport_py, transport_c]
     for module in modules:
         for name, annotation in variables.items():
             assert type(getattr(module, name)).__name__ == annotation
 
 
 needs_compiled = pytest.mark.skipif(
-    _transport_c is None, reason="the compiled backend was not built"
+    transport_c is None, reason="the compiled backend was not built"
 )
 
 
 @pytest.mark.c_extension
 @needs_compiled
 def test_compiled_declares_the_pure_functions() -> None:
-    assert sorted(public_functions(_transport_c)) == sorted(PURE)
+    assert sorted(public_functions(transport_c)) == sorted(PURE)
 
 
 @pytest.mark.c_extension
 @needs_compiled
 @pytest.mark.parametrize("name", sorted(PURE))
 def test_compiled_signature_matches_pure(name: str) -> None:
-    compiled = inspect.signature(getattr(_transport_c, name))
+    compiled = inspect.signature(getattr(transport_c, name))
     assert compiled == without_annotations(inspect.signature(PURE[name]))
 
 
@@ -186,7 +186,7 @@ def test_stub_method_matches_pure(cls: str, name: str) -> None:
 @pytest.mark.parametrize(("cls", "name"), method_cases())
 def test_compiled_method_matches_pure(cls: str, name: str) -> None:
     pure = public_members(PURE_CLASSES[cls])[name]
-    compiled_cls = public_classes(_transport_c)[cls]  # type: ignore[arg-type]
+    compiled_cls = public_classes(transport_c)[cls]  # type: ignore[arg-type]
     assert method_names(compiled_cls) == method_names(PURE_CLASSES[cls]) or (
         sorted(set(method_names(compiled_cls)) - {"__init__"})
         == sorted(set(method_names(PURE_CLASSES[cls])) - {"__init__"})

@@ -19,7 +19,7 @@ from sockets import Peer
 
 import arraywire
 from arraywire import IncompleteTransferError, ProtocolError, aio
-from arraywire._protocol import ARRAY_FIXED, DIM, HAS_NAMES, NAME_LENGTH, PREAMBLE
+from arraywire._wire.header import ARRAY_FIXED, DIM, HAS_NAMES, NAME_LENGTH, PREAMBLE
 
 # --- helpers -------------------------------------------------------------------
 

@@ -63,18 +63,19 @@ line's exchange) is specified in docs/PROTOCOL.md of the source distribution.
 
 from types import FunctionType as _FunctionType
 
-from arraywire._channel import Channel, ChannelItem
-from arraywire._connection import Listener, connect, listen
-from arraywire._engine import STRIPE_BYTES, Message
-from arraywire._errors import (
+from arraywire._core.transport import BACKEND, recv_into, recvmsg_into, send_from, sendmsg_from
+from arraywire._drivers.rules import ChannelItem
+from arraywire._sync.channel import Channel
+from arraywire._sync.connection import Listener, connect, listen
+from arraywire._sync.framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
+from arraywire._wire.engine import STRIPE_BYTES, Message
+from arraywire._wire.errors import (
     AuthenticationError,
     BrokenStreamError,
     IncompleteTransferError,
     ProtocolError,
 )
-from arraywire._framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
-from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
-from arraywire._transport import BACKEND, recv_into, recvmsg_into, send_from, sendmsg_from
+from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
 __version__ = "0.1.0"
 

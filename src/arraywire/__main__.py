@@ -1,5 +1,5 @@
 """``python -m arraywire``: the command line."""
 
-from arraywire._cli import main
+from arraywire._cli.main import main
 
 raise SystemExit(main())

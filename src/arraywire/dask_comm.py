@@ -31,9 +31,11 @@ from distributed.comm.core import (
 from distributed.comm.tcp import BaseTCPBackend, set_tcp_timeout
 from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 
-from arraywire import _dask_frames, _transport, aio
-from arraywire._aio_tls import TLSChannel
-from arraywire._errors import AuthenticationError, ProtocolError
+from arraywire import aio
+from arraywire._aio.tls import TLSChannel
+from arraywire._core import transport
+from arraywire._wire import dask_frames
+from arraywire._wire.errors import AuthenticationError, ProtocolError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,7 +105,7 @@ class ArraywireComm(Comm):
         self._local_addr = local_addr
         self._peer_addr = peer_addr
         self.max_message_bytes = max_message_bytes()
-        self._extra: dict[str, Any] = {"arraywire_backend": _transport.impl.BACKEND}
+        self._extra: dict[str, Any] = {"arraywire_backend": transport.impl.BACKEND}
         if isinstance(channel, TLSChannel):  # read now: the session is gone once closed
             session = channel.ssl_object
             self._extra.update(peercert=session.getpeercert(), cipher=session.cipher())
@@ -133,7 +135,7 @@ class ArraywireComm(Comm):
             self._channel.recv_message(max_bytes=self.max_message_bytes)
         )
         try:
-            frames = _dask_frames.to_frames(message.arrays)
+            frames = dask_frames.to_frames(message.arrays)
         except ProtocolError as exc:
             self.abort()
             raise CommClosedError(f"in {self}: ProtocolError: {exc}") from exc
@@ -165,7 +167,7 @@ class ArraywireComm(Comm):
                 },
                 frame_split_size=self._shard_bytes,
             )
-            arrays = _dask_frames.to_arrays(frames)
+            arrays = dask_frames.to_arrays(frames)
             if self._closed:  # aborted while the message was serialized
                 raise CommClosedError(f"in {self}: closed")
             return await self._transfer(self._channel.send_arrays(arrays))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from arraywire._common import Progress
+from arraywire._wire.limits import Progress
 
 BACKEND: str
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from arraywire._common import (
+from arraywire._wire.limits import (
     IOV_MAX,
     format_has_objects,
     not_a_buffer,

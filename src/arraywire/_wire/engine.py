@@ -31,9 +31,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from arraywire._common import CLEAN_END, PROGRESS_INTERVAL, Progress, numpy_bytes
-from arraywire._errors import IncompleteTransferError
-from arraywire._protocol import (
+from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.header import (
     DEFAULT_MAX_METADATA,
     PREAMBLE,
     ArraySpec,
@@ -44,6 +43,7 @@ from arraywire._protocol import (
     decode_preamble,
     encode_header,
 )
+from arraywire._wire.limits import CLEAN_END, PROGRESS_INTERVAL, Progress, numpy_bytes
 
 # Strided arrays: runs at least this long go out as buffers of their own;
 # shorter ones are packed through a staging buffer of at most STAGING_BYTES.

@@ -1,22 +1,22 @@
 """Self-describing messages over blocking sockets: the blocking driver of the
-message engine (``_engine``).
+message engine (``_wire.engine``).
 
-A message is a header (see _protocol and docs/PROTOCOL.md) followed by each
+A message is a header (see ``_wire.header`` and docs/PROTOCOL.md) followed by each
 array's bytes. Contiguous arrays go out with the header in gather sendmsg
 calls; receivers get fresh arrays filled in place by one scatter recvmsg.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from arraywire import _transport
-from arraywire._common import Progress
-from arraywire._engine import Message, Receive, Reporter, SendPlan, plan_send
-from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
+from arraywire._drivers.blocking import one_stream, read_into, write_plan
+from arraywire._wire.engine import Message, Receive, plan_send
+from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+from arraywire._wire.limits import Progress
 
 
 def send_arrays(
@@ -89,58 +89,12 @@ def send_array(
     return send_arrays((array,), sock, metadata=metadata, progress=progress)
 
 
-def write_plan(
-    plan: SendPlan, sock: Any, reporter: Reporter | None, core: Any = None
-) -> None:
-    """Write every batch of a plan with the core's gather sends (the
-    transport's, unless given: a Channel over TLS passes its own)."""
-    sendmsg_from = (_transport.impl if core is None else core).sendmsg_from
-    for batch in plan.batches():
-        if reporter is None:
-            plan.moved(sendmsg_from(batch, sock))
-        else:
-            plan.moved(sendmsg_from(batch, sock, progress=reporter.part(plan.offset)))
 
 
-def one_stream(message: Receive) -> Iterator[list[Any]]:
-    """The reads of a message on a socket of its own (never striped)."""
-    return message.reads()  # type: ignore[return-value]  # a cast() call costs
 
 
-def read_into(
-    message: Receive, reads: Iterator[list[Any]], sock: Any, core: Any = None
-) -> None:
-    """Fill the message's reads with the core's scatter receives (the
-    transport's, unless given)."""
-    if core is None:
-        core = _transport.impl
-    moved = message.moved
-    recv_into = core.recv_into
-    try:
-        for buffers in reads:
-            reporter = message.reporter  # set once the header is read
-            if len(buffers) != 1:
-                part = None if reporter is None else reporter.part(message.offset)
-                moved(core.recvmsg_into(buffers, sock, progress=part))
-            elif reporter is None:  # a header part, or one array: the cheaper call
-                moved(recv_into(buffers[0], sock))
-            else:
-                moved(recv_into(buffers[0], sock, progress=reporter.part(message.offset)))
-    except BaseException as exc:
-        message.fail(exc)
-        end = message.end_of_stream(exc)
-        if end is not None:
-            raise end from None
-        raise
 
 
-def recv_header(
-    sock: Any, max_bytes: int | None, core: Any = None
-) -> tuple[ArraySpec, ...]:
-    """Receive and check a message header; return what it says of each array."""
-    message = Receive(max_bytes)
-    read_into(message, message.header_reads(), sock, core)
-    return message.specs
 
 
 def recv_arrays(

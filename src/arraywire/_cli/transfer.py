@@ -57,9 +57,13 @@ from typing import Any, NamedTuple, NoReturn
 import numpy as np
 from numpy.lib import format as npy_format
 
-from arraywire import _connection, _framing, _hello, _tls, _transport
-from arraywire._common import Progress, numpy_bytes
-from arraywire._engine import (
+from arraywire._core import tls, transport
+from arraywire._core.protocol import Core
+from arraywire._drivers import blocking, sockets
+from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs
+from arraywire._sync import connection
+from arraywire._wire import hello, peers
+from arraywire._wire.engine import (
     STRIPE_BYTES,
     MessageProgress,
     Receive,
@@ -68,10 +72,10 @@ from arraywire._engine import (
     split_bytes,
     stripe_sizes,
 )
-from arraywire._errors import AuthenticationError, IncompleteTransferError, ProtocolError
-from arraywire._groups import DEFAULT_MAX_STREAMS
-from arraywire._protocol import MAGIC as MESSAGE_MAGIC, check_transferable
-from arraywire._striping import Job, move_parts, receive_jobs, send_jobs
+from arraywire._wire.errors import AuthenticationError, IncompleteTransferError, ProtocolError
+from arraywire._wire.groups import DEFAULT_MAX_STREAMS
+from arraywire._wire.header import MAGIC as MESSAGE_MAGIC, check_transferable
+from arraywire._wire.limits import Progress, numpy_bytes
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
 # once the file is complete on its disk, or REFUSE, the reason's length and
@@ -214,7 +218,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="give up when the peer does not connect, or no byte moves, for this long "
              "(default: wait forever; 10 s for the TLS handshake and the key's opening). "
              "The connecting end tries again every "
-             f"{_connection.RETRY_INTERVAL * 1000:g} ms while nothing listens: until this "
+             f"{sockets.RETRY_INTERVAL * 1000:g} ms while nothing listens: until this "
              "timeout, by default until something listens",
     )
     security = parser.add_argument_group(
@@ -364,7 +368,7 @@ def _send(args: argparse.Namespace) -> str:
             try:
                 if parts is None:
                     reporter = MessageProgress(_stop_on_reply(incoming, progress), plan.total)
-                    _framing.write_plan(plan, sock, reporter, core)
+                    blocking.write_plan(plan, sock, reporter, core)
                 else:
                     reporter = MessageProgress(progress, plan.total)
                     # Only stream 0's own thread reads stream 0 (an SSLSocket
@@ -397,7 +401,7 @@ def _send(args: argparse.Namespace) -> str:
 
 
 def _watched_part(
-    core: Any, part: list[Any], sock: socket.socket, incoming: _Incoming,
+    core: Core, part: list[Any], sock: socket.socket, incoming: _Incoming,
     progress: Progress | None,
 ) -> int:
     """Send stream 0's part of a striped array, stopping once the receiver answers."""
@@ -522,12 +526,12 @@ def _reply_failure(reply: tuple[bytes, str]) -> Failure | None:
     tag, reason = reply
     if tag == REFUSE:
         return Failure(f"the receiver refused: {reason}")
-    if tag == _hello.MAGIC:
+    if tag == hello.MAGIC:
         return Failure(
             "the receiver requires a key and this end has none (it opened with a "
             f"connection hello): give this end the same key (--key-file or {KEY_FILE_VARIABLE})"
         )
-    if tag[:2] in _hello.TLS_RECORDS:
+    if tag[:2] in peers.TLS_RECORDS:
         return Failure(
             "the receiver uses TLS and this end does not: give this end --tls too "
             "(and --tls-ca for a CA of your own)"
@@ -633,15 +637,15 @@ def _recv(args: argparse.Namespace) -> str:
     return _summary(f"wrote {output}", spec.dtype, spec.shape, seconds) + _over(link.streams)
 
 
-def _recv_header(sock: socket.socket, core: Any, early: bytes) -> tuple[Any, ...]:
+def _recv_header(sock: socket.socket, core: Core, early: bytes) -> tuple[Any, ...]:
     """The message header's arrays; early holds its first bytes when read already."""
     if not early:
-        return _framing.recv_header(sock, None, core)
+        return blocking.recv_header(sock, None, core)
     message = Receive(None)
     reads = message.header_reads()
     next(reads)[0][:] = early  # the preamble
     message.moved(len(early))
-    _framing.read_into(message, reads, sock, core)
+    blocking.read_into(message, reads, sock, core)
     return message.specs
 
 
@@ -698,7 +702,7 @@ def _preallocate(path: str) -> None:
 
 def _receive(
     streams: list[socket.socket], target: np.ndarray, nbytes: int, progress: Progress,
-    core: Any,
+    core: Core,
 ) -> None:
     """Fill target with the array's payload: striped over the streams as the
     sender striped it, each part by a thread of its own."""
@@ -825,13 +829,13 @@ def _dial_peer(
 ) -> Link:
     """Connect to the listening peer: with several streams, each with the
     opening of the group."""
-    wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
-    ident = os.urandom(_hello.GROUP_ID_BYTES)
+    wait = sockets.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
+    ident = os.urandom(hello.GROUP_ID_BYTES)
     socks = []
     for index in range(streams):
         raw = _connect_when_listening(args.address, args.timeout, ends, args.quiet, index)
         sock = _secure(stack, raw, context, False, ends, args.address.host, wait)
-        group = None if streams == 1 else _hello.Group(ident, index, streams)
+        group = None if streams == 1 else hello.Group(ident, index, streams)
         if key is not None or group is not None:
             opening = _Opening(key, connecting=True, group=group)
             _open(sock, opening, time.monotonic() + wait, ends, wait)
@@ -845,7 +849,7 @@ def _take_peer(
     context: ssl.SSLContext | None,
 ) -> Link:
     """Listen for the peer; a receiver then joins the sender's streams."""
-    wait = _connection.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
+    wait = sockets.DEFAULT_HANDSHAKE_TIMEOUT if args.timeout is None else args.timeout
     server = stack.enter_context(_listening(args.address))
     raw = _accept(server, args.timeout)
     if raw is None:
@@ -892,7 +896,7 @@ def _secure(
 def _read_start(sock: socket.socket) -> bytes:
     """The first bytes of what a sender without a key sends: a message's
     preamble, or a hello (both are 16 bytes)."""
-    start = bytearray(_hello.SIZE)
+    start = bytearray(hello.SIZE)
     try:
         _core(sock).recv_into(start, sock)
     except IncompleteTransferError:
@@ -903,10 +907,10 @@ def _read_start(sock: socket.socket) -> bytes:
 def _is_group_hello(data: bytes) -> bool:
     """Whether data is the hello of a stream of a group without a key (a
     keyed hello is refused as the message it is not, saying so)."""
-    if not data.startswith(_hello.MAGIC):
+    if not data.startswith(hello.MAGIC):
         return False
-    features = _hello.HELLO.unpack(data)[3]
-    return bool(features & _hello.STREAMS) and not features & _hello.AUTH
+    features = hello.HELLO.unpack(data)[3]
+    return bool(features & hello.STREAMS) and not features & hello.AUTH
 
 
 def _join_group(
@@ -919,13 +923,13 @@ def _join_group(
     assert group is not None
     max_streams = args.max_streams or DEFAULT_MAX_STREAMS
     if group.size > max_streams:
-        _answer(first, opening, _hello.TOO_MANY_STREAMS, max_streams)
+        _answer(first, opening, hello.TOO_MANY_STREAMS, max_streams)
         _hang_up(first)
         raise Failure(
             f"refused the sender's {group.size} streams: this end takes at most "
             f"{max_streams} (--max-streams)"
         )
-    _answer(first, opening, _hello.JOINED, max_streams)
+    _answer(first, opening, hello.JOINED, max_streams)
     members: list[socket.socket | None] = [None] * group.size
     members[group.member] = first
     deadline = time.monotonic() + wait
@@ -942,7 +946,7 @@ def _join_group(
         try:
             sock = _secure(stack, raw, context, True, ends, args.address.host, wait)
             other = _Opening(key, connecting=False)
-            _connection.run_opening(sock, other, deadline)
+            connection.run_opening(sock, other, deadline)
         except (Failure, OSError, ProtocolError, AuthenticationError, _NotAHello) as exc:
             sock.close()
             reason = f" ({exc})" if str(exc) else ""
@@ -954,11 +958,11 @@ def _join_group(
         ):
             if stream is not None:
                 with suppress(OSError):
-                    _answer(sock, other, _hello.NOT_JOINABLE, max_streams)
+                    _answer(sock, other, hello.NOT_JOINABLE, max_streams)
             sock.close()
             _note(args, "closed a connection that is not one of the sender's streams")
             continue
-        _answer(sock, other, _hello.JOINED, max_streams)
+        _answer(sock, other, hello.JOINED, max_streams)
         sock.settimeout(args.timeout)
         members[stream.member] = sock
     return members  # type: ignore[return-value]
@@ -981,7 +985,7 @@ def _listening(address: Address) -> Iterator[socket.socket]:
     host = address.host or ("::" if socket.has_dualstack_ipv6() else "")
     where = format_address(host or "0.0.0.0", address.port)
     try:
-        server, _ = _connection.server_socket((host, address.port), _connection.DEFAULT_BACKLOG)
+        server, _ = sockets.server_socket((host, address.port), sockets.DEFAULT_BACKLOG)
     except socket.gaierror as exc:
         raise Failure(f"cannot listen on {where}: {exc.strerror}") from None
     except OSError as exc:
@@ -1006,7 +1010,7 @@ def _accept(server: socket.socket, timeout: float | None) -> socket.socket | Non
 
 
 def _listening_on(server: socket.socket) -> str:
-    host, port = _connection.bound_address(server)
+    host, port = sockets.bound_address(server)
     where = format_address(host, port)
     if host == "0.0.0.0":
         return f"{where} (all interfaces, IPv4 only)"
@@ -1027,7 +1031,7 @@ def _connect_when_listening(
     while True:
         try:
             return socket.create_connection(
-                (address.host, address.port), timeout=_connection.remaining(deadline)
+                (address.host, address.port), timeout=sockets.remaining(deadline)
             )
         except ConnectionRefusedError:
             if stream:
@@ -1056,12 +1060,12 @@ def _connect_when_listening(
             raise Failure(f"cannot connect to {where}: {reason}") from None
         except OSError as exc:
             raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
-        time.sleep(_connection.RETRY_INTERVAL)
+        time.sleep(sockets.RETRY_INTERVAL)
 
 
 def _core(sock: socket.socket) -> Any:
     """The transfer core for sock: the plain cores refuse an SSLSocket."""
-    return _tls if isinstance(sock, ssl.SSLSocket) else _transport.impl
+    return tls if isinstance(sock, ssl.SSLSocket) else transport.impl
 
 
 def read_key(path: str | None) -> bytes | None:
@@ -1137,7 +1141,7 @@ def _start_tls(
     """The TLS handshake: the end that listens is the server."""
     try:
         if not listen:
-            return _connection.secure(context, sock, host)
+            return connection.secure(context, sock, host)
         first = sock.recv(1, socket.MSG_PEEK)
         if first != TLS_HANDSHAKE:
             if not first:
@@ -1195,44 +1199,44 @@ class _NotAHello(Exception):
         self.data = data
 
 
-class _Opening(_hello.Opening):
+class _Opening(hello.Opening):
     """The opening of arraywire.connect/listen, which stops at a refusal, a
     message or a TLS handshake in place of the peer's hello."""
 
     __slots__ = ("joining",)
 
     def __init__(
-        self, authkey: bytes | None, *, connecting: bool, group: _hello.Group | None = None
+        self, authkey: bytes | None, *, connecting: bool, group: hello.Group | None = None
     ) -> None:
         super().__init__(authkey, connecting=connecting, group=group)
         self.joining = group  # the group this end's stream asks to join
 
     def received(self, data: bytes) -> None:
         if self.part == "hello" and (
-            data.startswith((REFUSE, MESSAGE_MAGIC)) or data[:2] in _hello.TLS_RECORDS
+            data.startswith((REFUSE, MESSAGE_MAGIC)) or data[:2] in peers.TLS_RECORDS
         ):
             raise _NotAHello(data)
-        if self.part == _hello.PARTS["join"]:
+        if self.part == hello.PARTS["join"]:
             _check_joined(data, self.joining)
         super().received(data)
 
 
-def _check_joined(data: bytes, group: _hello.Group | None) -> None:
+def _check_joined(data: bytes, group: hello.Group | None) -> None:
     """The receiver's answer to a stream of the sender's group, in the
     command line's words when it refuses."""
     assert group is not None
-    status, _, max_streams = _hello.JOIN.unpack(data)
-    if status == _hello.TOO_MANY_STREAMS:
+    status, _, max_streams = hello.JOIN.unpack(data)
+    if status == hello.TOO_MANY_STREAMS:
         raise Failure(
             f"the receiver takes at most {max_streams} streams: use --streams {max_streams} "
             f"or fewer, or arraywire recv --max-streams {group.size}"
         )
-    if status == _hello.NOT_JOINABLE:
+    if status == hello.NOT_JOINABLE:
         raise Failure(
             f"the receiver did not let stream {group.member} join the others (it gave up "
             "waiting for them, or has that stream already)"
         )
-    if status == _hello.NO_STREAMS:
+    if status == hello.NO_STREAMS:
         raise Failure("the receiver takes no parallel streams: use --streams 1")
 
 
@@ -1242,7 +1246,7 @@ def _open(
     """The connection opening (docs/PROTOCOL.md, "Connections"): with a key,
     or for a stream of a group; returns the opening once done."""
     try:
-        _connection.run_opening(sock, opening, deadline)
+        connection.run_opening(sock, opening, deadline)
     except _NotAHello as exc:
         data = exc.data
         if data.startswith(REFUSE):
@@ -1288,7 +1292,7 @@ def _no_progress(done: int, total: int) -> None:
 
 @contextmanager
 def _bar(label: str, total: int) -> Iterator[Progress]:
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lint extra
+    from tqdm import tqdm  # type: ignore[import-untyped]  # lazy: only for a bar; no stubs in the lint extra
 
     # The bar is driven by progress callbacks: tqdm's watchdog thread adds nothing.
     tqdm.monitor_interval = 0

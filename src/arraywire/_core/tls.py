@@ -1,6 +1,6 @@
 """The transfer core over TLS: what a Channel needs of ``_transport_c`` and
-``_transport_py`` (sends, receives, the read-ahead ``Inbox``, the ``Outbox``,
-the last two the pure twin's with this module's loop), for an
+``transport_py`` (sends, receives, the read-ahead ``Inbox``, the ``Outbox``,
+the last two ``buffers``' with this module's loop), for an
 ``ssl.SSLSocket``.
 
 Every byte goes through Python's ssl module: OpenSSL encrypts or decrypts
@@ -23,16 +23,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from arraywire import _transport_py
-from arraywire._common import (
+from arraywire._core import buffers
+from arraywire._core.step import byte_view
+from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.limits import (
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
     Progress,
     mark_progress,
 )
-from arraywire._errors import IncompleteTransferError
-from arraywire._step import byte_view
 
 BACKEND = "tls"
 # Buffers smaller than this are joined with their neighbours into one send
@@ -180,8 +180,8 @@ def send_joined(
     return transfer(sock, joined(views) if sending else views, sending, progress)
 
 
-class Inbox(_transport_py.Inbox):
-    """The pure twin's read-ahead buffer, over TLS: a message of the learned
+class Inbox(buffers.Inbox):
+    """The read-ahead buffer, over TLS: a message of the learned
     layout is still parsed and taken whole without the engine."""
 
     __slots__ = ()
@@ -189,8 +189,8 @@ class Inbox(_transport_py.Inbox):
     _move = staticmethod(transfer)
 
 
-class Outbox(_transport_py.Outbox):
-    """The pure twin's sender of learned layouts, over TLS: header and
+class Outbox(buffers.Outbox):
+    """The sender of learned layouts, over TLS: header and
     payload of a small message go out as one record."""
 
     __slots__ = ()

@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from arraywire import _transport_py
+from arraywire._core import transport_py
 
 NO_EXTENSIONS = os.environ.get("ARRAYWIRE_NO_EXTENSIONS", "") not in ("", "0")
 
 # Type checkers see the pure twin: the compiled one has the same signatures
 # (_transport_c.pyi, checked against both by tests/test_stub.py).
 if TYPE_CHECKING or NO_EXTENSIONS:
-    impl = _transport_py
+    impl = transport_py
 else:
     try:
-        from arraywire import _transport_c as impl
+        from arraywire._core import transport_c as impl
     except ImportError:  # built without a compiler: the pure twin serves
-        impl = _transport_py
+        impl = transport_py
 
 BACKEND: str = impl.BACKEND
 # the package's own transfer functions

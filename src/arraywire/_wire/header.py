@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from arraywire import _dtypes
-from arraywire._errors import ProtocolError
+from arraywire._wire import dtypes, peers
+from arraywire._wire.errors import ProtocolError
 
-MAGIC = b"AWIR"
+MAGIC = peers.MESSAGE_MAGIC
 # The newest version this release reads and writes; a message without names
 # or metadata is written as version 1, which every release reads.
 VERSION = 2
@@ -36,7 +36,7 @@ KNOWN_FLAGS = HAS_NAMES | HAS_METADATA
 
 MAX_NDIM = 32  # numpy 1.x arrays have at most 32 dimensions
 MAX_DESCRIPTOR_BYTES = 1 << 20
-MAX_DTYPE_TEXT = _dtypes.MAX_TEXT
+MAX_DTYPE_TEXT = dtypes.MAX_TEXT
 MAX_NAME_BYTES = 1024
 # No process can allocate more: x86-64 and AArch64 Linux give user space at
 # most 2^47 bytes with 4-level page tables. Refused even with max_bytes=None.
@@ -86,7 +86,7 @@ def check_transferable(dtype: np.dtype) -> None:
 
 def dtype_text(dtype: np.dtype) -> bytes:
     """The dtype's text of the grammar in docs/PROTOCOL.md (ValueError if none)."""
-    return _dtypes.encode(dtype).encode("utf-8")
+    return dtypes.encode(dtype).encode("utf-8")
 
 
 def encode_header(
@@ -192,15 +192,14 @@ def decode_preamble(data: bytes) -> Preamble:
 
 def _not_a_message(magic: bytes) -> str:
     """What a preamble's wrong magic says of the peer."""
-    from arraywire import _hello  # here: _hello imports this module
-
-    if magic == _hello.MAGIC:
+    speaks = peers.identify(magic)
+    if speaks == "hello":
         return (
             "the peer opened with a connection hello, not a message: it holds a key or "
             "connected with arraywire.connect; the receiving end needs the same key "
             "(command line: --key-file) or arraywire.listen"
         )
-    if magic[:2] in _hello.TLS_RECORDS:
+    if speaks == "tls":
         return (
             "the peer speaks TLS and this end does not: use TLS at this end too "
             "(arraywire.listen(ssl=...); command line: --tls-cert and --tls-key)"
@@ -338,8 +337,8 @@ def _decode_name(block: bytes, offset: int, index: int) -> tuple[str, int]:
 @lru_cache(maxsize=256)
 def _parse_dtype(text: bytes) -> np.dtype:
     try:
-        return _dtypes.parse(text.decode("utf-8"))
+        return dtypes.parse(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError(f"dtype text {text[:80]!r} is not UTF-8") from None
-    except _dtypes.DtypeTextError as exc:
+    except dtypes.DtypeTextError as exc:
         raise ProtocolError(f"unusable dtype {text[:80]!r}: {exc}") from None

@@ -1,5 +1,5 @@
 """Opening connections: ``listen``, ``connect`` and the ``Listener``, with the
-opening of ``_hello`` (the hello, and with a key the authentication)
+opening of ``hello`` (the hello, and with a key the authentication)
 exchanged before the first message, over TLS when given an SSLContext.
 
 Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
@@ -20,59 +20,30 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from ssl import SSLContext, SSLError, SSLSocket, SSLWantReadError, SSLWantWriteError
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any
 
-from arraywire import _hello
-from arraywire._channel import Channel
-from arraywire._errors import AuthenticationError, ProtocolError
-from arraywire._groups import DEFAULT_MAX_STREAMS, Groups
-from arraywire._tls import sigpipe_blocked
-
-Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
-
-DEFAULT_BACKLOG = 128
-# A Listener drops a peer whose opening is not done this long after accept()
-# took its connection.
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-# connect(timeout=...) tries again this often while the address refuses.
-RETRY_INTERVAL = 0.05
-
-
-def family_of(address: Any) -> tuple[socket.AddressFamily, Any]:
-    """The socket family of an address, and the address in that family's form."""
-    if isinstance(address, (str, os.PathLike)):
-        return socket.AF_UNIX, os.fspath(address)
-    if isinstance(address, tuple) and len(address) == 2:
-        host, port = address
-        if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
-            raise TypeError(
-                f"a TCP address is (host: str, port: int), got ({type(host).__name__}, "
-                f"{type(port).__name__})"
-            )
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} is outside 0..65535")
-        return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
-    raise TypeError(
-        "an address is a (host, port) tuple for TCP or a str / os.PathLike path for "
-        f"AF_UNIX, got {address!r}"
-    )
-
-
-def bound_address(sock: socket.socket) -> Any:
-    """A listening socket's address: (host, port) with the real port, or the path."""
-    name = sock.getsockname()
-    return name[:2] if isinstance(name, tuple) else name
-
-
-def closed_listener() -> OSError:
-    """What accept() raises once the Listener is closed, as a closed socket's would."""
-    return OSError(errno.EBADF, "accept() on a closed Listener")
-
-
-def tune(sock: socket.socket) -> None:
-    """Small messages go out at once: no Nagle delay on TCP."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+from arraywire._core.tls import sigpipe_blocked
+from arraywire._drivers.sockets import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    RETRY_INTERVAL,
+    Address,
+    bound_address,
+    check_options,
+    check_streams,
+    closed_in_opening,
+    closed_listener,
+    family_of,
+    not_tls,
+    remaining,
+    reset_in_opening,
+    server_socket,
+    tune,
+)
+from arraywire._sync.channel import Channel
+from arraywire._wire import hello
+from arraywire._wire.errors import AuthenticationError, ProtocolError
+from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
 
 
 def listen(
@@ -121,40 +92,10 @@ def listen(
     return Listener(sock, handshake_timeout, unlink=path, authkey=authkey, ssl=ssl, groups=groups)
 
 
-def check_streams(streams: int) -> None:
-    """Refuse a stream count that is not an int from 1 to 65535."""
-    if not isinstance(streams, int) or isinstance(streams, bool):
-        raise TypeError(f"streams must be an int, got {type(streams).__name__}")
-    if not 1 <= streams <= 0xFFFF:
-        raise ValueError(f"streams must be from 1 to 65535, got {streams}")
 
 
-def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
-    """Refuse a key or TLS context of the wrong kind before any connection."""
-    _hello.check_key(authkey)
-    if ssl is not None and not isinstance(ssl, SSLContext):
-        raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
 
 
-def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | None]:
-    """A listening socket bound to address, and the AF_UNIX path it created."""
-    family, where = family_of(address)
-    if family == socket.AF_UNIX:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(where)
-            sock.listen(backlog)
-        except BaseException:
-            sock.close()
-            raise
-        return sock, where
-    host, port = where
-    if host not in ("", "::") and ":" not in host:
-        # a name: the family of its first address
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    dualstack = host == "::" and socket.has_dualstack_ipv6()
-    sock = socket.create_server((host, port), family=family, backlog=backlog, dualstack_ipv6=dualstack)
-    return sock, None
 
 
 def connect(
@@ -228,16 +169,16 @@ def connect(
     if streams == 1:
         sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, None)
         return Channel(sock, peer_reads=peer.reads_messages)
-    ident = os.urandom(_hello.GROUP_ID_BYTES)
+    ident = os.urandom(hello.GROUP_ID_BYTES)
     options = (family, where, timeout, deadline, authkey, ssl, server_hostname)
     # The first stream alone finds out whether the Listener takes the group
     # (key, TLS, max_streams); the others then open side by side, since one
     # after another a long round trip times N could outlast the Listener's
     # wait for the whole group.
-    first, peer = _open(*options, _hello.Group(ident, 0, streams))
+    first, peer = _open(*options, hello.Group(ident, 0, streams))
     with ThreadPoolExecutor(streams - 1, thread_name_prefix="arraywire connect") as pool:
         opening = [
-            pool.submit(_open, *options, _hello.Group(ident, index, streams))
+            pool.submit(_open, *options, hello.Group(ident, index, streams))
             for index in range(1, streams)
         ]
         wait(opening)
@@ -258,8 +199,8 @@ def _open(
     authkey: bytes | None,
     ssl: SSLContext | None,
     server_hostname: str | None,
-    group: _hello.Group | None,
-) -> tuple[socket.socket, _hello.Hello]:
+    group: hello.Group | None,
+) -> tuple[socket.socket, hello.Hello]:
     """One connection with its opening done, and the peer's hello."""
     while True:
         try:
@@ -274,7 +215,7 @@ def _open(
         sock.settimeout(remaining(deadline))
         if ssl is not None:
             sock = secure(ssl, sock, server_hostname)
-        opening = _hello.Opening(authkey, connecting=True, group=group)
+        opening = hello.Opening(authkey, connecting=True, group=group)
         peer = run_opening(sock, opening, deadline)
         sock.settimeout(None)
     except BaseException:
@@ -283,14 +224,8 @@ def _open(
     return sock, peer
 
 
-def remaining(deadline: float | None) -> float | None:
-    """The socket timeout that ends at deadline (None: no deadline)."""
-    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
 
-# OpenSSL's reasons when the peer's first bytes are not TLS at all.
-NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
-                     "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
 
 
 def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None) -> SSLSocket:
@@ -304,18 +239,9 @@ def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None
         raise plain from exc
 
 
-def not_tls(exc: SSLError) -> ProtocolError | None:
-    """The error to raise for a failed TLS handshake whose peer does not
-    speak TLS at all (None for any other failure)."""
-    if exc.reason not in NOT_TLS:
-        return None
-    return ProtocolError(
-        f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
-        "give the Listener ssl= too, or connect without it"
-    )
 
 
-def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | None) -> _hello.Hello:
+def run_opening(sock: socket.socket, opening: hello.Opening, deadline: float | None) -> hello.Hello:
     """Drive an opening over a blocking socket (plain or TLS) to its end."""
     try:
         while True:
@@ -336,20 +262,8 @@ def run_opening(sock: socket.socket, opening: _hello.Opening, deadline: float | 
         raise
 
 
-def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
-    return ProtocolError(
-        f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
-        "(is it an arraywire Listener, with the same TLS setting, ssl=, as this end?)"
-    )
 
 
-def reset_in_opening() -> ConnectionResetError:
-    """A reset during the opening, saying the likely cause."""
-    return ConnectionResetError(
-        errno.ECONNRESET,
-        "the peer reset the connection during the opening: a Listener that uses TLS "
-        "does so to a peer that does not (pass ssl= at this end too)",
-    )
 
 
 def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | None) -> socket.socket:
@@ -390,7 +304,7 @@ class _Pending:
 
     __slots__ = ("data", "deadline", "filled", "handshaking", "joined", "opening", "sock", "unsent")
 
-    def __init__(self, sock: socket.socket, deadline: float, opening: _hello.Opening) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, opening: hello.Opening) -> None:
         self.sock = sock
         self.deadline = deadline
         self.opening = opening
@@ -524,7 +438,7 @@ class Listener:
                     conn = self._ssl.wrap_socket(
                         conn, server_side=True, do_handshake_on_connect=False
                     )
-                pending = _Pending(conn, deadline, _hello.Opening(self._authkey, connecting=False))
+                pending = _Pending(conn, deadline, hello.Opening(self._authkey, connecting=False))
             except OSError:
                 conn.close()
                 continue
@@ -581,7 +495,7 @@ class Listener:
         # a stream of a group: the Channel once its last stream joined
         assert pending.joined is not None
         status, members = pending.joined
-        if status != _hello.JOINED:
+        if status != hello.JOINED:
             sock.close()  # refused: the peer has read why
         if members is None:
             return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from arraywire._hello import JOINED, NOT_JOINABLE, TOO_MANY_STREAMS, Group
+from arraywire._wire.hello import JOINED, NOT_JOINABLE, TOO_MANY_STREAMS, Group
 
 T = TypeVar("T")
 

@@ -21,16 +21,24 @@ import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 
-from arraywire import _tls, _transport
-from arraywire._common import DIRECT_BYTES, Progress, numpy_bytes
-from arraywire._engine import (
+from arraywire._core import tls, transport
+from arraywire._core.protocol import Core
+from arraywire._drivers.blocking import write_plan
+from arraywire._drivers.rules import (
+    ChannelItem,
+    Sockets,
+    check_peer_reads,
+    coalesce,
+    learn_layout,
+)
+from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
+from arraywire._wire.engine import (
     STRIPE_BYTES,
     Message,
-    Packed,
     Receive,
     SendPlan,
     Stripes,
@@ -38,22 +46,9 @@ from arraywire._engine import (
     buffered_reads,
     plan_send,
 )
-from arraywire._errors import BrokenStreamError, IncompleteTransferError
-from arraywire._framing import write_plan
-from arraywire._protocol import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
-from arraywire._striping import Job, move_parts, receive_jobs, send_jobs, shut_down
-
-ChannelItem: TypeAlias = "np.ndarray | list[np.ndarray] | dict[str, np.ndarray]"
-"""What iterating a Channel gives for each message: the array itself for a
-message of one unnamed array, else what ``recv_arrays`` returns (a list, or a
-dict when the sender named the arrays)."""
-
-Sockets: TypeAlias = "tuple[socket.socket, ...]"
-
-# send_many sends messages smaller than this through one staging buffer, and
-# writes the buffer when it holds this much.
-PACK_BYTES = 64 << 10
-STAGING_BYTES = 1 << 20
+from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
+from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+from arraywire._wire.limits import DIRECT_BYTES, Progress
 
 
 class Channel:
@@ -96,8 +91,8 @@ class Channel:
         peer_reads: int = 2,
         more_streams: Sequence[socket.socket] = (),
     ) -> None:
-        core: Any = _tls if isinstance(sock, ssl.SSLSocket) else _transport.impl
-        if any(isinstance(other, ssl.SSLSocket) != (core is _tls) for other in more_streams):
+        core: Core = tls if isinstance(sock, ssl.SSLSocket) else transport.impl
+        if any(isinstance(other, ssl.SSLSocket) != (core is tls) for other in more_streams):
             raise ValueError("the streams of a Channel are all TLS (ssl.SSLSocket) or none is")
         self._streams = (sock, *more_streams)
         self._core = core
@@ -107,7 +102,7 @@ class Channel:
         self._sending = threading.Lock()
         # OpenSSL cannot read and write one connection from two threads at
         # once: over TLS a send and a receive take turns.
-        self._tls = core is _tls
+        self._tls = core is tls
         self._receiving = self._sending if self._tls else threading.Lock()
         self._broken: str | None = None
         self._peer_reads = peer_reads
@@ -574,59 +569,7 @@ class Channel:
         self.close()
 
 
-def learn_layout(outbox: Any, array: Any, plan: SendPlan) -> None:
-    """Let the core send the next array of this layout without planning."""
-    if type(array) is not np.ndarray or plan.header[4] != 1:  # version 1: one unnamed array
-        return
-    if array.flags.c_contiguous:
-        outbox.learn(plan.header, array.dtype, array.shape, "C")
-    elif array.flags.f_contiguous:
-        outbox.learn(plan.header, array.dtype, array.shape, "F")
 
 
-def coalesce(
-    arrays: Iterable[Any], outbox: Any, streams: int = 1
-) -> Iterator[bytearray | tuple[Any, SendPlan]]:
-    """The pieces of send_many: staging buffers holding runs of small
-    messages, and (array, plan) for a message to send on its own. An array
-    that cannot be sent raises once the staged messages before it were given.
-    On parallel streams (``streams`` > 1) an array of STRIPE_BYTES or more is
-    never packed: it is striped."""
-    staging = bytearray()
-    for array in arrays:
-        fits = streams == 1 or (type(array) is np.ndarray and array.nbytes < STRIPE_BYTES)
-        if not (fits and outbox.pack(array, staging)):
-            try:
-                plan = plan_send((array,))
-            except (TypeError, ValueError):
-                if staging:
-                    yield staging
-                raise
-            learn_layout(outbox, array, plan)
-            if plan.total < PACK_BYTES and not any(
-                isinstance(segment, Packed) for segment in plan.segments
-            ):
-                staging += plan.header
-                for segment in plan.segments:
-                    staging += numpy_bytes(segment, False).data  # type: ignore[arg-type]
-            else:
-                if staging:
-                    yield staging
-                    staging = bytearray()
-                yield array, plan
-                continue
-        if len(staging) >= STAGING_BYTES:
-            yield staging
-            staging = bytearray()
-    if staging:
-        yield staging
 
 
-def check_peer_reads(version: int, peer_reads: int) -> None:
-    """Refuse a message of a version the peer's hello says it cannot read."""
-    if version > peer_reads:
-        raise ValueError(
-            f"the peer reads messages up to version {peer_reads} (its hello says so); "
-            "array names and metadata need version 2: send without them, or upgrade "
-            "arraywire at the other end"
-        )

@@ -18,12 +18,12 @@ import socket
 import ssl
 from typing import Any, cast
 
-from arraywire._aio_channel import Channel
-from arraywire._common import DIRECT_BYTES, READ_AHEAD_BYTES
-from arraywire._engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
-from arraywire._errors import BrokenStreamError, IncompleteTransferError
-from arraywire._step import SEND_FLAGS, byte_view
-from arraywire._transport_py import Outbox
+from arraywire._aio.channel import Channel
+from arraywire._core.step import SEND_FLAGS, byte_view
+from arraywire._core.tls import Outbox
+from arraywire._wire.engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
+from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
+from arraywire._wire.limits import DIRECT_BYTES, READ_AHEAD_BYTES
 
 # Plaintext encrypted per step of a send: the records of one step are in
 # memory at once.

@@ -27,10 +27,11 @@ import os
 import struct
 from typing import NamedTuple
 
-from arraywire._errors import AuthenticationError, ProtocolError
-from arraywire._protocol import MAGIC as MESSAGE_MAGIC, VERSION as MESSAGE_VERSION
+from arraywire._wire import peers
+from arraywire._wire.errors import AuthenticationError, ProtocolError
+from arraywire._wire.header import VERSION as MESSAGE_VERSION
 
-MAGIC = b"AWHI"
+MAGIC = peers.HELLO_MAGIC
 VERSION = 1
 # magic, hello version, newest message version read, feature bits, length of
 # the feature data that follows, reserved
@@ -59,8 +60,6 @@ VERDICT_BYTES = 1 + PROOF_BYTES
 # Each proof says which end made it, so one end's proof is never the other's.
 CONNECTING_LABEL = b"arraywire auth v1: connecting end"
 LISTENING_LABEL = b"arraywire auth v1: listening end"
-# First bytes of a TLS record (handshake or alert, protocol major version 3).
-TLS_RECORDS = (b"\x16\x03", b"\x15\x03")
 
 
 PARTS = {
@@ -146,12 +145,13 @@ def decode(data: bytes) -> Hello:
         raise ProtocolError(f"hello is {len(data)} bytes, expected {SIZE}")
     magic, version, reads_messages, features, extra, reserved = HELLO.unpack(data)
     if magic != MAGIC:
-        if magic == MESSAGE_MAGIC:
+        speaks = peers.identify(magic)
+        if speaks == "message":
             raise ProtocolError(
                 "the peer sent a message without the hello of a connection: it uses a "
                 "bare socket, so wrap that socket in arraywire.Channel(sock) at this end"
             )
-        if magic[:2] in TLS_RECORDS:
+        if speaks == "tls":
             raise ProtocolError(
                 "the peer speaks TLS and this end does not: pass ssl= (an "
                 "ssl.SSLContext) at this end too"

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from arraywire._common import Progress
-from arraywire._engine import DRAIN_BYTES, Reporter, Stripes
+from arraywire._core.protocol import Core, ReadAhead
+from arraywire._wire.engine import DRAIN_BYTES, Reporter, Stripes
+from arraywire._wire.limits import Progress
 
 # One part's work: given its progress callback (or None), move the part and
 # return its byte count.
@@ -100,13 +101,13 @@ def move_parts(
     return sum(moved)
 
 
-def send_jobs(core: Any, parts: Sequence[list[Any]], socks: Sequence[socket.socket]) -> list[Job]:
+def send_jobs(core: Core, parts: Sequence[list[Any]], socks: Sequence[socket.socket]) -> list[Job]:
     """The jobs of a striped payload's send: parts[i] over socks[i]."""
     return [_part_job(core.sendmsg_from, part, sock) for part, sock in zip(parts, socks, strict=True)]
 
 
 def receive_jobs(
-    core: Any, stripes: Stripes, socks: Sequence[socket.socket], inbox: Any = None
+    core: Core, stripes: Stripes, socks: Sequence[socket.socket], inbox: ReadAhead | None = None
 ) -> list[Job]:
     """The jobs of a striped payload's receive (or of its drain, when it does
     not fit): stream i's part from socks[i], stream 0's taking the bytes the
@@ -130,7 +131,7 @@ def _part_job(call: Any, part: list[Any], sock: socket.socket) -> Job:
     return lambda progress: call(part, sock, progress=progress)
 
 
-def _buffered_job(core: Any, part: list[Any], sock: socket.socket, inbox: Any) -> Job:
+def _buffered_job(core: Core, part: list[Any], sock: socket.socket, inbox: ReadAhead | None) -> Job:
     """Receive a part, its first views from the read-ahead buffer."""
 
     def receive(progress: Progress | None) -> int:
@@ -168,7 +169,7 @@ def _take_buffered(inbox: Any, part: list[Any]) -> tuple[list[Any], int]:
     return rest, taken
 
 
-def _drain_job(core: Any, size: int, sock: socket.socket, inbox: Any) -> Job:
+def _drain_job(core: Core, size: int, sock: socket.socket, inbox: ReadAhead | None) -> Job:
     """Read and discard one stream's part of a payload that does not fit
     (so the streams stay in step)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol.utils import merge_memoryviews
 
-from arraywire._errors import ProtocolError
+from arraywire._wire.errors import ProtocolError
 
 MAGIC = b"AWDF"
 LAYOUT_VERSION = 1

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from arraywire import __version__
+from arraywire._cli import bench, transfer
+from arraywire._core.transport import BACKEND, NO_EXTENSIONS
+
 EXAMPLES = """\
 examples:
   arraywire recv 5000 -o weights.npy              listen on port 5000 (IPv4 and IPv6)
@@ -27,11 +31,9 @@ examples:
 
 def version() -> str:
     """The version and the transport backend this process uses, with why."""
-    from arraywire import BACKEND, __version__, _transport
-
     if BACKEND == "c":
         why = "compiled"
-    elif _transport.NO_EXTENSIONS:
+    elif NO_EXTENSIONS:
         why = "pure Python: ARRAYWIRE_NO_EXTENSIONS is set"
     else:
         why = "pure Python: the compiled extension is not built"
@@ -49,26 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the version and the backend in use (c: compiled, python: pure Python)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    from arraywire import _bench, _transfer_cli
-
-    _bench.add_arguments(
+    bench.add_arguments(
         commands.add_parser(
             "bench", help="loopback throughput of both backends",
             description="Loopback throughput of both backends, one process to another.",
             epilog=BENCH_EXAMPLES, formatter_class=examples,
         )
     )
-    _transfer_cli.add_send_arguments(
+    transfer.add_send_arguments(
         commands.add_parser(
             "send", help="send a .npy file to arraywire recv",
-            description=_transfer_cli.SEND_DESCRIPTION, epilog=_transfer_cli.SEND_EXAMPLES,
+            description=transfer.SEND_DESCRIPTION, epilog=transfer.SEND_EXAMPLES,
             formatter_class=examples,
         )
     )
-    _transfer_cli.add_recv_arguments(
+    transfer.add_recv_arguments(
         commands.add_parser(
             "recv", help="receive an array into a .npy file",
-            description=_transfer_cli.RECV_DESCRIPTION, epilog=_transfer_cli.RECV_EXAMPLES,
+            description=transfer.RECV_DESCRIPTION, epilog=transfer.RECV_EXAMPLES,
             formatter_class=examples,
         )
     )

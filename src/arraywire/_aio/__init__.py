@@ -1,0 +1,1 @@
+"""The asyncio driver, re-exported by ``arraywire.aio``."""

@@ -1,0 +1,5 @@
+"""The ``arraywire`` command line."""
+
+from arraywire._cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,144 @@
+"""Addresses, listening sockets and the opening's errors, the same for the
+blocking and the asyncio drivers.
+
+Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
+tuple is TCP (IPv4 or IPv6 by the host; ``""`` all IPv4 interfaces, ``"::"``
+all interfaces, dual-stack where the OS allows; port 0 picks a free port), a
+``str`` or ``os.PathLike`` is an AF_UNIX path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from ssl import SSLContext, SSLError
+from typing import Any, TypeAlias
+
+from arraywire._wire import hello
+from arraywire._wire.errors import ProtocolError
+
+Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
+
+
+DEFAULT_BACKLOG = 128
+
+
+# A Listener drops a peer whose opening is not done this long after accept()
+# took its connection.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+# connect(timeout=...) tries again this often while the address refuses.
+RETRY_INTERVAL = 0.05
+
+
+def family_of(address: Any) -> tuple[socket.AddressFamily, Any]:
+    """The socket family of an address, and the address in that family's form."""
+    if isinstance(address, (str, os.PathLike)):
+        return socket.AF_UNIX, os.fspath(address)
+    if isinstance(address, tuple) and len(address) == 2:
+        host, port = address
+        if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+            raise TypeError(
+                f"a TCP address is (host: str, port: int), got ({type(host).__name__}, "
+                f"{type(port).__name__})"
+            )
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0..65535")
+        return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
+    raise TypeError(
+        "an address is a (host, port) tuple for TCP or a str / os.PathLike path for "
+        f"AF_UNIX, got {address!r}"
+    )
+
+
+def bound_address(sock: socket.socket) -> Any:
+    """A listening socket's address: (host, port) with the real port, or the path."""
+    name = sock.getsockname()
+    return name[:2] if isinstance(name, tuple) else name
+
+
+def closed_listener() -> OSError:
+    """What accept() raises once the Listener is closed, as a closed socket's would."""
+    return OSError(errno.EBADF, "accept() on a closed Listener")
+
+
+def tune(sock: socket.socket) -> None:
+    """Small messages go out at once: no Nagle delay on TCP."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def check_streams(streams: int) -> None:
+    """Refuse a stream count that is not an int from 1 to 65535."""
+    if not isinstance(streams, int) or isinstance(streams, bool):
+        raise TypeError(f"streams must be an int, got {type(streams).__name__}")
+    if not 1 <= streams <= 0xFFFF:
+        raise ValueError(f"streams must be from 1 to 65535, got {streams}")
+
+
+def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
+    """Refuse a key or TLS context of the wrong kind before any connection."""
+    hello.check_key(authkey)
+    if ssl is not None and not isinstance(ssl, SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
+
+
+def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | None]:
+    """A listening socket bound to address, and the AF_UNIX path it created."""
+    family, where = family_of(address)
+    if family == socket.AF_UNIX:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(where)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, where
+    host, port = where
+    if host not in ("", "::") and ":" not in host:
+        # a name: the family of its first address
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    dualstack = host == "::" and socket.has_dualstack_ipv6()
+    sock = socket.create_server((host, port), family=family, backlog=backlog, dualstack_ipv6=dualstack)
+    return sock, None
+
+
+def remaining(deadline: float | None) -> float | None:
+    """The socket timeout that ends at deadline (None: no deadline)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
+
+# OpenSSL's reasons when the peer's first bytes are not TLS at all.
+NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                     "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
+
+
+def not_tls(exc: SSLError) -> ProtocolError | None:
+    """The error to raise for a failed TLS handshake whose peer does not
+    speak TLS at all (None for any other failure)."""
+    if exc.reason not in NOT_TLS:
+        return None
+    return ProtocolError(
+        f"the TLS handshake failed ({exc.reason}): the peer does not speak TLS; "
+        "give the Listener ssl= too, or connect without it"
+    )
+
+
+def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
+    return ProtocolError(
+        f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
+        "(is it an arraywire Listener, with the same TLS setting, ssl=, as this end?)"
+    )
+
+
+def reset_in_opening() -> ConnectionResetError:
+    """A reset during the opening, saying the likely cause."""
+    return ConnectionResetError(
+        errno.ECONNRESET,
+        "the peer reset the connection during the opening: a Listener that uses TLS "
+        "does so to a peer that does not (pass ssl= at this end too)",
+    )

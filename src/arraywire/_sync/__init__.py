@@ -1,0 +1,1 @@
+"""The blocking driver: functions over a socket, Channel, listen, connect."""
