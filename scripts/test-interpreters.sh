@@ -27,6 +27,7 @@ trap 'rm -rf "$work"' EXIT
 seen=("${skip[@]}")
 ran=()
 failed=()
+times=()
 for python in "${candidates[@]}"; do
     [[ "$python" =~ python3(\.[0-9]+)?$ ]] && [ -x "$python" ] || continue
     version=$("$python" -c 'import platform, sys
@@ -36,6 +37,7 @@ print(platform.python_version() if sys.implementation.name == "cpython"
     [[ " ${seen[*]} " == *" $version "* ]] && continue
     seen+=("$version")
     printf '\n=== Python %s (%s)\n' "$version" "$python"
+    begin=$SECONDS
     venv="$work/$version"
     if ! "$python" -m venv "$venv" \
         || ! "$venv/bin/python" -m pip install --quiet --upgrade pip \
@@ -43,15 +45,18 @@ print(platform.python_version() if sys.implementation.name == "cpython"
         failed+=("$version (install)")
         continue
     fi
+    installed=$SECONDS
     "$venv/bin/python" -c 'import arraywire; print("backend:", arraywire.BACKEND)'
     if "$venv/bin/python" -m pytest -p no:cacheprovider "$@"; then
         ran+=("$version")
     else
         failed+=("$version")
     fi
+    times+=("$version: $((installed - begin)) s install, $((SECONDS - installed)) s suite")
 done
 
 echo
+printf '%s\n' "${times[@]}"
 echo "interpreters passed: ${ran[*]:-none}${skip[*]:+ (skipped: ${skip[*]})}"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "interpreters failed: ${failed[*]}" >&2

@@ -114,6 +114,12 @@ CTRL_C_CASES = {
 }
 
 
+# A child started from a background job (CI steps run side by side) inherits
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the
+# child takes Ctrl-C as a program started at a terminal does.
+SIGINT_AS_AT_A_TERMINAL = "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def _flood(sock: socket.socket) -> None:
     chunk = bytes(16 * MB)
     try:
@@ -128,7 +134,8 @@ def _flood(sock: socket.socket) -> None:
 def test_ctrl_c_interrupts_within_half_a_second(backend: Backend, kind: str, case: str) -> None:
     call, prime = CTRL_C_CASES[case]
     code = (
-        "MB = 1 << 20\n"
+        SIGINT_AS_AT_A_TERMINAL
+        + "MB = 1 << 20\n"
         + ("assert sock.recv(1000, socket.MSG_WAITALL) == b'p' * 1000\n" if prime else "")
         + "print('ready', flush=True)\n"
         + "try:\n"
@@ -280,7 +287,8 @@ def test_ctrl_c_in_a_child_forked_from_a_thread(backend: Backend) -> None:
     still answer Ctrl-C, here after part of the data arrived."""
     child = Child(
         backend.name,
-        dedent(
+        SIGINT_AS_AT_A_TERMINAL
+        + dedent(
             """
             import threading, warnings
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
