@@ -29,8 +29,8 @@ from backends import Backend, backend_env
 from sockets import receive_exactly
 
 import arraywire
+from arraywire._cli.common import ACK, LOG_INTERVAL, REFUSE, decimal_size, parse_size
 from arraywire._cli.main import build_parser
-from arraywire._cli.transfer import ACK, LOG_INTERVAL, REFUSE, decimal_size, parse_size
 from arraywire._wire.engine import plan_send
 
 TIMEOUT = 60

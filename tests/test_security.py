@@ -27,7 +27,7 @@ from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import AuthenticationError, IncompleteTransferError, ProtocolError, aio
-from arraywire._wire import hello
+from arraywire._wire import hello as opening_wire
 from arraywire._wire.engine import plan_send
 
 LIMIT = 30.0
@@ -405,14 +405,14 @@ def test_the_listener_goes_on_after_a_wrong_key(backend: Backend) -> None:
 def _authenticate_by_hand(address: Any, key: bytes) -> tuple[bytes, bytes]:
     """A connecting end written out: what it sent, and the verdict it got."""
     with socket.create_connection(address, timeout=LIMIT) as sock:
-        opening = hello.Opening(key, connecting=True)
+        opening = opening_wire.Opening(key, connecting=True)
         sent = opening.outgoing()
         sock.sendall(sent)
         for _ in range(2):  # the Listener's hello, then its nonce
             opening.received(receive_exactly(sock, opening.wanted))
         proof = opening.outgoing()
         sock.sendall(proof)
-        return sent + proof, receive_exactly(sock, hello.VERDICT_BYTES)
+        return sent + proof, receive_exactly(sock, opening_wire.VERDICT_BYTES)
 
 
 def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backend) -> None:
@@ -444,18 +444,18 @@ def test_a_replayed_opening_is_refused(backend: Backend) -> None:
         recorder = Peer(_authenticate_by_hand, listener.address, KEY)
         listener.accept(timeout=LIMIT).close()
         recorded, verdict = recorder.result()
-        assert verdict[:1] == hello.ACCEPTED
+        assert verdict[:1] == opening_wire.ACCEPTED
 
         def replay() -> bytes:
             with socket.create_connection(listener.address, timeout=LIMIT) as sock:
                 sock.sendall(recorded)  # the old nonce and proof, byte for byte
-                receive_exactly(sock, hello.SIZE + hello.NONCE_BYTES)
-                return receive_exactly(sock, hello.VERDICT_BYTES)
+                receive_exactly(sock, opening_wire.SIZE + opening_wire.NONCE_BYTES)
+                return receive_exactly(sock, opening_wire.VERDICT_BYTES)
 
         replayer = Peer(replay)
         with pytest.raises(AuthenticationError, match="key differs"):
             listener.accept(timeout=LIMIT)
-        assert replayer.result() == hello.REFUSED + bytes(hello.PROOF_BYTES)
+        assert replayer.result() == opening_wire.REFUSED + bytes(opening_wire.PROOF_BYTES)
 
 
 def test_a_listener_that_fakes_its_proof_is_refused(backend: Backend) -> None:
@@ -465,10 +465,10 @@ def test_a_listener_that_fakes_its_proof_is_refused(backend: Backend) -> None:
         def impostor() -> None:
             conn, _ = server.accept()
             with conn:
-                opening = hello.Opening(OTHER_KEY, connecting=False)
+                opening = opening_wire.Opening(OTHER_KEY, connecting=False)
                 conn.sendall(opening.outgoing())
-                receive_exactly(conn, hello.SIZE + hello.NONCE_BYTES + hello.PROOF_BYTES)
-                conn.sendall(hello.ACCEPTED + bytes(hello.PROOF_BYTES))
+                receive_exactly(conn, opening_wire.SIZE + opening_wire.NONCE_BYTES + opening_wire.PROOF_BYTES)
+                conn.sendall(opening_wire.ACCEPTED + bytes(opening_wire.PROOF_BYTES))
                 conn.recv(1)
 
         peer = Peer(impostor)
@@ -632,7 +632,7 @@ def test_bad_options_are_refused_before_connecting(backend: Backend, tls) -> Non
     hello=st.one_of(
         st.binary(min_size=16, max_size=16),
         st.builds(
-            lambda features, extra, nonce: hello.encode(features, extra) + nonce,
+            lambda features, extra, nonce: opening_wire.encode(features, extra) + nonce,
             st.integers(0, 0xFFFF), st.integers(0, 64), st.binary(min_size=32, max_size=32),
         ),
     ),
@@ -644,7 +644,7 @@ def test_any_bytes_in_an_opening_end_in_a_named_error_or_a_peer(
 ) -> None:
     """Hostile openings: ProtocolError or AuthenticationError, never anything else,
     and never a finished opening without the key's proof."""
-    opening = hello.Opening(KEY, connecting=connecting)
+    opening = opening_wire.Opening(KEY, connecting=connecting)
     data = hello + rest
     try:
         while opening.wanted and len(data) >= opening.wanted:

@@ -22,6 +22,7 @@ from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, aio
+from arraywire._wire.engine import plan_send
 
 LIMIT = 60.0
 KEY = b"k" * 32
@@ -301,7 +302,7 @@ def _raw_stream(address: Any, group: bytes, member: int, size: int) -> socket.so
 
 def test_a_sender_written_from_the_protocol_document(backend: Backend) -> None:
     data = np.random.default_rng(3).integers(0, 1 << 40, 3 * STRIPE // 8 + 11, dtype=np.int64)
-    header = arraywire._engine.plan_send((data,)).header  # the message format, tested elsewhere
+    header = plan_send((data,)).header  # the message format, tested elsewhere
     payload = data.tobytes()
     sizes = _stripe_sizes(len(payload), 3)
     group = os.urandom(16)
@@ -325,7 +326,7 @@ def test_a_receiver_sees_the_parts_the_protocol_document_names(backend: Backend)
         accepting = Peer(lambda: listener.accept(timeout=LIMIT))
         with arraywire.connect(listener.address, streams=4) as channel:
             with accepting.result() as other:
-                header = arraywire._engine.plan_send((data,)).header
+                header = plan_send((data,)).header
                 peer = Peer(channel.send, data)
                 payload = data.tobytes()
                 sizes = _stripe_sizes(len(payload), 4)
@@ -341,7 +342,7 @@ def test_a_receiver_sees_the_parts_the_protocol_document_names(backend: Backend)
 
 def test_a_stream_cut_mid_part_counts_every_streams_bytes(backend: Backend) -> None:
     data = np.arange(2 * STRIPE, dtype=np.uint8)
-    header = arraywire._engine.plan_send((data,)).header
+    header = plan_send((data,)).header
     sizes = _stripe_sizes(data.nbytes, 2)
     payload = data.tobytes()
     with arraywire.listen(("127.0.0.1", 0)) as listener:
@@ -433,7 +434,7 @@ def test_aio_a_cancelled_striped_send_stops_every_thread(backend: Backend) -> No
 
 def test_aio_a_stream_cut_mid_part_breaks_the_receive(backend: Backend) -> None:
     data = np.arange(2 * STRIPE, dtype=np.uint8)
-    header = arraywire._engine.plan_send((data,)).header
+    header = plan_send((data,)).header
     sizes = _stripe_sizes(data.nbytes, 2)
 
     async def main() -> None:
@@ -461,7 +462,7 @@ def test_aio_cancelling_a_receive_stops_a_stalled_stream(backend: Backend) -> No
     """Stream 0's part came whole, stream 1's stalls: a cancel still ends
     the receive at once, every stream shut down."""
     data = np.arange(2 * STRIPE, dtype=np.uint8)
-    header = arraywire._engine.plan_send((data,)).header
+    header = plan_send((data,)).header
     sizes = _stripe_sizes(data.nbytes, 2)
 
     async def main() -> None:
@@ -492,7 +493,7 @@ def test_aio_cancelling_a_receive_stops_a_stalled_stream(backend: Backend) -> No
 
 def test_draining_a_misfit_keeps_the_first_streams_timeout(backend: Backend) -> None:
     data = np.arange(2 * STRIPE, dtype=np.uint8)
-    header = arraywire._engine.plan_send((data,)).header
+    header = plan_send((data,)).header
     sizes = _stripe_sizes(data.nbytes, 2)
     with arraywire.listen(("127.0.0.1", 0)) as listener:
         peer = Peer(lambda: listener.accept(timeout=LIMIT))

@@ -40,11 +40,13 @@ def public_classes(module: ModuleType) -> dict[str, type]:
 
 
 def public_members(cls: type) -> dict[str, Any]:
-    """A class's public methods and properties, with __init__."""
+    """A class's public methods and properties, with __init__ (its own or a
+    base class's: the pure twin's buffers inherit theirs)."""
+    own_init = any("__init__" in vars(base) for base in cls.__mro__[:-1])
     return {
         name: getattr(cls, name)
         for name in dir(cls)
-        if (name == "__init__" and "__init__" in vars(cls)) or not name.startswith("_")
+        if (name == "__init__" and own_init) or not name.startswith("_")
     }
 
 

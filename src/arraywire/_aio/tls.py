@@ -19,8 +19,9 @@ import ssl
 from typing import Any, cast
 
 from arraywire._aio.channel import Channel
+from arraywire._core import transport
+from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
-from arraywire._core.tls import Outbox
 from arraywire._wire.engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
 from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
 from arraywire._wire.limits import DIRECT_BYTES, READ_AHEAD_BYTES
@@ -181,7 +182,7 @@ class TLSChannel(Channel):
         self._sock = session.sock
         self._streams = (session.sock,)
         self._inbox_tls = SessionInbox(session)
-        self._outbox = Outbox(session.sock)  # packs send_many's small messages; never sends
+        self._outbox: LayoutSender = transport.impl.Outbox(session.sock)  # packs send_many's small messages; never sends
         self._busy: set[str] = set()
         self._peer_reads = peer_reads
         self._broken: str | None = None
