@@ -1,5 +1,5 @@
 """One transfer step over Python's socket methods, shared by the pure backend's
-loop (``_transport_py``) and the event-loop path of ``arraywire.aio``, in the
+loop (``transport_py``) and the event-loop path of ``arraywire.aio``, in the
 manner of trio's ``_nonblocking_helper``: the caller makes the step and, on a
 non-blocking socket, waits for readiness when it raises BlockingIOError.
 

@@ -1,4 +1,4 @@
-"""The transfer core over TLS: what a Channel needs of ``_transport_c`` and
+"""The transfer core over TLS: what a Channel needs of ``transport_c`` and
 ``transport_py`` (sends, receives, the read-ahead ``Inbox``, the ``Outbox``,
 the last two ``buffers``' with this module's loop), for an
 ``ssl.SSLSocket``.

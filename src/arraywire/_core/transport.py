@@ -1,7 +1,7 @@
 """Picks the transport backend once, at import.
 
-The compiled ``_transport_c`` is used when it was built; ARRAYWIRE_NO_EXTENSIONS=1
-(any value but "" or "0") forces the pure-Python ``_transport_py``. Both
+The compiled ``transport_c`` is used when it was built; ARRAYWIRE_NO_EXTENSIONS=1
+(any value but "" or "0") forces the pure-Python ``transport_py``. Both
 modules stay importable by name.
 """
 
@@ -15,7 +15,7 @@ from arraywire._core import transport_py
 NO_EXTENSIONS = os.environ.get("ARRAYWIRE_NO_EXTENSIONS", "") not in ("", "0")
 
 # Type checkers see the pure twin: the compiled one has the same signatures
-# (_transport_c.pyi, checked against both by tests/test_stub.py).
+# (transport_c.pyi, checked against both by tests/test_stub.py).
 if TYPE_CHECKING or NO_EXTENSIONS:
     impl = transport_py
 else:

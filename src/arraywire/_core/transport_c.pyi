@@ -1,4 +1,4 @@
-"""Compiled transport backend: twin of ``_transport_py``, with the same signatures
+"""Compiled transport backend: twin of ``transport_py``, with the same signatures
 (tests/test_stub.py compares them)."""
 
 from collections.abc import Iterable
@@ -110,7 +110,7 @@ def recvmsg_into(buffers: Iterable[Any], sock: Any, *, progress: Progress | None
     """
 
 class Inbox:
-    """A connection's read-ahead buffer (twin of _transport_py.Inbox)."""
+    """A connection's read-ahead buffer (twin of transport_py.Inbox)."""
 
     def __init__(self, sock: Any, capacity: int = 262144) -> None: ...  # READ_AHEAD_BYTES
     @property
@@ -127,7 +127,7 @@ class Inbox:
         (receiving once first when nothing is buffered), else None."""
 
 class Outbox:
-    """Sends one-array messages of the last layout learned (twin of _transport_py.Outbox)."""
+    """Sends one-array messages of the last layout learned (twin of transport_py.Outbox)."""
 
     def __init__(self, sock: Any) -> None: ...
     def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:

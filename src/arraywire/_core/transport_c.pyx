@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled transport backend: twin of ``_transport_py``.
+"""Compiled transport backend: twin of ``transport_py``.
 
 Buffers are taken with the buffer protocol and the whole partial-transfer loop
 runs with the GIL released, calling send/recv/sendmsg/recvmsg directly. The GIL

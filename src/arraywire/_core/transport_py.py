@@ -1,6 +1,6 @@
 """Pure-Python transport backend: the memoryview recipe, hardened.
 
-Twin of ``_transport_c.pyx``: same functions, same results, same errors.
+Twin of ``transport_c.pyx``: same functions, same results, same errors.
 Each call goes through the socket object's own methods, so the GIL is taken
 again after every partial send/recv (which is why the compiled twin exists).
 """

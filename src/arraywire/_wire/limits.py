@@ -85,7 +85,7 @@ def numpy_bytes(arr: np.ndarray, writable: bool) -> np.ndarray:
     memoryview; viewing the memory as bytes handles every dtype without a copy.
     """
     # the checks and their order are those of a buffer export (acquire in
-    # _transport_c.pyx, byte_view in _step.py)
+    # transport_c.pyx, byte_view in step.py)
     flags = arr.flags  # a new object at each access
     if writable and not flags.writeable:
         raise read_only(arr)
