@@ -114,6 +114,20 @@ class Cli:
             assert exc.errno == errno.EIO
             return b""
 
+    def dropped_or_done(self) -> bool:
+        """Wait until this receiver drops a peer (then stop it: it would wait
+        for the next) or exits; whether it dropped one."""
+        deadline = time.monotonic() + TIMEOUT
+        while b"arraywire recv: dropped " not in self.early:
+            if self.proc.poll() is not None:
+                return False
+            chunk = self._read(deadline)
+            if not chunk:
+                return False
+            self.early += chunk
+        self.proc.send_signal(signal.SIGTERM)
+        return True
+
     def finish(self) -> tuple[int, str]:
         try:
             if self.terminal is None:
@@ -637,13 +651,94 @@ def test_receiver_refuses_bad_or_oversized_messages(
     assert status == 1
     assert one_error_line(err, "recv").endswith(f"refused the sender's array: {reason}")
 
-    receiver = start_receiver(backend, output, "-q")
-    with socket.create_connection(("127.0.0.1", receiver.port())) as http:
-        http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    # a header that is not one: the sender is told why, the receiver waits for the next
+    receiver = start_receiver(backend, output, "-q", "--timeout", "1")
+    with socket.create_connection(("127.0.0.1", receiver.port())) as bad:
+        bad.sendall(b"AWIR\x09" + bytes(11))
+        reply = receive_exactly(bad, 8)
+        assert reply[:4] == REFUSE
+        assert b"protocol version 9" in receive_exactly(bad, struct.unpack("<I", reply[4:])[0])
         status, err = receiver.finish()
     assert status == 1
-    assert "not an arraywire message" in one_error_line(err, "recv")
+    dropped, last = quiet_lines(err)
+    assert re.fullmatch(r"arraywire recv: dropped 127\.0\.0\.1:\d+: refused the sender's "
+                        r"array: message of protocol version 9; .*", dropped), err
+    assert last == "arraywire recv: error: nobody connected within 1 s"
     assert not output.exists()
+
+
+HELLO = struct.Struct("<4sBBHII")
+
+
+def wait_closed(sock: socket.socket) -> None:
+    """Read until the receiver closes the connection (it dropped this peer)."""
+    sock.settimeout(TIMEOUT)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:  # closed with this peer's bytes unread
+        pass
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "key"])
+def test_a_listening_receiver_survives_scans_probes_and_silence(
+    backend: Backend, tmp_path: Path, keyed: bool
+) -> None:
+    """A scan, an HTTP probe, garbage, a silent hello and (with a key) a sender
+    with another key are each dropped in one line; the real sender then gets
+    through and both exit 0."""
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.arange(100_000, dtype="<f8"))
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    k1.write_bytes(b"the right key")
+    k2.write_bytes(b"another key")
+    key = ["--key-file", str(k1)] if keyed else []
+    receiver = start_receiver(backend, output, "-q", "--handshake-timeout", "1", *key)
+    port = receiver.port()
+    lines: list[bytes] = []
+
+    def next_drop(why: bytes) -> None:
+        match = receiver.wait_for(rb"arraywire recv: dropped 127\.0\.0\.1:\d+: [^\n]*\n")
+        line = match[0]
+        receiver.early = receiver.early[match.end():]  # the next search starts after it
+        assert why in line, line
+        lines.append(line)
+
+    socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()  # a port scan
+    next_drop(b": the sender closed the connection during the opening")
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as http:
+        http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        next_drop(b": not an arraywire peer (b'GET ')")
+        wait_closed(http)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as garbage:
+        garbage.sendall(np.random.default_rng(7).bytes(600).replace(b"AW", b"xx"))
+        next_drop(b": not an arraywire peer (")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as silent:
+        # a genuine hello (with a key: and its nonce), then nothing
+        if keyed:
+            silent.sendall(HELLO.pack(b"AWHI", 1, 2, 0x0001, 32, 0) + os.urandom(32))
+            next_drop(b": the sender did not complete the connection opening within 1 s")
+        else:
+            silent.sendall(HELLO.pack(b"AWHI", 1, 2, 0, 0, 0))
+            next_drop(b": no array's header within 1 s")
+        wait_closed(silent)
+    assert 0.9 < time.monotonic() - started < 5
+    if keyed:
+        wrong = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "-q",
+                    "--key-file", str(k2))
+        status, err = wrong.finish()
+        assert status == 1
+        assert "authentication with the receiver failed" in one_error_line(err, "send")
+        next_drop(b": authentication with the sender failed: the connecting peer's key differs")
+    assert receiver.proc.poll() is None  # still waiting
+    sender = Cli(backend, "send", str(source), f"127.0.0.1:{port}", "-q", *key)
+    assert sender.finish() == (0, "")
+    status, err = receiver.finish()
+    assert status == 0, err
+    same_file_contents(output, source)
+    assert len(lines) == (5 if keyed else 4)
+    assert not [line for line in err.splitlines() if line.strip()], err  # all read above
 
 
 def test_receiver_vanishes_mid_array(backend: Backend, tmp_path: Path) -> None:

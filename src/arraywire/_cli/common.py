@@ -29,13 +29,13 @@ from arraywire._wire.limits import Progress
 ACK = b"AWOK"
 
 
-REFUSE = b"AWNO"
+REFUSE = peers.REFUSAL_MAGIC
 
 
 REASON_LENGTH = struct.Struct("<I")
 
 
-MAX_REASON = 4096
+MAX_REASON = peers.MAX_REASON
 
 
 # How long an end that refuses takes in what the peer still sends.
@@ -77,11 +77,12 @@ class Ends(NamedTuple):
     me: str
     peer: str
     peer_command: str
+    me_command: str
 
 
 ENDS = {
-    "send": Ends("sender", "receiver", "recv"),
-    "recv": Ends("receiver", "sender", "send"),
+    "send": Ends("sender", "receiver", "recv", "send"),
+    "recv": Ends("receiver", "sender", "send", "recv"),
 }
 
 
@@ -125,18 +126,13 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
-class Address(NamedTuple):
-    host: str  # "" when only a port was given
-    port: int
-    text: str  # as typed, for messages
-
-
 # PORT, HOST:PORT or [IPv6]:PORT; the host may be empty (":5000").
 _ADDRESS = re.compile(r"(?:\[([^\[\]]+)\]:|([^\[\]:]*):)?(\d+)")
 
 
-def parse_address(text: str) -> Address:
-    """PORT, HOST:PORT or [IPv6]:PORT: a bare IPv6 address would be ambiguous."""
+def parse_address(text: str) -> tuple[str, int]:
+    """PORT, HOST:PORT or [IPv6]:PORT, as the library's (host, port); the
+    host is "" for a port alone. A bare IPv6 address would be ambiguous."""
     match = _ADDRESS.fullmatch(text)
     if not match:
         if text.count(":") > 1 and not text.startswith("["):
@@ -149,7 +145,7 @@ def parse_address(text: str) -> Address:
     bracketed, host, port = match.groups()
     if int(port) > 65535:
         raise argparse.ArgumentTypeError(f"bad address {text!r}: port {port} is over 65535")
-    return Address(bracketed or host or "", int(port), text)
+    return bracketed or host or "", int(port)
 
 
 def format_address(host: str, port: int) -> str:
@@ -158,12 +154,13 @@ def format_address(host: str, port: int) -> str:
 
 def usage_problem(args: argparse.Namespace, listen: bool, ends: Ends) -> str | None:
     """What is wrong with the command line beyond what argparse checks; None if nothing."""
-    address = args.address
-    if not listen and not address.host:
-        return f"bad address {address.text!r}: connecting needs the {ends.peer}'s HOST:PORT"
-    if not listen and address.port == 0:
+    host, port = args.address
+    typed = format_address(host, port) if host else str(port)
+    if not listen and not host:
+        return f"bad address {typed!r}: connecting needs the {ends.peer}'s HOST:PORT"
+    if not listen and port == 0:
         return (
-            f"bad address {address.text!r}: port 0 is for listening (it picks a free port); "
+            f"bad address {typed!r}: port 0 is for listening (it picks a free port); "
             f"give the port the {ends.peer} listens on"
         )
     if (args.tls_cert is None) != (args.tls_key is None):

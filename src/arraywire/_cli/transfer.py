@@ -45,7 +45,8 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any, NoReturn
 
@@ -56,6 +57,7 @@ from arraywire._cli.common import (
     ACK,
     ENDS,
     KEY_FILE_VARIABLE,
+    Ends,
     Failure,
     Incoming,
     ReplyWaiting,
@@ -71,23 +73,22 @@ from arraywire._cli.common import (
     stop_on_reply,
     usage_problem,
 )
-from arraywire._cli.links import core_for, link_for, tls_failure
+from arraywire._cli.links import accept, dial, dropped, handshake_seconds, listening, tls_failure
+from arraywire._core import transport
 from arraywire._core.protocol import Core
 from arraywire._drivers import blocking, sockets
-from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs
+from arraywire._drivers.sockets import DEFAULT_HANDSHAKE_TIMEOUT
+from arraywire._drivers.striping import Job, move_parts, send_jobs
+from arraywire._sync.channel import Channel
 from arraywire._wire.engine import (
     STRIPE_BYTES,
     MessageProgress,
-    Receive,
-    Stripes,
     plan_send,
-    split_bytes,
-    stripe_sizes,
 )
 from arraywire._wire.errors import IncompleteTransferError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS
 from arraywire._wire.header import check_transferable
-from arraywire._wire.limits import Progress, numpy_bytes
+from arraywire._wire.limits import Progress
 
 # Shown as written (RawDescriptionHelpFormatter): wrapped here.
 SEND_DESCRIPTION = """\
@@ -180,7 +181,7 @@ def add_recv_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-streams", type=parse_streams, default=None, metavar="M",
         help="take a sender's parallel streams (arraywire send --streams N) up to M "
              f"connections (default {DEFAULT_MAX_STREAMS}); a sender asking for more is "
-             "refused. All of them must connect within --timeout (default 10 s)",
+             "refused. All of them must connect within --handshake-timeout",
     )
     parser.add_argument("-f", "--force", action="store_true", help="replace an existing OUTPUT")
     _add_common(parser)
@@ -195,10 +196,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=parse_seconds, default=None, metavar="SECONDS",
         help="give up when the peer does not connect, or no byte moves, for this long "
-             "(default: wait forever; 10 s for the TLS handshake and the key's opening). "
+             "(default: wait forever). "
              "The connecting end tries again every "
              f"{sockets.RETRY_INTERVAL * 1000:g} ms while nothing listens: until this "
              "timeout, by default until something listens",
+    )
+    parser.add_argument(
+        "--handshake-timeout", type=parse_seconds, default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="give a peer this long for everything before the array's header: the TLS "
+             "handshake, the key's opening, the streams joining (default "
+             f"{DEFAULT_HANDSHAKE_TIMEOUT:g}, at most --timeout). A listening receiver drops "
+             "a peer that fails it, or any part of the opening, and waits for the next",
     )
     security = parser.add_argument_group(
         "security",
@@ -246,11 +255,12 @@ def run_send(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> str:
     array = open_source(args.file)
     plan = plan_send([array])
-    with link_for(args, args.listen, ENDS["send"], streams=args.streams) as link:
-        sock = link.streams[0]
-        core = core_for(sock)
+    with _peer(args, ENDS["send"], args.listen, args.streams) as channel:
+        streams = channel.sockets
+        sock = channel.socket
+        core = transport.core_for(sock)
         incoming = Incoming(sock)
-        parts = plan.stripes(len(link.streams))
+        parts = plan.stripes(len(streams))
         with progress_for(args, "send", os.path.basename(args.file), plan.total) as progress:
             started = time.perf_counter()
             try:
@@ -263,9 +273,9 @@ def _send(args: argparse.Namespace) -> str:
                     # is not for two threads at once).
                     jobs: list[Job] = [
                         partial(_watched_part, core, parts[0], sock, incoming),
-                        *send_jobs(core, parts[1:], link.streams[1:]),
+                        *send_jobs(core, parts[1:], streams[1:]),
                     ]
-                    plan.moved(move_parts(jobs, link.streams, reporter, 0))
+                    plan.moved(move_parts(jobs, streams, reporter, 0))
             except (ReplyWaiting, ConnectionError, ssl.SSLEOFError) as exc:
                 # A TLS send to a closed peer raises SSLEOFError; why it closed
                 # (an alert, a refusal) may still wait to be read.
@@ -273,7 +283,7 @@ def _send(args: argparse.Namespace) -> str:
                 closed = "the connection" if parts is None else "a stream"
                 raise reply_failure(incoming.reply()) or Failure(
                     f"the receiver closed {closed} after {bytes_moved(exc):,} of "
-                    f"{plan.total:,} bytes{_over(link.streams, 'sent')}"
+                    f"{plan.total:,} bytes{_over(streams, 'sent')}"
                 ) from None
             reporter.finish()
             seconds = time.perf_counter() - started
@@ -285,7 +295,24 @@ def _send(args: argparse.Namespace) -> str:
                     "the array (see its messages; a program that receives with "
                     "arraywire.recv_array confirms by sending b'AWOK', or pass --no-confirm)"
                 )
-    return print_summary(f"sent {args.file}", array.dtype, array.shape, seconds) + _over(link.streams)
+    return print_summary(f"sent {args.file}", array.dtype, array.shape, seconds) + _over(streams)
+
+
+@contextmanager
+def _peer(args: argparse.Namespace, ends: Ends, listen: bool, streams: int = 1) -> Iterator[Channel]:
+    """The Channel to the peer: the first that completes its opening when
+    this end listens."""
+    if not listen:
+        with dial(args, ends, streams) as channel:
+            yield channel
+        return
+    with listening(args, ends) as listener:
+        with accept(listener, args, _deadline(args)) as channel:
+            yield channel
+
+
+def _deadline(args: argparse.Namespace) -> float | None:
+    return None if args.timeout is None else time.monotonic() + args.timeout
 
 
 def _watched_part(
@@ -354,69 +381,141 @@ def run_recv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _recv(args: argparse.Namespace) -> str:
-    output = args.output
-    partial = output + ".partial"
-    _check_output(output, args.force)
-    with link_for(args, not args.connect, ENDS["recv"]) as link:
-        sock = link.streams[0]
-        core = core_for(sock)
+    _check_output(args.output, args.force)
+    ends = ENDS["recv"]
+    if args.connect:
+        with dial(args, ends) as channel:
+            return _receive_from(channel, args)
+    deadline = _deadline(args)
+    with listening(args, ends) as listener:
+        while True:
+            with accept(listener, args, deadline) as channel:
+                try:
+                    return _receive_from(channel, args)
+                except NotASender as exc:
+                    dropped(args, channel.socket.getpeername(), str(exc))
 
-        def refuse(reason: str) -> NoReturn:
-            send_refusal(sock, reason, others=link.streams[1:])
 
-        try:
-            specs = _recv_header(sock, core, link.early)
-        except ProtocolError as exc:
-            refuse(str(exc))
-        except EOFError:  # cleanly or inside the header
-            raise Failure("the sender closed the connection before sending an array") from None
-        if len(specs) != 1:
-            refuse(f"the message holds {len(specs)} arrays; arraywire recv takes one")
-        spec = specs[0]
+class NotASender(Exception):
+    """The peer completed an opening but sent no arraywire header in time."""
+
+
+def _receive_from(channel: Channel, args: argparse.Namespace) -> str:
+    """Receive the array into the output file once its header says what it is."""
+    target = _Target(channel, args)
+    sock = channel.socket
+    sock.settimeout(handshake_seconds(args))
+    try:
+        with ExitStack() as stack:
+            target.stack = stack
+            try:
+                channel.recv(out=target, max_bytes=None, progress=target.progress)
+            except ValueError as exc:  # a message of several arrays, drained
+                if target.spec is None and not isinstance(exc, ProtocolError):
+                    target.refuse(str(exc))
+                raise
+            seconds = time.perf_counter() - target.started
+        assert target.array is not None and target.spec is not None
+        target.array.flush()
+        spec = target.spec
+        target.array = None  # unmapped before the rename
+        os.replace(target.partial, args.output)
+    except BaseException as exc:
+        target.array = None
+        _remove(target.partial)
+        if target.spec is None:
+            _not_a_sender(exc, args)
+        if isinstance(exc, (IncompleteTransferError, ConnectionError)):
+            raise _lost(exc, target.spec, channel.sockets) from None
+        raise
+    try:
+        sock.sendall(ACK)
+    except OSError:  # the file is complete; the sender reports its own failure
+        pass
+    return print_summary(f"wrote {args.output}", spec.dtype, spec.shape, seconds) + _over(
+        channel.sockets
+    )
+
+
+def _not_a_sender(exc: BaseException, args: argparse.Namespace) -> None:
+    """Raise what a failure before the array's header means: a peer that is
+    not a sender (dropped by a listening receiver), or the end of the sender."""
+    if isinstance(exc, EOFError):  # cleanly or inside the header
+        failure = "the sender closed the connection before sending an array"
+    elif isinstance(exc, TimeoutError):
+        failure = f"no array's header within {handshake_seconds(args):g} s"
+    elif isinstance(exc, ProtocolError):
+        failure = f"refused the sender's array: {exc}"
+    else:
+        return
+    if args.connect:
+        raise Failure(failure) from None
+    raise NotASender(failure) from None
+
+
+class _Target:
+    """The output for the array that the header announces: checked against
+    --max-bytes and the free space, allocated as OUT.partial and mapped; the
+    header's arrival also starts the bar and the clock."""
+
+    def __init__(self, channel: Channel, args: argparse.Namespace) -> None:
+        self.channel = channel
+        self.args = args
+        self.partial = args.output + ".partial"
+        self.spec: Any = None
+        self.array: np.memmap | None = None
+        self.stack = ExitStack()
+        self.bar: Progress | None = None
+        self.started = 0.0
+
+    def refuse(self, reason: str) -> NoReturn:
+        send_refusal(self.channel.socket, reason, others=self.channel.sockets[1:])
+
+    def __call__(self, spec: Any) -> np.ndarray:
+        self.spec = spec
+        args = self.args
+        for sock in self.channel.sockets:  # a sender's: --timeout from here on
+            sock.settimeout(args.timeout)
         if args.max_bytes is not None and spec.nbytes > args.max_bytes:
-            refuse(
+            self.refuse(
                 f"the array is {spec.nbytes:,} bytes, over its --max-bytes of "
                 f"{args.max_bytes:,}",
             )
         try:
-            target = _create_partial(partial, spec)
-        except BaseException as exc:
-            _remove(partial)
-            if isinstance(exc, Failure):
-                refuse(str(exc))
-            raise
-        try:
-            try:
-                with progress_for(args, "recv", os.path.basename(output), spec.nbytes) as progress:
-                    # From the array's first byte: not the wait for the
-                    # sender, nor the allocation of the file.
-                    started = time.perf_counter()
-                    _receive(link.streams, target, spec.nbytes, progress, core)
-                    seconds = time.perf_counter() - started
-                target.flush()
-            finally:
-                del target
-            os.replace(partial, output)
-        except BaseException:
-            _remove(partial)
-            raise
-        try:
-            sock.sendall(ACK)
-        except OSError:  # the file is complete; the sender reports its own failure
-            pass
-    return print_summary(f"wrote {output}", spec.dtype, spec.shape, seconds) + _over(link.streams)
+            self.array = _create_partial(self.partial, spec)
+        except Failure as exc:
+            _remove(self.partial)
+            self.refuse(str(exc))
+        name = os.path.basename(args.output)
+        self.bar = self.stack.enter_context(progress_for(args, "recv", name, spec.nbytes))
+        # From the array's first byte: not the wait for the sender, nor the
+        # allocation of the file.
+        self.started = time.perf_counter()
+        return self.array
+
+    def progress(self, done: int, total: int) -> None:
+        """The message's progress, as the payload's."""
+        if self.bar is not None:
+            header = total - self.spec.nbytes
+            self.bar(max(done - header, 0), self.spec.nbytes)
 
 
-def _recv_header(sock: socket.socket, core: Core, early: bytes) -> tuple[Any, ...]:
-    """The message header's arrays; early holds its first bytes when read already."""
-    if not early:
-        return blocking.recv_header(sock, None, core)
-    message = Receive(None)
-    reads = message.header_reads()
-    next(reads)[0][:] = early  # the preamble
-    message.moved(len(early))
-    blocking.read_into(message, reads, sock, core)
-    return message.specs
+def _lost(exc: BaseException, spec: Any, streams: Sequence[socket.socket]) -> Failure:
+    """A transfer cut short inside the array, counted in the array's bytes."""
+    nbytes = spec.nbytes
+    total = getattr(exc, "bytes_expected", None)
+    header = 0 if total is None else total - nbytes
+    moved = max(bytes_moved(exc) - header, 0)
+    striped = len(streams) > 1 and nbytes >= STRIPE_BYTES
+    where = _over(streams, "received") if striped else ""
+    if isinstance(exc, IncompleteTransferError):
+        closed = "a stream" if striped else "the connection"
+        return Failure(
+            f"the sender closed {closed} after {moved:,} of {nbytes:,} bytes of the array{where}"
+        )
+    lost = "a stream" if striped else "the connection"
+    strerror = getattr(exc, "strerror", None) or exc
+    return Failure(f"lost {lost} after {moved:,} of {nbytes:,} bytes of the array ({strerror}){where}")
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -468,35 +567,6 @@ def _preallocate(path: str) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-
-
-def _receive(
-    streams: list[socket.socket], target: np.ndarray, nbytes: int, progress: Progress,
-    core: Core,
-) -> None:
-    """Fill target with the array's payload: striped over the streams as the
-    sender striped it, each part by a thread of its own."""
-    striped = len(streams) > 1 and nbytes >= STRIPE_BYTES
-    try:
-        if not striped:
-            core.recv_into(target, streams[0], progress=progress)
-        else:
-            sizes = stripe_sizes(nbytes, len(streams))
-            parts = split_bytes([numpy_bytes(target, True)], sizes)
-            jobs = receive_jobs(core, Stripes(sizes, parts), streams)
-            move_parts(jobs, streams, MessageProgress(progress, nbytes), 0)
-    except IncompleteTransferError as exc:
-        closed = "a stream" if striped else "the connection"
-        raise Failure(
-            f"the sender closed {closed} after {bytes_moved(exc):,} of {nbytes:,} "
-            f"bytes of the array{_over(streams, 'received') if striped else ''}"
-        ) from None
-    except ConnectionError as exc:
-        lost = "a stream" if striped else "the connection"
-        raise Failure(
-            f"lost {lost} after {bytes_moved(exc):,} of {nbytes:,} bytes of the array "
-            f"({exc.strerror or exc}){_over(streams, 'received') if striped else ''}"
-        ) from None
 
 
 def _remove(path: str) -> None:

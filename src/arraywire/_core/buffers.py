@@ -102,6 +102,15 @@ class Inbox:
         self._end += received
         return received
 
+    def preload(self, data: bytes) -> None:
+        """Buffer bytes read from the socket before this Inbox existed (an
+        opening's), ahead of what it receives next."""
+        if self._end != self._start or len(data) > len(self._buffer):
+            raise ValueError("preload takes an empty Inbox and at most its capacity")
+        self._view[: len(data)] = data
+        self._start = 0
+        self._end = len(data)
+
     def take(self, obj: Any) -> int:
         """Copy buffered bytes into the front of a writable buffer; return the count."""
         view = byte_view(obj, writable=True)

@@ -8,9 +8,11 @@ modules stay importable by name.
 from __future__ import annotations
 
 import os
+import ssl
 from typing import TYPE_CHECKING
 
-from arraywire._core import transport_py
+from arraywire._core import tls, transport_py
+from arraywire._core.protocol import Core
 
 NO_EXTENSIONS = os.environ.get("ARRAYWIRE_NO_EXTENSIONS", "") not in ("", "0")
 
@@ -30,3 +32,9 @@ send_from = impl.send_from
 recv_into = impl.recv_into
 sendmsg_from = impl.sendmsg_from
 recvmsg_into = impl.recvmsg_into
+
+
+def core_for(sock: object) -> Core:
+    """The core that moves a socket's bytes: the TLS core for an
+    ``ssl.SSLSocket`` (the plain cores refuse one), else the chosen twin."""
+    return tls if isinstance(sock, ssl.SSLSocket) else impl

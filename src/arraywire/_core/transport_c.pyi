@@ -118,6 +118,8 @@ class Inbox:
         """Bytes received and not yet taken."""
     def fill(self) -> int:
         """One receive into the free space; its count (0: the peer closed)."""
+    def preload(self, data: bytes) -> None:
+        """Buffer bytes read before this Inbox existed, ahead of the next."""
     def take(self, obj: Any) -> int:
         """Copy buffered bytes into the front of a writable buffer; return the count."""
     def learn(self, header: bytes, dtype: np.dtype, shape: tuple[int, ...], order: str) -> None:

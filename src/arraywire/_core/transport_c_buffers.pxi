@@ -175,6 +175,16 @@ cdef class Inbox:
         self.start += count
         return count
 
+    def preload(self, bytes data):
+        """Buffer bytes read from the socket before this Inbox existed (an
+        opening's), ahead of what it receives next."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        if self.end != self.start or size > self.capacity:
+            raise ValueError("preload takes an empty Inbox and at most its capacity")
+        memcpy(self.buffer, PyBytes_AS_STRING(data), size)
+        self.start = 0
+        self.end = size
+
     def learn(self, bytes header, dtype, tuple shape, str order):
         """Remember a decoded one-array header, so that take_array recognises
         headers of the same dtype, dimensions and order."""

@@ -16,8 +16,8 @@ import time
 from ssl import SSLContext, SSLError
 from typing import Any, TypeAlias
 
-from arraywire._wire import hello
-from arraywire._wire.errors import ProtocolError
+from arraywire._wire import hello, peers
+from arraywire._wire.errors import ProtocolError, unexpected_peer
 
 Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
 
@@ -128,11 +128,23 @@ def not_tls(exc: SSLError) -> ProtocolError | None:
     )
 
 
+def not_a_tls_client(first: bytes) -> ProtocolError:
+    """What a TLS Listener says of a peer whose first bytes are not TLS."""
+    speaks = peers.identify(first)
+    text = "the peer does not speak TLS and this end does"
+    if speaks in ("http", "other"):
+        text += f": {peers.not_arraywire(first)}"
+    return unexpected_peer(text, speaks, first)
+
+
 def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
-    return ProtocolError(
+    text = (
         f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
         "(is it an arraywire Listener, with the same TLS setting, ssl=, as this end?)"
     )
+    if filled == 0 and part == hello.PARTS["hello"]:
+        return unexpected_peer(text, "nothing", b"")
+    return ProtocolError(text)
 
 
 def reset_in_opening() -> ConnectionResetError:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from arraywire._core import tls, transport
-from arraywire._core.protocol import Core
 from arraywire._drivers.blocking import write_plan
 from arraywire._drivers.rules import (
     ChannelItem,
@@ -47,7 +46,7 @@ from arraywire._wire.engine import (
     plan_send,
 )
 from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
-from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
+from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
 from arraywire._wire.limits import DIRECT_BYTES, Progress
 
 
@@ -74,6 +73,9 @@ class Channel:
     ``peer_reads`` is the newest message version the peer reads, from its
     hello (2 for a socket without one).
 
+    ``read_ahead`` holds bytes of the peer's stream read before the Channel
+    was made (an opening's); they are received first.
+
     ``more_streams`` are further connected sockets to the same peer, which
     make this a Channel of parallel streams (``connect(streams=N)`` and the
     Listener make such Channels): each array of at least ``STRIPE_BYTES`` is
@@ -90,13 +92,16 @@ class Channel:
         *,
         peer_reads: int = 2,
         more_streams: Sequence[socket.socket] = (),
+        read_ahead: bytes = b"",
     ) -> None:
-        core: Core = tls if isinstance(sock, ssl.SSLSocket) else transport.impl
+        core = transport.core_for(sock)
         if any(isinstance(other, ssl.SSLSocket) != (core is tls) for other in more_streams):
             raise ValueError("the streams of a Channel are all TLS (ssl.SSLSocket) or none is")
         self._streams = (sock, *more_streams)
         self._core = core
         self._inbox = core.Inbox(sock)
+        if read_ahead:
+            self._inbox.preload(read_ahead)
         self._outbox = core.Outbox(sock)
         self._sock = sock
         self._sending = threading.Lock()
@@ -306,13 +311,17 @@ class Channel:
     def recv(
         self,
         *,
-        out: np.ndarray | None = None,
+        out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Receive a one-array message.
 
-        ``out``, when given, receives the payload in place. ``max_bytes``
+        ``out``, when given, receives the payload in place: an array, or a
+        callable that is given the header's ``ArraySpec`` (dtype, shape,
+        order, nbytes) before any of the payload is read and returns the
+        array to fill; what it raises fails the receive and closes the
+        Channel, the payload unread. ``max_bytes``
         and ``progress`` are as for ``arraywire.recv_array``.
 
         Returns

@@ -17,10 +17,11 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from ssl import SSLContext, SSLError, SSLSocket, SSLWantReadError, SSLWantWriteError
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 from arraywire._core.tls import sigpipe_blocked
 from arraywire._drivers.sockets import (
@@ -34,6 +35,7 @@ from arraywire._drivers.sockets import (
     closed_in_opening,
     closed_listener,
     family_of,
+    not_a_tls_client,
     not_tls,
     remaining,
     reset_in_opening,
@@ -41,7 +43,7 @@ from arraywire._drivers.sockets import (
     tune,
 )
 from arraywire._sync.channel import Channel
-from arraywire._wire import hello
+from arraywire._wire import hello, peers
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
 
@@ -160,30 +162,66 @@ def connect(
     With ``streams=N``, a failure on any connection closes those already
     made.
     """
+    return open_channel(
+        address, timeout=timeout, authkey=authkey, ssl=ssl, server_hostname=server_hostname,
+        streams=streams,
+    )
+
+
+def open_channel(
+    address: Address,
+    *,
+    timeout: float | None = None,
+    authkey: bytes | None = None,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    streams: int = 1,
+    opening: str = "hello",
+    wait_for_listener: bool = False,
+    on_refused: Callable[[], None] | None = None,
+    handshake_timeout: float | None = None,
+) -> Channel:
+    """``connect``, and what the command line adds: ``opening`` is one of
+    OPENINGS, as for a Listener: a ``"hello or message"`` end speaks only when
+    spoken to, a ``"none"`` end sends a bare message (no key, one stream);
+    ``wait_for_listener`` tries a refused first connection again even
+    without a timeout; ``on_refused`` is called once when a refused
+    connection is to be tried again; ``handshake_timeout`` bounds each
+    connection's TLS handshake and opening from when it is connected."""
     check_options(authkey, ssl)
     check_streams(streams)
+    if opening not in OPENINGS:
+        raise ValueError(f"opening is one of {OPENINGS}, got {opening!r}")
+    if opening != "hello" and (authkey is not None or streams > 1):
+        raise ValueError("a connection without a hello has no key and one stream")
     family, where = family_of(address)
     deadline = None if timeout is None else time.monotonic() + timeout
     if ssl is not None and server_hostname is None and family != socket.AF_UNIX:
         server_hostname = where[0]
+    refusals = _Refusals(wait_for_listener, on_refused)
     if streams == 1:
-        sock, peer = _open(family, where, timeout, deadline, authkey, ssl, server_hostname, None)
-        return Channel(sock, peer_reads=peer.reads_messages)
+        sock, peer, early = _open(
+            family, where, deadline, handshake_timeout, authkey, ssl, server_hostname, None,
+            opening, refusals,
+        )
+        return Channel(sock, peer_reads=peer.reads_messages, read_ahead=early)
     ident = os.urandom(hello.GROUP_ID_BYTES)
-    options = (family, where, timeout, deadline, authkey, ssl, server_hostname)
+    options = (family, where, deadline, handshake_timeout, authkey, ssl, server_hostname)
     # The first stream alone finds out whether the Listener takes the group
     # (key, TLS, max_streams); the others then open side by side, since one
     # after another a long round trip times N could outlast the Listener's
     # wait for the whole group.
-    first, peer = _open(*options, hello.Group(ident, 0, streams))
+    first, peer, _ = _open(*options, hello.Group(ident, 0, streams), "hello", refusals)
+    # the Listener took stream 0: later refusals are not waited out
     with ThreadPoolExecutor(streams - 1, thread_name_prefix="arraywire connect") as pool:
-        opening = [
-            pool.submit(_open, *options, hello.Group(ident, index, streams))
+        others = [
+            pool.submit(_open, *options, hello.Group(ident, index, streams), "hello",
+                        _Refusals(False, None))
             for index in range(1, streams)
         ]
-        wait(opening)
-    opened = [future.result()[0] for future in opening if future.exception() is None]
-    failed = [future.exception() for future in opening if future.exception() is not None]
+        wait(others)
+    opened = [future.result()[0] for future in others if future.exception() is None]
+    failed = [future.exception() for future in others if future.exception() is not None]
     if failed:
         for sock in (first, *opened):
             sock.close()
@@ -191,37 +229,69 @@ def connect(
     return Channel(first, peer_reads=peer.reads_messages, more_streams=opened)
 
 
+class _Refusals:
+    """How a refused connection is met: tried again until the deadline (with
+    none, only when ``forever``); ``told`` hears of the first refusal."""
+
+    def __init__(self, forever: bool, told: Callable[[], None] | None) -> None:
+        self.forever = forever
+        self.told = told
+
+    def again(self, deadline: float | None) -> bool:
+        if deadline is None and not self.forever:
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if self.told is not None:
+            told, self.told = self.told, None
+            told()
+        return True
+
+
 def _open(
     family: socket.AddressFamily,
     where: Any,
-    timeout: float | None,
     deadline: float | None,
+    handshake_timeout: float | None,
     authkey: bytes | None,
     ssl: SSLContext | None,
     server_hostname: str | None,
     group: hello.Group | None,
-) -> tuple[socket.socket, hello.Hello]:
-    """One connection with its opening done, and the peer's hello."""
+    opening: str,
+    refusals: _Refusals,
+) -> tuple[socket.socket, hello.Hello, bytes]:
+    """One connection with its opening done, the peer's hello (a bare one's:
+    what a Channel assumes of a peer without one) and the first bytes of a
+    message that came in its place."""
     while True:
         try:
             sock = _connect_once(family, where, remaining(deadline))
             break
         except (ConnectionRefusedError, FileNotFoundError):
-            if deadline is None or time.monotonic() >= deadline:
+            if not refusals.again(deadline):
                 raise
             time.sleep(RETRY_INTERVAL)
+    if handshake_timeout is not None:
+        opened_by = time.monotonic() + handshake_timeout
+        deadline = opened_by if deadline is None else min(deadline, opened_by)
     try:
         tune(sock)
         sock.settimeout(remaining(deadline))
         if ssl is not None:
             sock = secure(ssl, sock, server_hostname)
-        opening = hello.Opening(authkey, connecting=True, group=group)
-        peer = run_opening(sock, opening, deadline)
+        early = b""
+        if opening == "none":
+            peer = hello.BARE_PEER
+        else:
+            bare = opening == "hello or message"
+            steps = hello.Opening(authkey, connecting=True, group=group, bare=bare)
+            peer = run_opening(sock, steps, deadline)
+            early = steps.early
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
-    return sock, peer
+    return sock, peer, early
 
 
 
@@ -302,13 +372,21 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
 class _Pending:
     """An accepted connection whose opening is still going on."""
 
-    __slots__ = ("data", "deadline", "filled", "handshaking", "joined", "opening", "sock", "unsent")
+    __slots__ = (
+        "data", "deadline", "filled", "handshaking", "joined", "opening", "peeking", "peer",
+        "sock", "unsent",
+    )
 
-    def __init__(self, sock: socket.socket, deadline: float, opening: hello.Opening) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: Any, deadline: float, opening: hello.Opening | None,
+        tls: bool,
+    ) -> None:
         self.sock = sock
+        self.peer = peer
         self.deadline = deadline
         self.opening = opening
-        self.handshaking = isinstance(sock, SSLSocket)  # the TLS handshake comes first
+        self.peeking = tls  # TLS: a look at the first bytes, then the handshake
+        self.handshaking = False
         self.data = bytearray(64)  # the largest part of an opening read at once is 33 bytes
         self.filled = 0
         self.unsent = b""
@@ -319,10 +397,20 @@ class _Pending:
     def send(self) -> None:
         """Send what the opening has to say; BlockingIOError (or SSLWantWriteError)
         keeps the rest for later."""
-        self.unsent += self.opening.outgoing()
+        if self.opening is not None:
+            self.unsent += self.opening.outgoing()
         while self.unsent:
             with sigpipe_blocked():
                 self.unsent = self.unsent[self.sock.send(self.unsent) :]
+
+
+# What a Listener's peers open with: a hello (listen()), a hello or a bare
+# message (the command line's receiver without a key), nothing (its sender).
+OPENINGS = ("hello", "hello or message", "none")
+
+# A peer dropped during its opening, told to on_drop: its address, why, and
+# its socket, still open for a last word (the plain socket before TLS).
+OnDrop: TypeAlias = "Callable[[Any, BaseException, socket.socket], None]"
 
 
 class Listener:
@@ -333,6 +421,9 @@ class Listener:
     holds up ``accept()`` for others. It is dropped after
     ``handshake_timeout`` seconds, or as soon as its bytes are wrong. The
     parallel streams of one peer become one Channel once all have joined.
+
+    ``opening`` is one of OPENINGS; ``on_drop`` hears of every peer dropped
+    (and may raise, ending ``accept()``).
     """
 
     def __init__(
@@ -343,13 +434,21 @@ class Listener:
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
         groups: Groups[socket.socket] | None = None,
+        opening: str = "hello",
+        on_drop: OnDrop | None = None,
     ) -> None:
+        if opening not in OPENINGS:
+            raise ValueError(f"opening is one of {OPENINGS}, got {opening!r}")
+        if opening != "hello" and authkey is not None:
+            raise ValueError("with a key every peer opens with a hello")
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
         self._unlink = unlink
         self._authkey = authkey
         self._ssl = ssl
+        self._opening = opening
+        self._on_drop = on_drop
         self._pending: dict[socket.socket, _Pending] = {}
         self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
         self._selector = selectors.DefaultSelector()
@@ -364,6 +463,11 @@ class Listener:
     def fileno(self) -> int:
         """The listening socket's descriptor."""
         return self._sock.fileno()
+
+    @property
+    def openings(self) -> int:
+        """Connections taken whose opening is still under way."""
+        return len(self._pending)
 
     def accept(self, *, timeout: float | None = None) -> Channel:
         """Wait for the next connection whose opening is done.
@@ -414,7 +518,10 @@ class Listener:
                     if key.fileobj is self._sock:
                         self._take_connections()
                         continue
-                    channel = self._advance(self._pending[key.fileobj])  # type: ignore[index]
+                    pending = self._pending.get(key.fileobj)  # type: ignore[call-overload]
+                    if pending is None:  # dropped by an earlier event of this round
+                        continue
+                    channel = self._advance(pending)
                     if channel is not None:
                         return channel
 
@@ -422,7 +529,7 @@ class Listener:
         deadline = time.monotonic() + self._handshake_timeout
         while True:
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -431,30 +538,50 @@ class Listener:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            opening = None
+            if self._opening != "none":
+                bare = self._opening == "hello or message"
+                opening = hello.Opening(self._authkey, connecting=False, bare=bare)
             try:
                 conn.setblocking(False)
                 tune(conn)
-                if self._ssl is not None:
-                    conn = self._ssl.wrap_socket(
-                        conn, server_side=True, do_handshake_on_connect=False
-                    )
-                pending = _Pending(conn, deadline, hello.Opening(self._authkey, connecting=False))
             except OSError:
                 conn.close()
                 continue
+            pending = _Pending(conn, peer, deadline, opening, self._ssl is not None)
             self._pending[conn] = pending
             # plain: the hello goes out once the socket is writable, at once
-            events = selectors.EVENT_READ if pending.handshaking else selectors.EVENT_WRITE
+            events = selectors.EVENT_READ if pending.peeking else selectors.EVENT_WRITE
             self._selector.register(conn, events)
 
-    def _advance(self, pending: _Pending) -> Channel | None:
+    def _start_tls(self, pending: _Pending) -> None:
+        """A look at the peer's first bytes, then the TLS server's socket."""
+        assert self._ssl is not None
         sock = pending.sock
+        first = sock.recv(hello.SIZE, socket.MSG_PEEK)
+        if not first:
+            raise ConnectionError("the peer closed the connection before the TLS handshake")
+        if not peers.starts_tls(first):
+            raise not_a_tls_client(first)
+        self._selector.unregister(sock)
+        del self._pending[sock]
+        # the plain socket is detached into the SSLSocket
+        pending.sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self._pending[pending.sock] = pending
+        self._selector.register(pending.sock, selectors.EVENT_READ)
+        pending.peeking = False
+        pending.handshaking = True
+
+    def _advance(self, pending: _Pending) -> Channel | None:
         opening = pending.opening
         try:
+            if pending.peeking:
+                self._start_tls(pending)
+            sock = pending.sock
             if pending.handshaking:
                 sock.do_handshake()  # type: ignore[attr-defined]
                 pending.handshaking = False
-            while True:
+            while opening is not None:
                 pending.send()
                 wanted = opening.wanted
                 if not wanted:
@@ -465,7 +592,7 @@ class Listener:
                     continue
                 count = sock.recv_into(memoryview(pending.data)[pending.filled : wanted])
                 if not count:
-                    raise ConnectionError("closed during the opening")
+                    raise ConnectionError("the peer closed the connection during the opening")
                 pending.filled += count
                 if pending.filled == wanted:
                     pending.filled = 0
@@ -475,28 +602,35 @@ class Listener:
             writing = isinstance(exc, SSLWantWriteError) or (
                 bool(pending.unsent) and not isinstance(exc, SSLWantReadError)
             )
-            self._selector.modify(sock, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+            events = selectors.EVENT_WRITE if writing else selectors.EVENT_READ
+            self._selector.modify(pending.sock, events)
             return None
-        except AuthenticationError:
+        except AuthenticationError as exc:
             with contextlib.suppress(OSError):
                 pending.send()  # the verdict the peer waits for
-            self._drop(sock)
+            self._drop(pending, exc)
             raise
-        except (OSError, ProtocolError):
-            self._drop(sock)
+        except (OSError, ProtocolError) as exc:
+            self._drop(pending, exc)
             return None
         self._selector.unregister(sock)
         del self._pending[sock]
+        if opening is None:
+            sock.setblocking(True)
+            return Channel(sock)
         assert opening.peer is not None
         reads = opening.peer.reads_messages
         if opening.group is None:
             sock.setblocking(True)
-            return Channel(sock, peer_reads=reads)
+            return Channel(sock, peer_reads=reads, read_ahead=opening.early)
         # a stream of a group: the Channel once its last stream joined
         assert pending.joined is not None
         status, members = pending.joined
         if status != hello.JOINED:
-            sock.close()  # refused: the peer has read why
+            # refused: the peer has read why
+            with contextlib.closing(sock):
+                refused = hello.join_refused(status, opening.group, self._groups.max_streams)
+                self._dropped(pending.peer, sock, refused)
         if members is None:
             return None
         for member in members:
@@ -504,20 +638,32 @@ class Listener:
         return Channel(members[0], peer_reads=reads, more_streams=members[1:])
 
     def _drop_late(self, now: float) -> None:
-        for sock in [s for s, h in self._pending.items() if h.deadline <= now]:
-            self._drop(sock)
+        seconds = f"{self._handshake_timeout:g} s"
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            late = TimeoutError(f"the peer did not complete the connection opening within {seconds}")
+            self._drop(pending, late)
         for sock in self._groups.expired(now):
-            sock.close()
+            with contextlib.suppress(OSError), contextlib.closing(sock):
+                peer = sock.getpeername()
+                self._dropped(peer, sock, TimeoutError(
+                    f"the peer did not connect every stream of its group within {seconds}"
+                ))
 
-    def _drop(self, sock: socket.socket) -> None:
-        self._selector.unregister(sock)
-        del self._pending[sock]
-        sock.close()
+    def _drop(self, pending: _Pending, why: BaseException) -> None:
+        self._selector.unregister(pending.sock)
+        del self._pending[pending.sock]
+        with contextlib.closing(pending.sock):
+            self._dropped(pending.peer, pending.sock, why)
+
+    def _dropped(self, peer: Any, sock: socket.socket, why: BaseException) -> None:
+        if self._on_drop is not None:
+            self._on_drop(peer, why, sock)
 
     def close(self) -> None:
         """Stop listening; drop connections whose opening was not done."""
-        for sock in list(self._pending):
-            self._drop(sock)
+        for pending in list(self._pending.values()):
+            pending.sock.close()
+        self._pending.clear()
         for sock in self._groups.clear():
             sock.close()
         if self._sock.fileno() != -1:

@@ -26,7 +26,7 @@ asyncio's BufferedProtocol:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -367,7 +367,9 @@ class Receive(Transfer):
     """One message coming in: the buffers to fill, in order, and what they mean.
 
     ``one_array`` asks for a one-array message, received into ``out`` when
-    given; a message that does not fit is drained so the stream stays in step,
+    given: an array, or a callable that gets the message's ``ArraySpec``
+    once the header is in and returns the array to fill (raising refuses the
+    message, with the payload not read); a message that does not fit is drained so the stream stays in step,
     and ``result()`` raises ValueError saying why. On a connection of
     ``streams`` parallel streams a striped payload comes as one ``Stripes``.
     """
@@ -384,7 +386,7 @@ class Receive(Transfer):
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
         one_array: bool = False,
-        out: np.ndarray | None = None,
+        out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None,
         streams: int = 1,
     ) -> None:
         # the fields of Transfer, set here: small messages pay for a super() call
@@ -426,7 +428,12 @@ class Receive(Transfer):
         specs = self.specs
         if version == 1 and count == 1 and block_len <= SIMPLE_BLOCK:
             self.simple_header = preamble_bytes + block_bytes
-        out = self._out
+        wanted = self._out
+        out: np.ndarray | None
+        if callable(wanted):
+            out = wanted(specs[0]) if count == 1 else None
+        else:
+            out = wanted
         if self._one_array and (count != 1 or out is not None):
             self.problem = mismatch(specs, out)
         payload = total - self.offset
@@ -550,7 +557,7 @@ def clean_end() -> EOFError:
     return EOFError(CLEAN_END)
 
 
-def mismatch(specs: tuple[ArraySpec, ...], out: np.ndarray | None) -> str:
+def mismatch(specs: tuple[ArraySpec, ...], out: object) -> str:
     """Why a message cannot be received as one array into out ("" if it can)."""
     if len(specs) != 1:
         return f"expected a message with one array, got one with {len(specs)}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class IncompleteTransferError(ConnectionError, EOFError):
     """The peer closed the connection in the middle of a transfer.
@@ -49,7 +51,29 @@ class ProtocolError(ValueError):
     peer that is not an arraywire Listener, or does not speak TLS when
     ``ssl`` is given. The byte stream is then out of step: close the
     connection. It is a ValueError.
+
+    Attributes
+    ----------
+    speaks : str or None
+        When the peer's first bytes were not what this end waited for, what
+        they are: ``"message"``, ``"hello"``, ``"refusal"``, ``"tls"``,
+        ``"http"`` or ``"other"`` (docs/PROTOCOL.md), or ``"nothing"`` when it
+        closed the connection first; else None.
+    first : bytes
+        Those first bytes (b"" when ``speaks`` is None).
     """
+
+    speaks: str | None = None
+    first: bytes = b""
+
+
+def unexpected_peer(message: str, speaks: str, first: bytes) -> ProtocolError:
+    """A ProtocolError for a peer whose first bytes are not what this end
+    waits for, saying what they are."""
+    exc = ProtocolError(message)
+    exc.speaks = speaks
+    exc.first = first
+    return exc
 
 
 class BrokenStreamError(ConnectionError):
@@ -72,3 +96,17 @@ class AuthenticationError(Exception):
     other end fails with it at the same time. A Listener goes on accepting
     other connections.
     """
+
+
+class StreamsRefused(ConnectionRefusedError):
+    """The Listener did not let a stream join its group: ``status`` is the
+    answer's (docs/PROTOCOL.md, "Parallel streams"), ``max_streams`` the
+    Listener's limit, ``asked`` the group's size and ``member`` this stream's
+    index. It is a ConnectionRefusedError."""
+
+    def __init__(self, message: str, status: int, max_streams: int, asked: int, member: int) -> None:
+        super().__init__(errno.ECONNREFUSED, message)
+        self.status = status
+        self.max_streams = max_streams
+        self.asked = asked
+        self.member = member

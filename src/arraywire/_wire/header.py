@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from arraywire._wire import dtypes, peers
-from arraywire._wire.errors import ProtocolError
+from arraywire._wire.errors import ProtocolError, unexpected_peer
 
 MAGIC = peers.MESSAGE_MAGIC
 # The newest version this release reads and writes; a message without names
@@ -167,7 +167,7 @@ def decode_preamble(data: bytes) -> Preamble:
         raise ProtocolError(f"preamble is {len(data)} bytes, expected {PREAMBLE.size}")
     magic, version, flag_bytes, block_len, count = PREAMBLE.unpack(data)
     if magic != MAGIC:
-        raise ProtocolError(_not_a_message(magic))
+        raise unexpected_peer(_not_a_message(magic), peers.identify(magic), data)
     if not 1 <= version <= VERSION:
         raise ProtocolError(
             f"message of protocol version {version}; this arraywire reads versions 1 to "

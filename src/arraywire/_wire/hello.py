@@ -20,7 +20,6 @@ of the opening is done the listening end answers whether the stream joined.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import os
@@ -28,8 +27,13 @@ import struct
 from typing import NamedTuple
 
 from arraywire._wire import peers
-from arraywire._wire.errors import AuthenticationError, ProtocolError
-from arraywire._wire.header import VERSION as MESSAGE_VERSION
+from arraywire._wire.errors import (
+    AuthenticationError,
+    ProtocolError,
+    StreamsRefused,
+    unexpected_peer,
+)
+from arraywire._wire.header import VERSION as MESSAGE_VERSION, decode_preamble
 
 MAGIC = peers.HELLO_MAGIC
 VERSION = 1
@@ -68,6 +72,7 @@ PARTS = {
     "proof": "authentication proof",
     "verdict": "authentication verdict",
     "join": "answer to joining a stream group",
+    "refusal": "refusal's reason",
     "done": "opening",
 }
 
@@ -84,6 +89,10 @@ class Group(NamedTuple):
     ident: bytes
     member: int  # this stream's index, from 0
     size: int  # the number of streams in the group
+
+
+# What a Channel assumes of a peer that sent no hello (version 0: none).
+BARE_PEER = Hello(0, MESSAGE_VERSION, 0)
 
 
 def feature_data_size(features: int) -> int:
@@ -107,28 +116,41 @@ def join_answer(status: int, max_streams: int) -> bytes:
     return JOIN.pack(status, 0, min(max_streams, 0xFFFF))
 
 
+def join_refused(status: int, group: Group, max_streams: int) -> StreamsRefused:
+    """What the listening end says of a stream it did not let join."""
+    if status == TOO_MANY_STREAMS:
+        why = f"it asked for {group.size} streams and this end takes at most {max_streams}"
+    else:
+        why = "its group is gone (timed out) or has that stream already"
+    return StreamsRefused(
+        f"refused stream {group.member} of a group of {group.size}: {why}",
+        status, max_streams, group.size, group.member,
+    )
+
+
 def check_join(data: bytes, group: Group) -> None:
-    """Raise ConnectionRefusedError unless the listening end's answer says
-    this stream joined its group."""
+    """Raise StreamsRefused unless the listening end's answer says this
+    stream joined its group."""
     status, _, max_streams = JOIN.unpack(data)
     if status == JOINED:
         return
+
+    def refused(message: str) -> StreamsRefused:
+        return StreamsRefused(message, status, max_streams, group.size, group.member)
+
     if status == TOO_MANY_STREAMS:
-        raise ConnectionRefusedError(
-            errno.ECONNREFUSED,
+        raise refused(
             f"the Listener takes at most {max_streams} streams per Channel and this end "
             f"asked for {group.size}: connect with streams={max_streams} or fewer, or "
             f"listen with max_streams={group.size}",
         )
     if status == NOT_JOINABLE:
-        raise ConnectionRefusedError(
-            errno.ECONNREFUSED,
+        raise refused(
             f"the Listener did not let stream {group.member} join its group of "
             f"{group.size}: the group is gone (timed out) or already has that stream",
         )
     if status == NO_STREAMS:
-        raise ConnectionRefusedError(
-            errno.ECONNREFUSED,
+        raise refused(
             "the Listener takes no parallel streams over TLS (an arraywire.aio Listener "
             "with ssl=): connect with streams=1",
         )
@@ -145,20 +167,7 @@ def decode(data: bytes) -> Hello:
         raise ProtocolError(f"hello is {len(data)} bytes, expected {SIZE}")
     magic, version, reads_messages, features, extra, reserved = HELLO.unpack(data)
     if magic != MAGIC:
-        speaks = peers.identify(magic)
-        if speaks == "message":
-            raise ProtocolError(
-                "the peer sent a message without the hello of a connection: it uses a "
-                "bare socket, so wrap that socket in arraywire.Channel(sock) at this end"
-            )
-        if speaks == "tls":
-            raise ProtocolError(
-                "the peer speaks TLS and this end does not: pass ssl= (an "
-                "ssl.SSLContext) at this end too"
-            )
-        raise ProtocolError(
-            f"the peer is not arraywire: its hello begins with {magic!r}, expected {MAGIC!r}"
-        )
+        raise unexpected(data)
     if version == 0 or reads_messages == 0:
         raise ProtocolError(
             f"hello declares version {version} and message version {reads_messages}; "
@@ -178,6 +187,23 @@ def decode(data: bytes) -> Hello:
             f"of feature data, reserved {reserved:#x}"
         )
     return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features)
+
+
+def unexpected(first: bytes) -> ProtocolError:
+    """What to raise for first bytes that are not a hello, saying what they are."""
+    speaks = peers.identify(first)
+    if speaks == "message":
+        text = (
+            "the peer sent a message without the hello of a connection: it uses a "
+            "bare socket, so wrap that socket in arraywire.Channel(sock) at this end"
+        )
+    elif speaks == "tls":
+        text = "the peer speaks TLS and this end does not: pass ssl= (an ssl.SSLContext) at this end too"
+    elif speaks == "refusal":
+        text = "the peer refused the connection (an arraywire recv that refuses a sender)"
+    else:
+        text = f"the peer is not arraywire: its hello begins with {first[:4]!r}, expected {MAGIC!r}"
+    return unexpected_peer(text, speaks, bytes(first))
 
 
 def proof(key: bytes, label: bytes, connecting_hello: bytes, listening_hello: bytes) -> bytes:
@@ -208,17 +234,32 @@ class Opening:
     ``outgoing()`` (a refusal the peer should read) before it closes the
     connection. A listening end whose peer is a stream of a group finds it in
     ``group`` once the opening is done, and answers with ``answer_join``.
+
+    A ``bare`` end (no key, no group) speaks only when spoken to: a peer may
+    begin with a message in place of its hello (a plain ``send_array``, the
+    command line's plain sender). The opening is then done at once, with
+    the message's first ``SIZE`` bytes in ``early`` for the driver to read
+    before the rest; a hello is answered with this end's and goes on as usual.
     """
 
     __slots__ = (
-        "_connecting", "_group", "_key", "_mine", "_outgoing", "_peer_hello", "_step",
-        "group", "peer", "wanted",
+        "_bare", "_connecting", "_group", "_key", "_mine", "_outgoing", "_peer_hello", "_step",
+        "early", "group", "peer", "wanted",
     )
 
     def __init__(
-        self, authkey: bytes | None, *, connecting: bool, group: Group | None = None
+        self,
+        authkey: bytes | None,
+        *,
+        connecting: bool,
+        group: Group | None = None,
+        bare: bool = False,
     ) -> None:
         check_key(authkey)
+        if bare and (authkey is not None or group is not None):
+            raise ValueError("an end that takes a bare message has no key and no stream group")
+        self._bare = bare
+        self.early = b""
         self._key = authkey
         self._connecting = connecting
         self._group = group
@@ -229,7 +270,7 @@ class Opening:
             data += GROUP.pack(*group)
         # this end's hello with its feature data, as the proofs cover it
         self._mine = encode(features, len(data)) + data
-        self._outgoing = self._mine
+        self._outgoing = b"" if bare else self._mine
         self._peer_hello = b""
         self._step = "hello"
         self.peer: Hello | None = None
@@ -249,9 +290,30 @@ class Opening:
     def received(self, data: bytes) -> None:
         """The peer's next ``wanted`` bytes."""
         step = self._step
+        if step == "refusal":
+            raise self._refused(self._peer_hello + data)
         if step == "hello":
+            if peers.identify(data) == "refusal":
+                self._peer_hello = data
+                rest = peers.REFUSAL.size + peers.reason_bytes(data) - SIZE
+                if rest <= 0:
+                    raise self._refused(data)
+                self._expect("refusal", rest)
+                return
+            if self._bare and peers.identify(data) == "message":
+                try:  # a preamble this end cannot read is refused now
+                    decode_preamble(data)
+                except ProtocolError as exc:
+                    raise unexpected_peer(str(exc), "message", data) from None
+                self.early = data
+                self.peer = BARE_PEER
+                self._expect("done", 0)
+                return
+            peer = decode(data)
             self._peer_hello = data
-            self._take_hello(decode(data))
+            if self._bare:  # it answers a hello now; the others sent theirs first
+                self._outgoing = self._mine
+            self._take_hello(peer)
         elif step == "features":
             self._peer_hello += data
             self._take_features(data)
@@ -263,6 +325,12 @@ class Opening:
             self._expect("done", 0)
             assert self._group is not None
             check_join(data, self._group)
+
+    def _refused(self, refusal: bytes) -> ProtocolError:
+        size = peers.REFUSAL.size
+        reason = refusal[size : size + peers.reason_bytes(refusal)].decode("utf-8", "replace")
+        self._expect("done", 0)
+        return unexpected_peer(f"the peer refused: {reason}", "refusal", refusal)
 
     def _proof(self, label: bytes) -> bytes:
         assert self._key is not None
