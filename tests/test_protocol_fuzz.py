@@ -45,7 +45,7 @@ specs = st.builds(
 
 
 def decode(message: bytes, max_bytes: int | None = 1 << 30) -> list[ArraySpec]:
-    """Decode a whole header the way recv_header does, from bytes."""
+    """Decode a whole header the way a receive does, from bytes."""
     preamble = decode_preamble(message[: PREAMBLE.size])
     block = message[PREAMBLE.size : PREAMBLE.size + preamble.block_len]
     if len(block) != preamble.block_len:

@@ -20,7 +20,7 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 
-from arraywire._wire import hello, peers
+from arraywire._wire import peers
 from arraywire._wire.limits import Progress
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
@@ -243,12 +243,13 @@ def reply_failure(reply: tuple[bytes, str]) -> Failure | None:
     tag, reason = reply
     if tag == REFUSE:
         return Failure(f"the receiver refused: {reason}")
-    if tag == hello.MAGIC:
+    speaks = peers.identify(tag) if len(tag) == len(ACK) else "nothing"
+    if speaks == "hello":
         return Failure(
             "the receiver requires a key and this end has none (it opened with a "
             f"connection hello): give this end the same key (--key-file or {KEY_FILE_VARIABLE})"
         )
-    if tag[:2] in peers.TLS_RECORDS:
+    if speaks == "tls":
         return Failure(
             "the receiver uses TLS and this end does not: give this end --tls too "
             "(and --tls-ca for a CA of your own)"

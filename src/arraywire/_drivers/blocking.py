@@ -9,7 +9,6 @@ from typing import Any
 from arraywire._core import transport
 from arraywire._core.protocol import Core
 from arraywire._wire.engine import Receive, Reporter, SendPlan
-from arraywire._wire.header import ArraySpec
 
 
 def write_plan(
@@ -56,11 +55,3 @@ def read_into(
             raise end from None
         raise
 
-
-def recv_header(
-    sock: Any, max_bytes: int | None, core: Core | None = None
-) -> tuple[ArraySpec, ...]:
-    """Receive and check a message header; return what it says of each array."""
-    message = Receive(max_bytes)
-    read_into(message, message.header_reads(), sock, core)
-    return message.specs

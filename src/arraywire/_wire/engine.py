@@ -414,7 +414,7 @@ class Receive(Transfer):
         """The preamble, the descriptor block, then the message's arrays, or
         scratch space while a payload that does not fit is drained (or, when
         the payload is striped, one ``Stripes``)."""
-        # One generator, not header_reads then a payload generator: small
+        # One generator, not a header's then a payload's: small
         # messages pay for every hop.
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
@@ -461,15 +461,6 @@ class Receive(Transfer):
             yield Stripes(sizes, split_bytes((numpy_bytes(a, True) for a in self.arrays), sizes))
         elif payload:
             yield self.arrays
-
-    def header_reads(self) -> Iterator[list[Any]]:
-        """The preamble and the descriptor block only; ``specs`` is set after."""
-        preamble = bytearray(PREAMBLE.size)
-        yield [preamble]
-        declared = decode_preamble(bytes(preamble))
-        block = bytearray(declared.block_len)
-        yield [block]
-        self._decode(bytes(block), declared)
 
     def _decode(self, block: bytes, declared: Preamble) -> int:
         header = decode_block(block, declared, self.max_bytes, self._max_metadata)
