@@ -68,7 +68,8 @@ def listening(args: argparse.Namespace, ends: Ends) -> Iterator[Listener]:
         raise Failure(f"cannot listen on {where}: {reason}") from None
     opening = _opening(key, ends)
     wait = handshake_seconds(args)
-    groups: Groups[socket.socket] = Groups(getattr(args, "max_streams", None) or DEFAULT_MAX_STREAMS, wait)
+    max_streams = getattr(args, "max_streams", None) or DEFAULT_MAX_STREAMS  # send has none
+    groups: Groups[socket.socket] = Groups(max_streams, wait)
     listener = Listener(
         server, wait, authkey=key, ssl=context, groups=groups, opening=opening,
         on_drop=_on_drop(args, ends, context is not None, key is not None, wait),
@@ -108,7 +109,7 @@ def accept(listener: Listener, args: argparse.Namespace, deadline: float | None)
         return channel
 
 
-def dropped(args: argparse.Namespace, peer: Any, text: str) -> None:
+def dropped(peer: Any, text: str) -> None:
     """One line on a peer this receiver dropped, also under --quiet."""
     print(f"arraywire recv: dropped {_peer_name(peer)}: {text}", file=sys.stderr, flush=True)
 
@@ -129,7 +130,7 @@ def _on_drop(
         text = _why_dropped(why, sock, ends, uses_tls, keyed, wait)
         if ends.me == "sender":
             raise Failure(text)
-        dropped(args, peer, text)
+        dropped(peer, text)
 
     return on_drop
 

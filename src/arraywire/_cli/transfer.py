@@ -390,10 +390,11 @@ def _recv(args: argparse.Namespace) -> str:
     with listening(args, ends) as listener:
         while True:
             with accept(listener, args, deadline) as channel:
+                peer = channel.socket.getpeername()  # the socket is closed if it breaks
                 try:
                     return _receive_from(channel, args)
                 except NotASender as exc:
-                    dropped(args, channel.socket.getpeername(), str(exc))
+                    dropped(peer, str(exc))
 
 
 class NotASender(Exception):
@@ -445,7 +446,7 @@ def _not_a_sender(exc: BaseException, args: argparse.Namespace) -> None:
     elif isinstance(exc, TimeoutError):
         failure = f"no array's header within {handshake_seconds(args):g} s"
     elif isinstance(exc, ProtocolError):
-        failure = f"refused the sender's array: {exc}"
+        failure = f"the sender's header is not one this end reads: {exc}"
     else:
         return
     if args.connect:
