@@ -30,6 +30,7 @@ from arraywire._wire.engine import (
     writable_bytes,
 )
 from arraywire._wire.errors import IncompleteTransferError, ProtocolError
+from arraywire._wire.header import ArraySpec
 from arraywire._wire.limits import CLEAN_END
 
 SOME = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -292,12 +293,26 @@ def test_the_reads_are_preamble_block_then_the_arrays() -> None:
     same(message.result(), [np.arange(3, dtype="<i2"), np.ones(2)])
 
 
-def test_header_reads_stop_after_the_header() -> None:
-    data = wire(plan_send([np.zeros((2, 5), ">f4")]))
-    message = Receive(None)
-    drive(message, Stream(data), message.header_reads())
-    assert message.offset == len(data) - 40
-    assert [(s.dtype.str, s.shape, s.order, s.nbytes) for s in message.specs] == [(">f4", (2, 5), "C", 40)]
+def test_a_callable_out_is_asked_once_the_header_is_in() -> None:
+    data = wire(plan_send([np.arange(10, dtype=">f4").reshape(2, 5)]))
+    asked = []
+
+    def target(spec: ArraySpec) -> np.ndarray:
+        asked.append((spec.dtype.str, spec.shape, spec.order, spec.nbytes))
+        return np.empty(spec.shape, spec.dtype)
+
+    message = receive(data, one_array=True, out=target)
+    assert asked == [(">f4", (2, 5), "C", 40)]
+    same(message.result(), [np.arange(10, dtype=">f4").reshape(2, 5)])
+
+    def refuse(spec: ArraySpec) -> np.ndarray:
+        raise LookupError(spec.nbytes)
+
+    refused = Receive(None, one_array=True, out=refuse)
+    stream = Stream(data)
+    with pytest.raises(LookupError, match="40"):
+        drive(refused, stream, refused.reads())
+    assert refused.offset == len(data) - 40  # the payload is left unread
 
 
 def test_the_simple_header_of_one_unnamed_array() -> None:

@@ -139,12 +139,6 @@ def test_max_streams_is_checked(value: object, error: type, says: str) -> None:
     check_max_streams(65535)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a whole group is forgotten at once: a member that comes again after the group "
-    "was handed over is answered JOINED and starts a new group (held until it is given up), "
-    "where docs/PROTOCOL.md says status 3 for 'the group already has this member'",
-)
 def test_a_member_of_a_group_already_whole_is_refused() -> None:
     groups: Groups[str] = Groups(8, timeout=10.0)
     groups.join(member(A, 0, 2), "a0", 0.0)

@@ -349,12 +349,6 @@ def test_names_and_dtypes_a_sender_refuses() -> None:
     check_transferable(np.dtype("<M8[ns]"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtypes.encode drops a dtype's metadata: it returns '<f8' (numpy warns about "
-    "npy files the first time, the cache stays silent after), though its own error names "
-    "metadata among the dtypes with no exact text; the receiver gets a dtype without it",
-)
 def test_a_dtype_with_metadata_has_no_exact_text() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

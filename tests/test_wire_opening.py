@@ -308,7 +308,7 @@ def test_a_hello_changed_on_the_way_is_noticed() -> None:
         (b"\x16\x03\x01", "tls"), (b"\x15\x03\x03\x00", "tls"), (b"\x17\x03\x03\x00", "other"),
         (b"\x16\x02\x00\x00", "other"),
         *[(start + b"/x", "http") for start in peers.HTTP_STARTS],
-        (b"get /", "other"), (b"AWOK", "other"), (b"AWNO\x00", "other"), (b"AWI", "other"),
+        (b"get /", "other"), (b"AWOK", "other"), (b"AWNO\x00", "refusal"), (b"AWI", "other"),
         (b"", "other"), (bytes(4), "other"),
     ],
 )

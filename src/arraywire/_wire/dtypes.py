@@ -45,6 +45,14 @@ class DtypeTextError(ValueError):
 def encode(dtype: np.dtype) -> str:
     """The dtype's text; DtypeTextError (or TypeError for a kind that is never
     sent) if it has none a receiver would accept as the same dtype."""
+    if dtype.metadata:
+        # Checked before the cache: numpy's equality (and hash) ignore metadata,
+        # and the receiver would get the dtype without it.
+        raise DtypeTextError(
+            f"dtype {dtype} carries metadata {dict(dtype.metadata)!r}, which the wire "
+            "format does not: send the array viewed as a dtype without it "
+            "(array.view(numpy.dtype(array.dtype.str)) for a plain dtype)"
+        )
     return _encode_cached(dtype)
 
 

@@ -18,7 +18,7 @@ from arraywire._wire.hello import JOINED, NOT_JOINABLE, TOO_MANY_STREAMS, Group
 T = TypeVar("T")
 
 DEFAULT_MAX_STREAMS = 8
-# A given-up group's late streams are refused for at least this long.
+# A given-up or whole group's late streams are refused for at least this long.
 REMEMBER_GIVEN_UP = 60.0
 
 
@@ -66,6 +66,8 @@ class Groups(Generic[T]):
         if any(member is None for member in forming.members):
             return JOINED, None
         del self._forming[group.ident]
+        # a member that comes again is refused, as for a given-up group
+        self._given_up[group.ident] = now + max(self._timeout, REMEMBER_GIVEN_UP)
         return JOINED, forming.members  # type: ignore[return-value]
 
     def next_deadline(self) -> float | None:
