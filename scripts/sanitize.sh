@@ -38,7 +38,7 @@ asan_runtime="$("$compiler" -print-file-name=libasan.so)"
 # The ASan runtime must be loaded before anything else, including in the
 # child processes the tests start. Python's own allocator is bypassed so ASan
 # sees every object's memory; Python frees little at exit, so leak reports are
-# off (tests/test_leaks.py covers leaks, and skips itself under ASan).
+# off (tests/core/test_leaks.py covers leaks, and skips itself under ASan).
 export LD_PRELOAD="$asan_runtime"
 export PYTHONMALLOC=malloc
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"

@@ -14,7 +14,7 @@ from arraywire._core import transport, transport_py
 
 try:
     from arraywire._core import transport_c
-except ImportError:  # test_backends.py fails loudly unless this is intended
+except ImportError:  # core/test_backends.py fails loudly unless this is intended
     transport_c = None
 
 

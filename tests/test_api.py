@@ -19,7 +19,7 @@ from arraywire._core import transport_py
 
 try:
     from arraywire._core import transport_c
-except ImportError:  # test_backends.py fails loudly unless this is intended
+except ImportError:  # core/test_backends.py fails loudly unless this is intended
     transport_c = None
 
 PUBLIC_CLASSES = sorted(name for name in arraywire.__all__ if isinstance(getattr(arraywire, name), type))

@@ -1,6 +1,6 @@
 """A Dask message's frames as arrays and back (``_wire/dask_frames.py``,
 docs/PROTOCOL.md "Dask messages over aw://"), sans I/O: what
-tests/test_dask.py's frame tests leave out, the head's exact bytes, the
+tests/dask/test_dask.py's frame tests leave out, the head's exact bytes, the
 sender's choices and the refusals of a table that does not add up."""
 
 from __future__ import annotations

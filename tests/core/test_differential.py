@@ -18,7 +18,7 @@ if transport.NO_EXTENSIONS:
     pytest.skip("the compiled backend is switched off for this run", allow_module_level=True)
 try:
     from arraywire._core import transport_c
-except ImportError:  # tests/test_backends.py reports this as the failure
+except ImportError:  # tests/core/test_backends.py reports this as the failure
     pytest.skip("the compiled backend is not built", allow_module_level=True)
 
 BACKENDS = (transport_c, transport_py)
