@@ -147,20 +147,20 @@ class ChannelRules:
     why it is broken, and the newest message version the peer reads.
 
     ``claim`` and ``release`` bracket each transfer (thread-safe, and never
-    waiting); with ``take_turns`` a send and a receive share one turn.
-    ``break_`` records the first failure that left the stream out of step;
-    every later claim raises BrokenStreamError saying so. The driver closes
-    or shuts down the sockets itself.
+    waiting); with ``take_turns`` a send and a receive share one turn, one
+    lock of ``lanes``. ``break_`` records the first failure that left the
+    stream out of step; every later claim raises BrokenStreamError saying so.
+    The driver closes or shuts down the sockets itself.
     """
 
-    __slots__ = ("_lanes", "broken", "peer_reads", "wording")
+    __slots__ = ("broken", "lanes", "peer_reads", "wording")
 
     def __init__(self, wording: Wording, *, peer_reads: int = 2, take_turns: bool = False) -> None:
         self.wording = wording
         self.peer_reads = peer_reads
         self.broken: str | None = None
         send = threading.Lock()
-        self._lanes: dict[str, threading.Lock] = {
+        self.lanes: dict[Direction, threading.Lock] = {
             "send": send,
             "receive": send if take_turns else threading.Lock(),
         }
@@ -168,22 +168,30 @@ class ChannelRules:
     @property
     def busy(self) -> frozenset[str]:
         """The directions claimed now."""
-        return frozenset(direction for direction, lane in self._lanes.items() if lane.locked())
+        return frozenset(direction for direction, lane in self.lanes.items() if lane.locked())
 
     def claim(self, direction: Direction, what: str | None = None) -> None:
         """Take the direction for one transfer (``what``, the direction's
         own name by default, is what a refusal names). RuntimeError when it
         is taken; BrokenStreamError, and nothing taken, once broken."""
-        lane = self._lanes[direction]
+        lane = self.lanes[direction]
         if not lane.acquire(False):
-            raise RuntimeError(self.wording.busy.format(direction=direction))
+            raise self.busy_error(direction)
         if self.broken is not None:
             lane.release()
-            raise BrokenStreamError(f"cannot {what or direction}: {self.broken}")
+            raise self.broken_error(what or direction)
 
     def release(self, direction: Direction) -> None:
         """Give the direction back after its transfer."""
-        self._lanes[direction].release()
+        self.lanes[direction].release()
+
+    def busy_error(self, direction: Direction) -> RuntimeError:
+        """What a claim of a taken direction raises."""
+        return RuntimeError(self.wording.busy.format(direction=direction))
+
+    def broken_error(self, what: str) -> BrokenStreamError:
+        """What a claim raises once broken: ``what`` cannot run."""
+        return BrokenStreamError(f"cannot {what}: {self.broken}")
 
     def break_(
         self,

@@ -157,9 +157,14 @@ class Channel:
             Channel is closed. With parallel streams, any failure of a split
             payload closes it, with ``bytes_done`` summed over the streams.
         """
+        # The claim is written out in the methods that small messages use.
         rules = self._rules
-        rules.claim("send")
+        lane = rules.lanes["send"]
+        if not lane.acquire(False):
+            raise rules.busy_error("send")
         try:
+            if rules.broken is not None:
+                raise rules.broken_error("send")
             if metadata is None and progress is None and learned_send(array, len(self._streams)):
                 sent: int | None = self._outbox.send(array)
                 if sent is not None:
@@ -174,7 +179,7 @@ class Channel:
                 self._break("send", exc)
             raise
         finally:
-            rules.release("send")
+            lane.release()
 
     def send_arrays(
         self,
@@ -336,8 +341,12 @@ class Channel:
             ``bytes_done`` summed over the streams.
         """
         rules = self._rules
-        rules.claim("receive")
+        lane = rules.lanes["receive"]
+        if not lane.acquire(False):
+            raise rules.busy_error("receive")
         try:
+            if rules.broken is not None:
+                raise rules.broken_error("receive")
             if out is None and progress is None:
                 array: np.ndarray | None = self._inbox.take_array(
                     learned_limit(max_bytes, len(self._streams))
@@ -354,7 +363,7 @@ class Channel:
                 self._break("receive", exc)
             raise
         finally:
-            rules.release("receive")
+            lane.release()
 
     def recv_arrays(
         self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
@@ -443,8 +452,12 @@ class Channel:
 
     def _next(self) -> ChannelItem:
         rules = self._rules
-        rules.claim("receive")
+        lane = rules.lanes["receive"]
+        if not lane.acquire(False):
+            raise rules.busy_error("receive")
         try:
+            if rules.broken is not None:
+                raise rules.broken_error("receive")
             array: np.ndarray | None = self._inbox.take_array(
                 learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
             )
@@ -461,7 +474,7 @@ class Channel:
                 self._break("receive", exc)
             raise
         finally:
-            rules.release("receive")
+            lane.release()
 
     def _read(self, message: Receive) -> None:
         inbox = self._inbox
