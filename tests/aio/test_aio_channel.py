@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 from backends import Backend
-from sockets import Peer
+from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import BrokenStreamError, IncompleteTransferError, ProtocolError, aio
+from arraywire._aio import transfers
 from arraywire._wire.engine import plan_send
 
 T = TypeVar("T")
@@ -272,5 +273,295 @@ def test_a_cancelled_receive_of_a_large_message_breaks_the_channel(backend: Back
             with pytest.raises(BrokenStreamError, match="cancelled"):
                 await right.recv()
         a.close()
+
+    run(main())
+
+
+# --- the learned layouts: messages taken and sent by the core --------------------
+
+
+def count_engine_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the aio Channel's planned sends and engine-decoded receives
+    (what the core's learned layouts spare)."""
+    counts = {"send_plan": 0, "receive_buffered": 0}
+    for name in counts:
+        original = getattr(transfers, name)
+
+        async def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            counts[_name] += 1
+            return await _original(*args)
+
+        monkeypatch.setattr(transfers, name, counted)
+    return counts
+
+
+def test_many_small_messages_of_one_layout_both_ways(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, where: Any
+) -> None:
+    counts = count_engine_calls(monkeypatch)
+    # the shapes change, the layout (dtype, dimensions, order) stays
+    arrays = [np.arange(i % 7 + 1, dtype=np.int32) * i for i in range(3000)]
+
+    async def main() -> None:
+        listener = await aio.listen(where)
+        client = await aio.connect(listener.address)
+        server = await listener.accept()
+
+        async def one_way(sender: aio.Channel, receiver: aio.Channel, items: list[Any]) -> None:
+            async def send_all() -> None:
+                for array in items:
+                    await sender.send(array)
+
+            sending = asyncio.ensure_future(send_all())
+            for array in items:
+                got = await receiver.recv()
+                assert got.dtype == array.dtype
+                np.testing.assert_array_equal(got, array)
+                assert got.flags.writeable and got.flags.owndata
+            await sending
+
+        await asyncio.gather(one_way(client, server, arrays), one_way(server, client, arrays[::-1]))
+        for channel in (client, server):
+            channel.close()
+        await listener.aclose()
+
+    run(main())
+    # only what the socket could not take at once, or had not brought whole,
+    # went the engine's way
+    assert counts["send_plan"] < len(arrays) // 2
+    assert counts["receive_buffered"] < len(arrays) // 2
+
+
+def layouts() -> list[Any]:
+    """Messages whose layouts change, some never learned (datetime64,
+    structured), some not simple (names, metadata)."""
+    rng = np.random.default_rng(3)
+    items: list[Any] = []
+    items += [rng.random(n) for n in (1, 5, 5, 9)]
+    items += [rng.random((n, 3)) for n in (2, 2, 4)]
+    items += [np.asfortranarray(rng.random((3, n))) for n in (2, 2, 5)]
+    items += [np.arange(n).astype("datetime64[s]") for n in (3, 3, 4)]
+    items += [rng.random(n) for n in (2, 7)]  # back to the first layout
+    items += [np.zeros(n, dtype=[("x", "<i4"), ("y", "<f8")]) for n in (2, 2)]
+    items += [np.int8(7).reshape(()), np.int8(-1).reshape(()), np.empty((0,)), np.empty((0,))]
+    items += [{"named": np.arange(3.0)}, (np.arange(4.0), b"metadata"), rng.random(11)]
+    items += [np.arange(6, dtype=np.uint16).reshape(2, 3)[:, ::2]]  # strided: packed
+    return items
+
+
+async def send_item(channel: aio.Channel, item: Any) -> None:
+    if isinstance(item, dict):
+        await channel.send_arrays(item)
+    elif isinstance(item, tuple):
+        await channel.send(item[0], metadata=item[1])
+    else:
+        await channel.send(item)
+
+
+async def check_item(channel: aio.Channel, item: Any) -> None:
+    if isinstance(item, dict):
+        got = await channel.recv_arrays()
+        assert isinstance(got, dict) and list(got) == list(item)
+        np.testing.assert_array_equal(got["named"], item["named"])
+        return
+    if isinstance(item, tuple):
+        message = await channel.recv_message()
+        assert message.metadata == item[1]
+        np.testing.assert_array_equal(message.arrays[0], item[0])
+        return
+    got = await channel.recv()
+    assert got.dtype == item.dtype and got.shape == item.shape
+    assert got.flags.f_contiguous == item.flags.f_contiguous or got.ndim < 2
+    np.testing.assert_array_equal(got, item)
+
+
+@pytest.mark.parametrize("burst", [True, False], ids=["all-buffered", "one-by-one"])
+def test_changing_layouts_arrive_as_sent(backend: Backend, burst: bool) -> None:
+    items = layouts()
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(a) as left, aio.Channel(b) as right:
+            for _ in range(2):  # the second time round every layout was seen
+                if burst:
+                    for item in items:
+                        await send_item(left, item)
+                    for item in items:
+                        await check_item(right, item)
+                else:
+                    for item in items:
+                        await send_item(left, item)
+                        await check_item(right, item)
+
+    run(main())
+
+
+def test_iteration_takes_learned_messages(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = count_engine_calls(monkeypatch)
+    arrays = [np.full(i % 5 + 1, i, np.float32) for i in range(500)]
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(b) as right:
+
+            async def receive_all() -> list[Any]:
+                return [item async for item in right]
+
+            receiving = asyncio.ensure_future(receive_all())
+            async with aio.Channel(a) as left:
+                await left.send_many(arrays[:250])
+                for array in arrays[250:]:
+                    await left.send(array)
+            got = await receiving
+        assert len(got) == len(arrays)
+        for item, array in zip(got, arrays, strict=True):
+            np.testing.assert_array_equal(item, array)
+
+    run(main())
+    # the first message, then each one the socket had not brought whole
+    assert counts["receive_buffered"] < len(arrays) // 2
+
+
+def test_out_and_max_bytes_with_a_learned_layout(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(a) as left, aio.Channel(b) as right:
+            await left.send(np.arange(4.0))
+            np.testing.assert_array_equal(await right.recv(), np.arange(4.0))  # learned
+            for n in (100, 100, 3, 100):
+                await left.send(np.arange(float(n)))
+            out = np.empty(100)
+            assert await right.recv(out=out) is out
+            np.testing.assert_array_equal(out, np.arange(100.0))
+            with pytest.raises(ValueError, match=r"out is float64 \(7,\)"):
+                await right.recv(out=np.empty(7))  # drained: the Channel stays usable
+            np.testing.assert_array_equal(await right.recv(max_bytes=24), np.arange(3.0))
+            with pytest.raises(ProtocolError, match="max_bytes"):
+                await right.recv(max_bytes=799)  # 800 bytes, buffered whole
+            with pytest.raises(BrokenStreamError, match="ProtocolError"):
+                await right.recv()
+
+    run(main())
+
+
+def test_a_learned_message_that_comes_in_pieces(backend: Backend) -> None:
+    array = np.arange(20_000, dtype=np.int64)
+    plan = plan_send((array,))
+    wire = bytes(plan.header) + array.tobytes()
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(b) as right:
+            a.sendall(wire)
+            np.testing.assert_array_equal(await right.recv(), array)  # learned
+            for cut in (10, len(plan.header), len(plan.header) + 5, len(wire) - 1):
+                receiving = asyncio.ensure_future(right.recv())
+                a.sendall(wire[:cut])
+                await asyncio.sleep(0.05)
+                assert not receiving.done()
+                a.sendall(wire[cut:])
+                np.testing.assert_array_equal(await receiving, array)
+        a.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["cut-buffered", "cut-later"])
+def test_a_peer_gone_inside_a_learned_message(backend: Backend, buffered: bool) -> None:
+    array = np.arange(1000.0)
+    plan = plan_send((array,))
+    wire = bytes(plan.header) + array.tobytes()
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(b) as right:
+            a.sendall(wire + wire)
+            np.testing.assert_array_equal(await right.recv(), array)
+            np.testing.assert_array_equal(await right.recv(), array)
+            a.sendall(wire[:500])
+            if buffered:
+                await asyncio.sleep(0.05)
+                a.close()
+                receiving = asyncio.ensure_future(right.recv())
+            else:
+                receiving = asyncio.ensure_future(right.recv())
+                await asyncio.sleep(0.05)
+                a.close()
+            with pytest.raises(IncompleteTransferError) as caught:
+                await receiving
+            assert caught.value.bytes_done == 500
+            assert caught.value.bytes_expected == len(wire)
+            with pytest.raises(BrokenStreamError, match="out of step"):
+                await right.recv()
+        with pytest.raises(OSError):
+            a.send(b"x")
+
+    run(main())
+
+
+def test_a_learned_send_the_socket_takes_in_parts(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core sends what the socket takes at once; the rest follows from
+    the event loop (a worker thread beyond NATIVE_BYTES), and the peer gets
+    every message whole."""
+    counts = count_engine_calls(monkeypatch)
+    sizes = [10, 300_000, 10, 3_000_000, 200_000]  # float64: 2.4 MB and 24 MB too
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 10)
+        async with aio.Channel(a) as left, aio.Channel(b) as right:
+            arrays = [np.random.default_rng(n).random(n) for n in sizes]
+
+            async def send_all() -> None:
+                for array in arrays:
+                    await left.send(array)
+
+            sending = asyncio.ensure_future(send_all())
+            await asyncio.sleep(0.1)  # the sender waits for the socket now
+            for array in arrays:
+                np.testing.assert_array_equal(await right.recv(), array)
+            await sending
+
+    run(main())
+    # the first message, and any the full socket took no byte of at once
+    assert counts["send_plan"] < len(sizes)
+
+
+def test_a_cancelled_learned_send_breaks_the_channel(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(a) as left:
+            small = np.arange(10.0)
+            await left.send(small)  # learned
+            first = len(plan_send((small,)).header) + small.nbytes
+            assert len(receive_exactly(b, first)) == first
+            big = np.zeros(2_000_000)
+            sending = asyncio.ensure_future(left.send(big))
+            await asyncio.sleep(0.2)  # nobody reads: part of it is with the kernel
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            with pytest.raises(BrokenStreamError, match="an earlier send on this Channel was cancelled"):
+                await left.send(small)
+            came = b""
+            while chunk := b.recv(1 << 20):
+                came += chunk
+            assert 0 < len(came) < len(plan_send((big,)).header) + big.nbytes
+        b.close()
+
+    run(main())
+
+
+def test_a_learned_send_to_a_gone_peer_raises(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(a) as left:
+            await left.send(np.arange(3))
+            b.close()
+            with pytest.raises((BrokenPipeError, ConnectionResetError)) as caught:
+                await left.send(np.arange(5))
+            assert caught.value.bytes_done == 0  # type: ignore[attr-defined]
 
     run(main())

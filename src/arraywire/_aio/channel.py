@@ -1,6 +1,12 @@
 """The asyncio twins of Channel, Listener, listen and connect (exported by
 ``arraywire.aio``): the same hello, messages, errors and item types, over the
-awaitable transfers of ``arraywire.aio``."""
+awaitable transfers of ``arraywire.aio``.
+
+As in the blocking Channel, a message of the layout learned last is taken
+whole by the core from the read-ahead buffer, and a send of the learned
+layout goes out in one core call. Here the core does only what needs no
+waiting: a message not yet buffered whole, and what part of a send the
+socket did not take at once, go the engine's way."""
 
 from __future__ import annotations
 
@@ -14,7 +20,17 @@ import numpy as np
 from arraywire._aio import transfers
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
-from arraywire._drivers.rules import ChannelItem, Sockets, check_peer_reads, coalesce
+from arraywire._drivers.rules import (
+    AIO,
+    ChannelItem,
+    ChannelRules,
+    Sockets,
+    coalesce,
+    learn_layout,
+    learn_message,
+    learned_limit,
+    learned_send,
+)
 from arraywire._wire.engine import Message, Receive, SendPlan, plan_send
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
@@ -40,8 +56,8 @@ class Channel:
         for stream in self._streams:
             stream.setblocking(False)
         self._sock = sock
-        self._busy: set[str] = set()
-        self._peer_reads = peer_reads
+        self._rules = ChannelRules(AIO, peer_reads=peer_reads)
+        self._learned = 0  # the length of the header the Inbox learned (0: none)
 
     @property
     def socket(self) -> socket.socket:
@@ -52,11 +68,6 @@ class Channel:
     def sockets(self) -> Sockets:
         """Every stream's socket, the first one first."""
         return self._streams
-
-    def _claim(self, direction: str) -> None:
-        if direction in self._busy:
-            raise RuntimeError(f"another task is in a {direction} on this Channel")
-        self._busy.add(direction)
 
     async def send(
         self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None
@@ -91,9 +102,22 @@ class Channel:
             socket, before any byte of the message moved, the Channel stays
             usable; else it is broken as for OSError.
         """
+        rules = self._rules
         if metadata is not None:
-            check_peer_reads(2, self._peer_reads)
-        return await self._send("send", plan_send((array,), progress, metadata))
+            rules.check_peer_reads(2)
+        rules.claim("send")
+        try:
+            if metadata is None and progress is None and learned_send(array, len(self._streams)):
+                sent = await self._send_learned(array)
+                if sent is not None:
+                    return sent
+            plan = plan_send((array,), progress, metadata)
+            sent = await self._write("send", plan)
+            if metadata is None:
+                learn_layout(self._outbox, array, plan)
+            return sent
+        finally:
+            rules.release("send")
 
     async def send_arrays(
         self,
@@ -119,15 +143,13 @@ class Channel:
             As ``send`` raises them.
         """
         if metadata is not None or isinstance(arrays, Mapping):
-            check_peer_reads(2, self._peer_reads)
-        return await self._send("send_arrays", plan_send(arrays, progress, metadata))
-
-    async def _send(self, name: str, plan: SendPlan) -> int:
-        self._claim("send")
+            self._rules.check_peer_reads(2)
+        plan = plan_send(arrays, progress, metadata)
+        self._rules.claim("send", "send_arrays")
         try:
-            return await self._write(name, plan)
+            return await self._write("send_arrays", plan)
         finally:
-            self._busy.discard("send")
+            self._rules.release("send")
 
     async def send_many(self, arrays: Iterable[Any]) -> int:
         """Send each array as a message of its own, small ones coalesced (as
@@ -149,7 +171,7 @@ class Channel:
         Every exception carries ``bytes_done``, counted from the start of
         the first message.
         """
-        self._claim("send")
+        self._rules.claim("send", "send_many")
         sent = 0
         try:
             for piece in coalesce(arrays, self._outbox, len(self._streams)):
@@ -161,7 +183,7 @@ class Channel:
             exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
             raise
         finally:
-            self._busy.discard("send")
+            self._rules.release("send")
         return sent
 
     async def recv(
@@ -214,10 +236,18 @@ class Channel:
         streams, any failure of a split payload does so, with ``bytes_done``
         summed over the streams.
         """
-        message = Receive(
-            max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
-        )
-        await self._receive("recv", message)
+        self._rules.claim("receive", "recv")
+        try:
+            if out is None and progress is None:
+                array = await self._take_learned(learned_limit(max_bytes, len(self._streams)))
+                if array is not None:
+                    return array
+            message = Receive(
+                max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
+            )
+            await self._read("recv", message)
+        finally:
+            self._rules.release("receive")
         return message.result()[0]
 
     async def recv_arrays(
@@ -270,26 +300,34 @@ class Channel:
         message = Receive(
             max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
         )
-        await self._receive("recv_message", message)
-        return message.message()
-
-    async def _receive(self, name: str, message: Receive) -> None:
-        self._claim("receive")
+        self._rules.claim("receive", "recv_message")
         try:
-            await self._read(name, message)
+            await self._read("recv_message", message)
         finally:
-            self._busy.discard("receive")
+            self._rules.release("receive")
+        return message.message()
 
     # The driver: these move the bytes (over TLS, TLSChannel's do).
 
     async def _write(self, name: str, plan: SendPlan) -> int:
-        return await transfers.send_plan(self._sock, name, plan, self._streams)
+        return await transfers.send_plan(self._sock, name, plan, self._streams, self._rules)
 
     async def _write_bytes(self, data: bytearray) -> int:
-        return await transfers.send_from(data, self._sock)
+        return await transfers.send_staged(self._sock, data, self._rules)
+
+    async def _send_learned(self, array: Any) -> int | None:
+        return await transfers.send_learned(self._sock, self._outbox, array, self._rules)
 
     async def _read(self, name: str, message: Receive) -> None:
-        await transfers.receive_buffered(self._sock, name, message, self._inbox, self._streams)
+        await transfers.receive_buffered(
+            self._sock, name, message, self._inbox, self._streams, self._rules
+        )
+        self._learned = learn_message(self._inbox, message) or self._learned
+
+    async def _take_learned(self, max_bytes: int | None) -> np.ndarray | None:
+        if not self._learned:
+            return None
+        return await transfers.take_learned(self._sock, self._inbox, self._learned, max_bytes)
 
     def __aiter__(self) -> AsyncIterator[ChannelItem]:
         """Receive each message in turn with ``async for``, until the peer
@@ -313,15 +351,27 @@ class Channel:
     async def _messages(self) -> AsyncIterator[ChannelItem]:
         while True:
             try:
-                arrays = (await self.recv_message()).arrays
+                item = await self._next()
             except EOFError as exc:
                 if isinstance(exc, IncompleteTransferError):
                     raise
                 return
-            if type(arrays) is list and len(arrays) == 1:
-                yield arrays[0]
-            else:
-                yield arrays
+            yield item
+
+    async def _next(self) -> ChannelItem:
+        self._rules.claim("receive", "recv_message")
+        try:
+            array = await self._take_learned(learned_limit(DEFAULT_MAX_BYTES, len(self._streams)))
+            if array is not None:
+                return array
+            message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
+            await self._read("recv_message", message)
+        finally:
+            self._rules.release("receive")
+        arrays = message.message().arrays
+        if type(arrays) is list and len(arrays) == 1:
+            return arrays[0]
+        return arrays
 
     def close(self) -> None:
         """Close the connection (and its sockets)."""

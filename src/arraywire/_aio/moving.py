@@ -1,5 +1,6 @@
-"""How ``arraywire.aio`` moves bytes: which transfers hold a socket and which
-sockets are broken, and the moves themselves, in the event loop or in a worker
+"""How ``arraywire.aio`` moves bytes: which transfers hold a socket (the
+connection's rules: a Channel's own, or the socket's for the functions on a
+bare socket), and the moves themselves, in the event loop or in a worker
 thread."""
 
 
@@ -10,19 +11,19 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
 from arraywire._core import transport
 from arraywire._core.sockets import check_socket
 from arraywire._core.step import PendingViews, byte_view
+from arraywire._drivers.rules import AIO_SOCKET, ChannelRules, Direction
 from arraywire._drivers.striping import Job, move_parts, shut_down
 from arraywire._wire.engine import (
     Reporter,
     Transfer,
 )
-from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
+from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.limits import MAX_CHUNK, Progress, mark_progress
 
 # Payloads up to this size move in the event loop's thread; larger ones in a
@@ -38,22 +39,28 @@ T = TypeVar("T")
 # --- which transfers hold a socket, and which sockets are broken ---------------
 
 
-@dataclass
-class _SocketState:
-    busy: set[str] = field(default_factory=set)
-    broken: str | None = None
-
-
-_states: weakref.WeakKeyDictionary[socket.socket, _SocketState] = weakref.WeakKeyDictionary()
+# the rules of each bare socket used with the functions of arraywire.aio
+_states: weakref.WeakKeyDictionary[socket.socket, ChannelRules] = weakref.WeakKeyDictionary()
 
 
 class Claim:
     """One direction of a socket, held by one transfer. When the transfer stops
     with the stream out of step (the engine's ``fail`` says so), or after the
     socket was shut down to stop a worker thread, the socket is shut down and
-    marked broken."""
+    the rules marked broken.
 
-    def __init__(self, sock: Any, name: str, sending: bool, transfer: Transfer) -> None:
+    A bare socket's transfer claims the direction in the socket's own rules;
+    a Channel passes its ``rules``, which it claimed itself for the whole call.
+    """
+
+    def __init__(
+        self,
+        sock: Any,
+        name: str,
+        sending: bool,
+        transfer: Transfer,
+        rules: ChannelRules | None = None,
+    ) -> None:
         _, timeout = check_socket(sock)
         if timeout != 0:
             raise ValueError(
@@ -63,22 +70,19 @@ class Claim:
         self.sock: socket.socket = sock
         self.name = name
         self.sending = sending
-        self.direction = "send" if sending else "receive"
+        self.direction: Direction = "send" if sending else "receive"
         self.transfer = transfer
         self.shut = False
-        state = _states.get(sock)
-        if state is None:
-            state = _states[sock] = _SocketState()
-        self.state = state
+        self.held = rules is None
+        if rules is None:
+            rules = _states.get(sock)
+            if rules is None:
+                rules = _states[sock] = ChannelRules(AIO_SOCKET)
+        self.rules = rules
 
     async def __aenter__(self) -> Claim:
-        if self.state.broken is not None:
-            raise BrokenStreamError(f"cannot {self.name}: {self.state.broken}")
-        if self.direction in self.state.busy:
-            raise RuntimeError(
-                f"another arraywire.aio {self.direction} is in progress on this socket"
-            )
-        self.state.busy.add(self.direction)
+        if self.held:
+            self.rules.claim(self.direction, self.name)
         return self
 
     async def __aexit__(
@@ -87,22 +91,15 @@ class Claim:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.state.busy.discard(self.direction)
+        if self.held:
+            self.rules.release(self.direction)
         if exc is None:
             return
         out_of_step = self.transfer.fail(exc)
         if not (out_of_step or self.shut):
             return
-        done = getattr(exc, "bytes_done", None) or self.transfer.offset
-        total = self.transfer.total
-        of = "" if total is None else f" of {total:,}"
-        why = "was cancelled" if isinstance(exc, asyncio.CancelledError) else (
-            f"failed ({type(exc).__name__}: {exc})"
-        )
-        self.state.broken = (
-            f"an earlier {self.name} on this socket {why} after {done:,}{of} bytes, "
-            "so its byte stream is out of step with the peer and it was shut down; "
-            "close it"
+        self.rules.break_(
+            self.name, exc, self.transfer, cancelled=isinstance(exc, asyncio.CancelledError)
         )
         self.shutdown()
 

@@ -18,12 +18,15 @@ import socket
 import ssl
 from typing import Any, cast
 
+import numpy as np
+
 from arraywire._aio.channel import Channel
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
+from arraywire._drivers.rules import AIO, ChannelRules
 from arraywire._wire.engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
-from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
+from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.limits import DIRECT_BYTES, READ_AHEAD_BYTES
 
 # Plaintext encrypted per step of a send: the records of one step are in
@@ -183,9 +186,7 @@ class TLSChannel(Channel):
         self._streams = (session.sock,)
         self._inbox_tls = SessionInbox(session)
         self._outbox: LayoutSender = transport.impl.Outbox(session.sock)  # packs send_many's small messages; never sends
-        self._busy: set[str] = set()
-        self._peer_reads = peer_reads
-        self._broken: str | None = None
+        self._rules = ChannelRules(AIO, peer_reads=peer_reads)
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -193,31 +194,26 @@ class TLSChannel(Channel):
         return self._session.ssl_object
 
     def __repr__(self) -> str:
-        state = "broken" if self._broken else "closed" if self.fileno() == -1 else "open"
+        state = "broken" if self._rules.broken else "closed" if self.fileno() == -1 else "open"
         return f"<arraywire.aio.Channel over TLS {state} fd={self.fileno()}>"
 
-    def _check(self, name: str) -> None:
-        if self._broken is not None:
-            raise BrokenStreamError(f"cannot {name}: {self._broken}")
-
     def _fail(self, name: str, transfer: Transfer, exc: BaseException) -> None:
-        """Count exc's bytes; close the Channel when the stream is out of step."""
-        if not transfer.fail(exc) or self._broken is not None:
-            return
-        total = "" if transfer.total is None else f" of {transfer.total:,}"
-        why = "was cancelled" if isinstance(exc, asyncio.CancelledError) else (
-            f"failed ({type(exc).__name__}: {exc})"
-        )
-        self._broken = (
-            f"an earlier {name} on this Channel {why} after "
-            f"{getattr(exc, 'bytes_done', 0) or 0:,}{total} bytes, so the byte stream is "
-            "out of step with the peer and the Channel was closed"
-        )
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        """Count exc's bytes; shut the socket down when the stream is out of step."""
+        if transfer.fail(exc) and self._rules.break_(
+            name, exc, transfer, cancelled=isinstance(exc, asyncio.CancelledError)
+        ):
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    # The core's learned layouts need the bare socket: over TLS every message
+    # goes the engine's way.
+    async def _send_learned(self, array: Any) -> int | None:
+        return None
+
+    async def _take_learned(self, max_bytes: int | None) -> np.ndarray | None:
+        return None
 
     async def _write(self, name: str, plan: SendPlan) -> int:
-        self._check(name)
         session = self._session
         try:
             for batch in plan.batches():
@@ -237,7 +233,6 @@ class TLSChannel(Channel):
         return plan.complete()
 
     async def _write_bytes(self, data: bytearray) -> int:
-        self._check("send_many")
         transfer = Transfer(len(data))
         self._session.encrypt(data)
         transfer.moved(len(data))
@@ -249,7 +244,6 @@ class TLSChannel(Channel):
         return len(data)
 
     async def _read(self, name: str, message: Receive) -> None:
-        self._check(name)
         inbox = self._inbox_tls
         session = self._session
         try:

@@ -1,5 +1,6 @@
 """The awaitable transfers of ``arraywire.aio``: functions over a non-blocking
-socket; ``moving`` moves their bytes."""
+socket, and the moves of the aio Channel (under its rules); ``moving`` moves
+their bytes."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from arraywire._aio.moving import (
     ready,
 )
 from arraywire._core import transport
-from arraywire._core.protocol import ReadAhead
+from arraywire._core.protocol import LayoutSender, ReadAhead
 from arraywire._core.step import PendingViews, byte_view
 from arraywire._drivers.blocking import one_stream, write_plan
+from arraywire._drivers.rules import ChannelRules
 from arraywire._drivers.striping import receive_jobs, send_jobs
 from arraywire._wire.engine import (
     Message,
@@ -117,12 +119,21 @@ async def recv_into(obj: Any, sock: Any, *, progress: Progress | None = None) ->
     return await _raw(obj, sock, progress, sending=False)
 
 
-async def _raw(obj: Any, sock: Any, progress: Progress | None, *, sending: bool) -> int:
+async def _raw(
+    obj: Any,
+    sock: Any,
+    progress: Progress | None,
+    *,
+    sending: bool,
+    name: str | None = None,
+    rules: ChannelRules | None = None,
+) -> int:
     view = byte_view(obj, writable=not sending)
     total = view.nbytes
     reporter = None if progress is None else MessageProgress(progress, total)
-    name = "send_from" if sending else "recv_into"
-    async with Claim(sock, name, sending, Transfer(total)) as claim:
+    if name is None:
+        name = "send_from" if sending else "recv_into"
+    async with Claim(sock, name, sending, Transfer(total), rules) as claim:
         if total <= NATIVE_BYTES:  # already a byte view: straight to the loop's calls
             part = None if reporter is None else reporter.part(0)
             claim.transfer.moved(await in_loop(sock, PendingViews((view,)), sending, part))
@@ -207,11 +218,16 @@ async def _send_message(
 
 
 async def send_plan(
-    sock: Any, name: str, plan: SendPlan, streams: Sequence[socket.socket] = ()
+    sock: Any,
+    name: str,
+    plan: SendPlan,
+    streams: Sequence[socket.socket] = (),
+    rules: ChannelRules | None = None,
 ) -> int:
     """Write a planned message (the aio Channel's sends, over its parallel
-    ``streams`` when it has them, sock first); return its bytes."""
-    async with Claim(sock, name, True, plan) as claim:
+    ``streams`` when it has them, sock first, under its ``rules``); return
+    its bytes."""
+    async with Claim(sock, name, True, plan, rules) as claim:
         parts = plan.stripes(len(streams))
         if parts is not None:
             await move_stripes(
@@ -365,11 +381,12 @@ async def _receive(
     message: Receive,
     inbox: ReadAhead | None = None,
     streams: Sequence[socket.socket] = (),
+    rules: ChannelRules | None = None,
 ) -> None:
     """Fill every read of the message, through the read-ahead buffer when
     given (and over the parallel streams when the message is striped); its
     result is then the caller's."""
-    async with Claim(sock, name, False, message) as claim:
+    async with Claim(sock, name, False, message, rules) as claim:
         try:
             if inbox is None:
                 for buffers in one_stream(message):
@@ -405,12 +422,75 @@ async def _receive_stripes(
 
 
 async def receive_buffered(
-    sock: Any, name: str, message: Receive, inbox: ReadAhead, streams: Sequence[socket.socket] = ()
+    sock: Any,
+    name: str,
+    message: Receive,
+    inbox: ReadAhead,
+    streams: Sequence[socket.socket],
+    rules: ChannelRules,
 ) -> None:
     """A receive through a connection's read-ahead buffer (the aio Channel's):
     a small message costs one receive, a large payload still goes straight
     into its array, over the Channel's parallel streams when it is striped."""
-    await _receive(sock, name, message, inbox, streams)
+    await _receive(sock, name, message, inbox, streams, rules)
+
+
+async def send_staged(sock: Any, data: bytearray, rules: ChannelRules) -> int:
+    """Send the staged small messages of the aio Channel's send_many."""
+    return await _raw(data, sock, None, sending=True, name="send_many", rules=rules)
+
+
+async def send_learned(
+    sock: Any, outbox: LayoutSender, array: Any, rules: ChannelRules
+) -> int | None:
+    """Send array through the core when its layout is the one learned
+    (None: it is not, or the socket took no byte and the engine's send
+    waits for it). What the non-blocking socket did not take at once
+    follows from the event loop, as a planned message's bytes do."""
+    failed: BaseException | None = None
+    try:
+        return outbox.send(array)
+    except BaseException as exc:  # noqa: BLE001 - raised below, counted as a transfer
+        done = getattr(exc, "bytes_done", None) or 0
+        if isinstance(exc, BlockingIOError):
+            if not done:
+                return None
+        else:
+            failed = exc
+    plan = plan_send((array,))  # the header the core sent: the same bytes
+    async with Claim(sock, "send", True, plan, rules) as claim:
+        if failed is not None:
+            raise failed  # the Claim breaks the rules when some bytes went
+        plan.moved(done)
+        header = memoryview(plan.header)
+        payload = byte_view(array, writable=False)
+        rest = [header[done:], payload] if done < len(header) else [payload[done - len(header) :]]
+        await move(claim, rest, True, None)
+    return plan.complete()
+
+
+async def take_learned(
+    sock: Any, inbox: ReadAhead, header: int, max_bytes: int | None
+) -> np.ndarray | None:
+    """The next message from the read-ahead buffer, when its header has the
+    layout learned (``header`` bytes long) and the buffer holds the message
+    whole; else None, with every byte left for the engine. With nothing
+    buffered, waits for one receive first.
+
+    The payload's limit is what the buffer holds past the header, so the
+    core never receives the rest of a payload itself: on a non-blocking
+    socket that would fail part-way."""
+    if not inbox.buffered:
+        try:
+            if not await _fill(sock, inbox):
+                return None  # the peer closed: the engine's receive says how
+        except BaseException as exc:
+            Transfer().fail(exc)  # no byte of a message moved, as the engine counts
+            raise
+    room = inbox.buffered - header
+    if room < 0:
+        return None
+    return inbox.take_array(room if max_bytes is None else min(max_bytes, room))
 
 
 async def _fill(sock: socket.socket, inbox: ReadAhead) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -28,15 +27,19 @@ import numpy as np
 from arraywire._core import tls, transport
 from arraywire._drivers.blocking import write_plan
 from arraywire._drivers.rules import (
+    BLOCKING,
+    BLOCKING_TLS,
     ChannelItem,
+    ChannelRules,
     Sockets,
-    check_peer_reads,
     coalesce,
     learn_layout,
+    learn_message,
+    learned_limit,
+    learned_send,
 )
 from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
 from arraywire._wire.engine import (
-    STRIPE_BYTES,
     Message,
     Receive,
     SendPlan,
@@ -45,7 +48,7 @@ from arraywire._wire.engine import (
     buffered_reads,
     plan_send,
 )
-from arraywire._wire.errors import BrokenStreamError, IncompleteTransferError
+from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
 from arraywire._wire.limits import DIRECT_BYTES, Progress
 
@@ -104,13 +107,12 @@ class Channel:
             self._inbox.preload(read_ahead)
         self._outbox = core.Outbox(sock)
         self._sock = sock
-        self._sending = threading.Lock()
         # OpenSSL cannot read and write one connection from two threads at
         # once: over TLS a send and a receive take turns.
         self._tls = core is tls
-        self._receiving = self._sending if self._tls else threading.Lock()
-        self._broken: str | None = None
-        self._peer_reads = peer_reads
+        self._rules = ChannelRules(
+            BLOCKING_TLS if self._tls else BLOCKING, peer_reads=peer_reads, take_turns=self._tls
+        )
 
     @property
     def socket(self) -> socket.socket:
@@ -123,7 +125,7 @@ class Channel:
         return self._streams
 
     def __repr__(self) -> str:
-        state = "broken" if self._broken else "closed" if self._sock.fileno() == -1 else "open"
+        state = "broken" if self._rules.broken else "closed" if self._sock.fileno() == -1 else "open"
         streams = f" streams={len(self._streams)}" if len(self._streams) > 1 else ""
         return f"<arraywire.Channel {state} fd={self._sock.fileno()}{streams}>"
 
@@ -161,12 +163,14 @@ class Channel:
             payload closes it, with ``bytes_done`` summed over the streams.
         """
         # The claim is written out in the methods that small messages use.
-        if not self._sending.acquire(False):
-            raise self._busy("send")
+        rules = self._rules
+        lane = rules.lanes["send"]
+        if not lane.acquire(False):
+            raise rules.busy_error("send")
         try:
-            if self._broken is not None:
-                raise BrokenStreamError(f"cannot send: {self._broken}")
-            if metadata is None and progress is None and self._one_stream(array):
+            if rules.broken is not None:
+                raise rules.broken_error("send")
+            if metadata is None and progress is None and learned_send(array, len(self._streams)):
                 sent: int | None = self._outbox.send(array)
                 if sent is not None:
                     return sent
@@ -180,7 +184,7 @@ class Channel:
                 self._break("send", exc)
             raise
         finally:
-            self._sending.release()
+            lane.release()
 
     def send_arrays(
         self,
@@ -209,13 +213,13 @@ class Channel:
         RuntimeError, BrokenStreamError, OSError
             As ``Channel.send`` raises them.
         """
-        self._claim(self._sending, "send")
+        self._rules.claim("send")
         try:
             plan = plan_send(arrays, progress, metadata)
             self._write(plan, "send_arrays")
             return plan.complete()
         finally:
-            self._sending.release()
+            self._rules.release("send")
 
     def send_many(self, arrays: Iterable[Any]) -> int:
         """Send each array as a message of its own.
@@ -243,7 +247,7 @@ class Channel:
             the first message. If a message was cut short, the Channel is
             closed.
         """
-        self._claim(self._sending, "send")
+        self._rules.claim("send")
         sent = 0
         try:
             for piece in coalesce(arrays, self._outbox, len(self._streams)):
@@ -259,11 +263,11 @@ class Channel:
                 self._break("send_many", exc)
             raise
         finally:
-            self._sending.release()
+            self._rules.release("send")
         return sent
 
     def _write(self, plan: SendPlan, what: str) -> None:
-        check_peer_reads(plan.header[4], self._peer_reads)
+        self._rules.check_peer_reads(plan.header[4])
         parts = plan.stripes(len(self._streams))
         try:
             if parts is None:
@@ -277,20 +281,6 @@ class Channel:
             if plan.fail(exc) or self._tls or parts is not None:
                 self._break(what, exc, plan)
             raise
-
-    def _one_stream(self, array: Any) -> bool:
-        """Whether the core's learned-layout send may take array: on parallel
-        streams only an array under STRIPE_BYTES, which goes on one stream."""
-        return len(self._streams) == 1 or (
-            type(array) is np.ndarray and array.nbytes < STRIPE_BYTES
-        )
-
-    def _one_stream_limit(self, max_bytes: int | None) -> int | None:
-        """The max_bytes of the core's learned-layout receive: on parallel
-        streams a striped message is the engine's."""
-        if len(self._streams) == 1:
-            return max_bytes
-        return STRIPE_BYTES - 1 if max_bytes is None else min(max_bytes, STRIPE_BYTES - 1)
 
     def _run_parts(self, jobs: list[Job], reporter: Any, offset: int) -> int:
         """Each stream's part at once; the first stream's timeout bounds all."""
@@ -359,13 +349,17 @@ class Channel:
             streams, any failure of a split payload closes it, with
             ``bytes_done`` summed over the streams.
         """
-        if not self._receiving.acquire(False):
-            raise self._busy("receive")
+        rules = self._rules
+        lane = rules.lanes["receive"]
+        if not lane.acquire(False):
+            raise rules.busy_error("receive")
         try:
-            if self._broken is not None:
-                raise BrokenStreamError(f"cannot receive: {self._broken}")
+            if rules.broken is not None:
+                raise rules.broken_error("receive")
             if out is None and progress is None:
-                array: np.ndarray | None = self._inbox.take_array(self._one_stream_limit(max_bytes))
+                array: np.ndarray | None = self._inbox.take_array(
+                    learned_limit(max_bytes, len(self._streams))
+                )
                 if array is not None:
                     return array
             message = Receive(
@@ -378,7 +372,7 @@ class Channel:
                 self._break("receive", exc)
             raise
         finally:
-            self._receiving.release()
+            lane.release()
 
     def recv_arrays(
         self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
@@ -429,7 +423,7 @@ class Channel:
         EOFError, IncompleteTransferError, RuntimeError, BrokenStreamError, OSError
             As ``Channel.recv`` raises them.
         """
-        self._claim(self._receiving, "receive")
+        self._rules.claim("receive")
         try:
             message = Receive(
                 max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
@@ -437,7 +431,7 @@ class Channel:
             self._read(message)
             return message.message()
         finally:
-            self._receiving.release()
+            self._rules.release("receive")
 
     def __iter__(self) -> Iterator[ChannelItem]:
         """Receive each message in turn, until the peer closes cleanly
@@ -466,13 +460,15 @@ class Channel:
                 return
 
     def _next(self) -> ChannelItem:
-        if not self._receiving.acquire(False):
-            raise self._busy("receive")
+        rules = self._rules
+        lane = rules.lanes["receive"]
+        if not lane.acquire(False):
+            raise rules.busy_error("receive")
         try:
-            if self._broken is not None:
-                raise BrokenStreamError(f"cannot receive: {self._broken}")
+            if rules.broken is not None:
+                raise rules.broken_error("receive")
             array: np.ndarray | None = self._inbox.take_array(
-                self._one_stream_limit(DEFAULT_MAX_BYTES)
+                learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
             )
             if array is not None:
                 return array
@@ -487,7 +483,7 @@ class Channel:
                 self._break("receive", exc)
             raise
         finally:
-            self._receiving.release()
+            lane.release()
 
     def _read(self, message: Receive) -> None:
         inbox = self._inbox
@@ -513,10 +509,7 @@ class Channel:
             if out_of_step or striped:  # striped: the streams were shut down
                 self._break("receive", exc, message)
             raise
-        header = message.simple_header
-        if header is not None and not message.problem:
-            spec = message.specs[0]
-            inbox.learn(header, spec.dtype, spec.shape, spec.order)
+        learn_message(inbox, message)
 
     def _receive_stripes(self, stripes: Stripes, message: Receive) -> int:
         """Receive (or drain) a striped payload; stream 0's part takes the
@@ -527,35 +520,10 @@ class Channel:
 
     # --- state --------------------------------------------------------------------
 
-    def _claim(self, lock: threading.Lock, direction: str) -> None:
-        if not lock.acquire(blocking=False):
-            raise self._busy(direction)
-        if self._broken is not None:
-            lock.release()
-            raise BrokenStreamError(f"cannot {direction}: {self._broken}")
-
-    def _busy(self, direction: str) -> RuntimeError:
-        if self._tls:
-            return RuntimeError(
-                "another thread is in a send or receive on this Channel: over TLS they "
-                "take turns, since OpenSSL cannot read and write one connection from two "
-                "threads at once (arraywire.aio's TLS Channel can do both)"
-            )
-        return RuntimeError(f"another thread is in a {direction} on this Channel")
-
     def _break(self, what: str, exc: BaseException, transfer: Transfer | None = None) -> None:
-        if self._broken is not None:
-            return
-        done = getattr(exc, "bytes_done", None) or 0
-        total = getattr(exc, "bytes_expected", None) if transfer is None else transfer.total
-        of = "" if total is None else f" of {total:,}"
-        self._broken = (
-            f"an earlier {what} on this Channel failed ({type(exc).__name__}: {exc}) after "
-            f"{done:,}{of} bytes of its message, so the byte stream is out of step with "
-            "the peer and the Channel was closed"
-        )
-        shut_down(self._streams)
-        self.close()
+        if self._rules.break_(what, exc, transfer):
+            shut_down(self._streams)
+            self.close()
 
     def close(self) -> None:
         """Close the connection (and its sockets)."""
