@@ -189,3 +189,26 @@ class Aio(Contender):
     def close(self) -> None:
         self.loop.close()
         super().close()
+
+
+class AioChannel(Aio):
+    """``arraywire.aio.Channel``: ``send`` / ``recv``, one awaited call per
+    message, as the blocking ChannelMessages."""
+
+    def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
+        super().__init__(sock, ctl, job, role)
+        self.channel = self.aio.Channel(sock)
+
+    async def _send(self, array: np.ndarray, count: int) -> None:
+        for _ in range(count):
+            await self.channel.send(array)
+
+    async def _recv(self, out: np.ndarray, count: int) -> np.ndarray:
+        received = out
+        for _ in range(count):
+            received = await self.channel.recv(max_bytes=None)
+        return received
+
+    def close(self) -> None:
+        self.channel.close()
+        super().close()

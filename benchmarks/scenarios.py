@@ -89,6 +89,8 @@ RATE_CONTENDERS = {
 ASYNCIO_CONTENDERS = {
     "arraywire compiled, blocking": STREAM_CONTENDERS["arraywire compiled"],
     "arraywire.aio, compiled": ("contenders:Aio", "c", {}),
+    "arraywire Channel compiled, blocking": ("harness:ChannelMessages", "c", {}),
+    "arraywire.aio Channel, compiled": ("contenders:AioChannel", "c", {}),
 }
 CONNECTED = {
     "arraywire Channel compiled": ("harness:Connected", "c", {}),
@@ -266,7 +268,8 @@ def memory(settings: Settings) -> dict[str, Any]:
 
 
 def asyncio_vs_blocking(settings: Settings) -> dict[str, Any]:
-    """arraywire.aio's awaitable send_from / recv_into against the blocking calls."""
+    """arraywire.aio's awaitable send_from / recv_into and its Channel against
+    the blocking calls and Channel."""
     if importlib.util.find_spec("arraywire.aio") is None:
         return {"rows": [], "skipped": "arraywire.aio is not available"}
     sizes = [64, 64 * KiB, MiB, 4 * MiB, 64 * MiB, ARRAY_400MB]
