@@ -631,7 +631,7 @@ def test_terminated_receiver_removes_its_partial_file(
     receiver.proc.send_signal(signal.SIGTERM)
     status, err = receiver.finish()
     fake.close()
-    assert status == 130
+    assert status == 130, err
     assert "interrupted" in one_error_line(err, "recv")
     assert not output.exists()
 
@@ -705,7 +705,8 @@ def test_a_listening_receiver_survives_scans_probes_and_silence(
         lines.append(line)
 
     socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()  # a port scan
-    next_drop(b": the sender closed the connection during the opening")
+    # a keyed receiver's hello may meet the closed socket: closed, or reset
+    next_drop(b" the connection during the opening")
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as http:
         http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         next_drop(b": not an arraywire peer (b'GET ')")

@@ -377,6 +377,6 @@ def test_a_terminated_striped_receive_stops_every_stream(backend: Backend,
     status, err = receiver.finish()
     first.close()
     second.close()
-    assert status == 130
+    assert status == 130, err
     assert "interrupted" in one_error_line(err, "recv")
     assert os.listdir(tmp_path) == []
