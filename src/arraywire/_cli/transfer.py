@@ -582,11 +582,14 @@ def _main(command: str, args: argparse.Namespace, body: Callable[[argparse.Names
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGALRM, _terminate)
     try:
-        return _run(command, args, body)
+        try:
+            return _run(command, args, body)
+        finally:
+            # before the handler below: a Terminated raised again while it
+            # runs would escape it, a traceback and exit status 1
+            _stop_terminating()
     except (KeyboardInterrupt, Terminated):
         return _fail(command, "interrupted", 130)
-    finally:
-        _stop_terminating()
 
 
 def _run(command: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], str]) -> int:
