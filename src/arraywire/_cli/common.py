@@ -49,10 +49,6 @@ KEY_FILE_VARIABLE = "ARRAYWIRE_KEY_FILE"
 MAX_KEY_BYTES = 64 << 10
 
 
-# The first byte a TLS client sends: a handshake record.
-TLS_HANDSHAKE = b"\x16"
-
-
 # OpenSSL's verify codes for a certificate of another host.
 HOSTNAME_MISMATCH = 62
 
