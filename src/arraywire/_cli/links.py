@@ -186,27 +186,37 @@ def _unexpected(
             text = f"the {ends.peer} does not use TLS: run arraywire {ends.peer_command} with --tls too"
         else:
             told = f"the {ends.me} does not use TLS: run arraywire {ends.me_command} with --tls"
-            text = (
-                f"the {ends.peer} uses TLS and this end does not: give this end --tls-cert "
-                "and --tls-key too"
-            )
+            text = _peer_uses_tls(ends)
         if ends.me == "receiver":
             # Told in clear, in the words of the exchange: the peer reads it as a refusal.
             with suppress(Failure):
                 send_refusal(sock, f"{told} (and --tls-ca for a CA of your own)" if uses_tls else told)
         return text
-    if speaks == "message" and ends.me == "receiver" and first == why.first and not keyed:
+    if speaks == "message" and ends.me == "receiver" and not keyed:
         # a plain sender's message that this end cannot read: it waits for the verdict
         with suppress(Failure):
             send_refusal(sock, str(why))
         return f"refused the sender's array: {why}"
     hang_up(sock)  # the peer reads this end's hello as what is wrong
-    if speaks == "message":  # only a sender sends messages
-        return (
-            "the sender has no key: it sent its array without the connection opening; "
-            f"give it the same key (--key-file or {KEY_FILE_VARIABLE})"
-        )
+    if speaks == "message":
+        return SENDER_HAS_NO_KEY
     return f"the connection opening with the {ends.peer} failed: {why}"
+
+
+# What an end with a key says of a message in place of the hello: only a
+# sender sends messages.
+SENDER_HAS_NO_KEY = (
+    "the sender has no key: it sent its array without the connection opening; "
+    f"give it the same key (--key-file or {KEY_FILE_VARIABLE})"
+)
+
+
+def _peer_uses_tls(ends: Ends) -> str:
+    """What an end without TLS says of a peer that opened with a TLS handshake."""
+    return (
+        f"the {ends.peer} uses TLS and this end does not: give this end --tls-cert and "
+        "--tls-key too"
+    )
 
 
 def _listening_on(server: socket.socket) -> str:
@@ -302,15 +312,9 @@ def _opening_failed(exc: ProtocolError, ends: Ends) -> str:
     if exc.speaks == "refusal":
         return f"the {ends.peer} refused: {str(exc).removeprefix('the peer refused: ')}"
     if exc.speaks == "message":
-        return (
-            "the sender has no key: it sent its array without the connection opening; "
-            f"give it the same key (--key-file or {KEY_FILE_VARIABLE})"
-        )
+        return SENDER_HAS_NO_KEY
     if exc.speaks == "tls":
-        return (
-            f"the {ends.peer} uses TLS and this end does not: give this end --tls-cert and "
-            "--tls-key too"
-        )
+        return _peer_uses_tls(ends)
     if "does not speak TLS" in str(exc):  # the TLS handshake met a plain peer
         return (
             f"the {ends.peer} does not use TLS: run arraywire {ends.peer_command} with "
