@@ -8,10 +8,12 @@ and macOS; uvloop works too). The event loop is never blocked:
   ``sendmsg``/``recvmsg_into`` calls, waiting for readiness with
   ``add_writer``/``add_reader`` (the latency of ``loop.sock_sendall``).
 - Larger payloads, once the socket is ready, run the blocking GIL-free loop
-  in a thread of their own on ``sock.dup()``; the descriptor stays
-  non-blocking, so the loop polls on EAGAIN. A thread per transfer (not a
-  pool) means a send and its receive in one process can never wait on each
-  other for a free worker.
+  in a transfer worker thread on ``sock.dup()``; the descriptor stays
+  non-blocking, so the loop polls on EAGAIN. Workers are reused: a transfer
+  takes an idle one, a new one starts only when every worker is busy (so a
+  send and its receive in one process never wait on each other), and a
+  worker ends after a second without work. Each transfer wakes the event
+  loop once, when it completes.
 
 Progress callbacks run in the event loop's thread, at most about every
 100 ms and once at the end, and an exception from one aborts the transfer.
@@ -23,7 +25,7 @@ instead of waiting for bytes that never come, and marks it broken: every later
 call of this module on that socket object raises ``BrokenStreamError`` naming
 the transfer and how many bytes it moved. A transfer cancelled while still
 waiting for the socket, before any byte moved, leaves the stream as it was.
-Cancelling a threaded transfer returns only after its thread has stopped
+Cancelling a threaded transfer returns only after its worker has stopped
 touching the buffer.
 """
 

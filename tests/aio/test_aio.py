@@ -56,10 +56,10 @@ def worker_threads() -> list[threading.Thread]:
 
 
 def workers_end_within(seconds: float) -> bool:
-    """A cancelled transfer returns once its thread is done with the buffer;
-    the thread itself then ends at once."""
+    """A cancelled transfer returns once its worker is done with the buffer;
+    the idle worker then ends within a second."""
     for thread in worker_threads():
-        thread.join(seconds)
+        thread.join(seconds + 1.0)
     return not worker_threads()
 
 
@@ -115,6 +115,25 @@ def test_raw_buffers(backend: Backend, pair, nbytes: int) -> None:
 
     assert run(body()) == [nbytes, nbytes]
     assert bytes(into) == sent.tobytes()
+
+
+def test_large_transfers_reuse_their_workers(backend: Backend, pair) -> None:
+    """Workers outlive their transfer: five large messages each way are
+    moved by at most the two workers a send and its receive need at once."""
+    a, b = pair
+    sent = np.arange(LARGE, dtype=np.float64)
+    assert workers_end_within(1.0)  # those of earlier tests
+    seen: set[threading.Thread] = set()
+
+    async def body() -> None:
+        for _ in range(5):
+            _, got = await asyncio.gather(aio.send_array(sent, a), aio.recv_array(b))
+            np.testing.assert_array_equal(got, sent)
+            seen.update(worker_threads())
+
+    run(body())
+    assert 1 <= len(seen) <= 2
+    assert workers_end_within(1.0)
 
 
 def test_recv_array_into_out(backend: Backend, pair) -> None:
@@ -448,6 +467,7 @@ def test_many_concurrent_transfers_on_different_sockets(backend: Backend) -> Non
     # each pair exchanges arrays both ways at once, small and large mixed
     forth = [rng.standard_normal(LARGE if i % 3 == 0 else SMALL + i) for i in range(8)]
     back = [rng.integers(0, 1000, SMALL * (i + 1)) for i in range(8)]
+    assert workers_end_within(1.0)  # those of earlier tests
     before = len(threading.enumerate())
 
     async def exchange(i: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -475,6 +495,7 @@ def test_many_concurrent_transfers_on_different_sockets(backend: Backend) -> Non
         np.testing.assert_array_equal(got_forth, forth[i])
         np.testing.assert_array_equal(got_back[0], back[i])
         np.testing.assert_array_equal(got_back[1], back[i][::2])
+    assert workers_end_within(1.0)
     assert len(threading.enumerate()) == before
 
 

@@ -7,6 +7,7 @@ thread."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
 import weakref
@@ -170,6 +171,48 @@ async def in_loop(
     return total
 
 
+class TransferWorkers:
+    """Threads that run the GIL-free moves, shared by every event loop: a
+    transfer hands its work to an idle one (a new one only when all are
+    busy, so a receive never waits behind a send it feeds), and each ends
+    after IDLE_SECONDS without work, so none outlives its use for long."""
+
+    IDLE_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self.lock:
+            inbox = self.idle.pop() if self.idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self.serve, args=(inbox,), name="arraywire.aio transfer worker", daemon=True
+            ).start()
+        inbox.put(job)
+
+    def serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        job = inbox.get()
+        while True:
+            job()
+            del job  # let go of the buffers before waiting
+            with self.lock:
+                self.idle.append(inbox)
+            try:
+                job = inbox.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self.lock:
+                    if inbox in self.idle:
+                        self.idle.remove(inbox)
+                        return
+                job = inbox.get()  # taken by a submit that is about to put
+
+
+workers = TransferWorkers()
+
+
 async def in_thread(
     claim: Claim,
     sending: bool,
@@ -178,9 +221,10 @@ async def in_thread(
     wait: bool = True,
     also: Sequence[socket.socket] = (),
 ) -> T:
-    """Run work(dup_of_sock) in a thread of its own once the socket is ready
-    (at once without ``wait``); a cancellation shuts down the sockets
-    ``also`` (which the work uses too) with the claim's.
+    """Run work(dup_of_sock) in a transfer worker once the socket is ready
+    (at once without ``wait``); the worker reports the outcome with one
+    wake-up of the loop. A cancellation shuts down the sockets ``also``
+    (which the work uses too) with the claim's.
 
     The work records what it moved in the engine itself; an error it raises
     carries the bytes of its unfinished call, as the core calls' errors do.
@@ -204,12 +248,12 @@ async def in_thread(
         except RuntimeError:  # the event loop was closed meanwhile
             pass
 
-    threading.Thread(target=run, name=f"arraywire.aio {claim.name}", daemon=True).start()
+    workers.submit(run)
     try:
         await asyncio.wait((settled,))
     except asyncio.CancelledError as cancelled:
-        # Stop the thread (its poll() wakes up) and wait until it has let
-        # go of the buffer; further cancellations cannot cut this short.
+        # Stop the work (its poll() wakes up) and wait until it has let go
+        # of the buffer; further cancellations cannot cut this short.
         if not settled.done():
             claim.shutdown()
             shut_down(also)
