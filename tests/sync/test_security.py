@@ -424,7 +424,8 @@ def test_a_peer_written_from_the_protocol_document_authenticates(backend: Backen
             mine = hello + os.urandom(32)
             sock.sendall(mine)
             theirs = receive_exactly(sock, 16 + 32)
-            assert theirs[:16] == hello
+            # a newer hello, understood in version 1's terms: its last field is ignored
+            assert theirs[:12] == b"AWHI\x02" + hello[5:12]
             both = mine + theirs
             proof = hmac.new(KEY, b"arraywire auth v1: connecting end" + both, "sha256")
             sock.sendall(proof.digest())

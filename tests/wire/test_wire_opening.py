@@ -27,7 +27,7 @@ from arraywire._wire.hello import (
 
 KEY = b"k" * 32
 GROUP_ID = bytes(range(16))
-NO_KEY_HELLO = bytes.fromhex("41 57 48 49 01 02 00 00 00 00 00 00 00 00 00 00")
+NO_KEY_HELLO = bytes.fromhex("41 57 48 49 02 02 00 00 00 00 00 00 00 00 00 00")
 
 
 @dataclass
@@ -84,7 +84,7 @@ def test_no_key_is_the_documented_sixteen_bytes_each_way() -> None:
     assert bytes(connecting.sent) == bytes(listening.sent) == NO_KEY_HELLO
     for end in (connecting, listening):
         assert end.error is None and end.opening.wanted == 0 and end.opening.part == "opening"
-        assert end.opening.peer == Hello(1, 2, 0) and end.opening.group is None
+        assert end.opening.peer == Hello(2, 2, 0, 0) and end.opening.group is None
         assert end.opening.outgoing() == b""
 
 
@@ -273,12 +273,12 @@ def test_a_malformed_hello_is_a_protocol_error(data: bytes, says: str) -> None:
         opening(connecting=False).received(data)
 
 
-def test_a_newer_hello_is_spoken_at_version_1() -> None:
-    newer = hello.HELLO.pack(b"AWHI", 5, 9, 0, 0, 0xFFFF)  # may use its reserved field
-    assert hello.decode(newer) == Hello(1, 2, 0)
+def test_a_newer_hello_is_spoken_at_version_2() -> None:
+    newer = hello.HELLO.pack(b"AWHI", 5, 9, 0, 0, 0xFFFF)  # its capabilities, some unknown
+    assert hello.decode(newer) == Hello(2, 2, 0, 0xFFFF)
     end = opening(connecting=True)
     end.received(newer)
-    assert end.peer == Hello(1, 2, 0) and end.wanted == 0
+    assert end.peer == Hello(2, 2, 0, 0xFFFF) and end.wanted == 0 and end.capabilities == 0
 
 
 def test_a_hello_changed_on_the_way_is_noticed() -> None:
@@ -288,7 +288,8 @@ def test_a_hello_changed_on_the_way_is_noticed() -> None:
     connecting.received(h_l[:16])
     connecting.received(h_l[16:])
     tampered = bytearray(h_c)
-    tampered[12] = 1  # a reserved byte the relay changed: the hello is refused outright
+    tampered[4] = 1  # a relay that makes it a version 1 hello with capability bits
+    tampered[12] = 1
     with pytest.raises(ProtocolError, match="reserved 0x1"):
         opening(KEY, connecting=False).received(bytes(tampered[:16]))
     other_nonce = h_c[:16] + bytes(32)  # a relay that swaps the nonce

@@ -56,7 +56,7 @@ class ProtocolError(ValueError):
     ----------
     speaks : str or None
         When the peer's first bytes were not what this end waited for, what
-        they are: ``"message"``, ``"hello"``, ``"refusal"``, ``"tls"``,
+        they are: ``"message"``, ``"hello"``, ``"refusal"``, ``"control"``, ``"tls"``,
         ``"http"`` or ``"other"`` (docs/PROTOCOL.md), or ``"nothing"`` when it
         closed the connection first; else None.
     first : bytes

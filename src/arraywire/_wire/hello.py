@@ -6,6 +6,9 @@ Both ends send their hello at once, then read the peer's: one round trip.
 Each end then speaks the lower of the two hello versions and sends messages
 of at most the version the peer reads. Feature bits request what the
 connection adds; an end that does not know a requested feature refuses it.
+Capability bits (hello version 2, in version 1's reserved field) only say
+what an end knows: a capability is on when both hellos are of version 2 or
+later and both announce it, so an end that does not know one ignores it.
 
 With a key (feature ``AUTH``) each hello carries a fresh random nonce. The
 connecting end then proves it holds the key with an HMAC-SHA256 over both
@@ -36,9 +39,9 @@ from arraywire._wire.errors import (
 from arraywire._wire.header import VERSION as MESSAGE_VERSION, decode_preamble
 
 MAGIC = peers.HELLO_MAGIC
-VERSION = 1
+VERSION = 2
 # magic, hello version, newest message version read, feature bits, length of
-# the feature data that follows, reserved
+# the feature data that follows, capability bits (reserved, 0, in version 1)
 HELLO = struct.Struct("<4sBBHII")
 SIZE = HELLO.size
 # Feature bit 0: authentication with a shared key; its data is the nonce.
@@ -46,6 +49,8 @@ AUTH = 0x0001
 # Feature bit 1: one of a group of parallel streams; its data is GROUP.
 STREAMS = 0x0002
 KNOWN_FEATURES = AUTH | STREAMS
+# Capability bit 0: control records (docs/PROTOCOL.md, "Control records").
+CONTROL = 0x00000001
 NONCE_BYTES = 32
 # group id (random), this stream's index, the number of streams in the group
 GROUP = struct.Struct("<16sHH")
@@ -81,6 +86,7 @@ class Hello(NamedTuple):
     version: int
     reads_messages: int
     features: int
+    capabilities: int = 0  # what the peer announced (0 in a version 1 hello)
 
 
 class Group(NamedTuple):
@@ -156,9 +162,15 @@ def check_join(data: bytes, group: Group) -> None:
         )
     raise ProtocolError(f"answer to joining a stream group has unknown status {status}")
 
-def encode(features: int = 0, feature_data: int = 0) -> bytes:
+def encode(features: int = 0, feature_data: int = 0, capabilities: int = 0) -> bytes:
     """A hello of this end."""
-    return HELLO.pack(MAGIC, VERSION, MESSAGE_VERSION, features, feature_data, 0)
+    return HELLO.pack(MAGIC, VERSION, MESSAGE_VERSION, features, feature_data, capabilities)
+
+
+def shared_capabilities(mine: int, peer: Hello) -> int:
+    """The capabilities on for a connection: those both ends announced, none
+    when the peer's hello is of version 1 (it has no capability bits)."""
+    return mine & peer.capabilities if peer.version >= 2 else 0
 
 
 def decode(data: bytes) -> Hello:
@@ -179,14 +191,18 @@ def decode(data: bytes) -> Hello:
             "(upgrade arraywire at this end)"
         )
     expected = feature_data_size(features)
-    # The reserved field is for hello versions after 1.
-    if extra != expected or (version == VERSION and reserved):
+    # Capability bits travel in version 2 and later; version 1 reserves the field.
+    if extra != expected or (version == 1 and reserved):
         raise ProtocolError(
             f"hello with features {features:#06x} carries {expected} bytes of feature "
-            f"data and, in version {VERSION}, a zero reserved field; got {extra} bytes "
-            f"of feature data, reserved {reserved:#x}"
+            "data and, in version 1, a zero reserved field (capability bits need hello "
+            f"version 2); got version {version}, {extra} bytes of feature data, "
+            f"reserved {reserved:#x}"
         )
-    return Hello(min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features)
+    return Hello(
+        min(version, VERSION), min(reads_messages, MESSAGE_VERSION), features,
+        reserved if version >= 2 else 0,
+    )
 
 
 def unexpected(first: bytes) -> ProtocolError:
@@ -235,6 +251,10 @@ class Opening:
     connection. A listening end whose peer is a stream of a group finds it in
     ``group`` once the opening is done, and answers with ``answer_join``.
 
+    ``capabilities`` are the bits this end announces (what its driver
+    handles); once the opening is done, ``capabilities`` holds those on for
+    the connection, the bits both ends announced.
+
     A ``bare`` end (no key, no group) speaks only when spoken to: a peer may
     begin with a message in place of its hello (a plain ``send_array``, the
     command line's plain sender). The opening is then done at once, with
@@ -243,8 +263,8 @@ class Opening:
     """
 
     __slots__ = (
-        "_bare", "_connecting", "_group", "_key", "_mine", "_outgoing", "_peer_hello", "_step",
-        "early", "group", "peer", "wanted",
+        "_announced", "_bare", "_connecting", "_group", "_key", "_mine", "_outgoing",
+        "_peer_hello", "_step", "capabilities", "early", "group", "peer", "wanted",
     )
 
     def __init__(
@@ -254,6 +274,7 @@ class Opening:
         connecting: bool,
         group: Group | None = None,
         bare: bool = False,
+        capabilities: int = 0,
     ) -> None:
         check_key(authkey)
         if bare and (authkey is not None or group is not None):
@@ -269,7 +290,9 @@ class Opening:
             features |= STREAMS
             data += GROUP.pack(*group)
         # this end's hello with its feature data, as the proofs cover it
-        self._mine = encode(features, len(data)) + data
+        self._announced = capabilities
+        self.capabilities = 0
+        self._mine = encode(features, len(data), capabilities) + data
         self._outgoing = b"" if bare else self._mine
         self._peer_hello = b""
         self._step = "hello"
@@ -344,6 +367,7 @@ class Opening:
 
     def _take_hello(self, hello: Hello) -> None:
         self.peer = hello
+        self.capabilities = shared_capabilities(self._announced, hello)
         peer_authenticates = bool(hello.features & AUTH)
         if peer_authenticates and self._key is None:
             raise AuthenticationError(

@@ -14,6 +14,8 @@ HELLO_MAGIC = b"AWHI"
 REFUSAL_MAGIC = b"AWNO"
 REFUSAL = struct.Struct("<4sI")
 MAX_REASON = 4096
+# A control record on a connection whose ends both announced control records.
+CONTROL_MAGIC = b"AWCR"
 # A TLS client's first byte: a handshake record.
 TLS_HANDSHAKE = b"\x16"
 # First bytes of a TLS record (handshake or alert, protocol major version 3).
@@ -21,7 +23,7 @@ TLS_RECORDS = (b"\x16\x03", b"\x15\x03")
 # First bytes of an HTTP request or response.
 HTTP_STARTS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"HTTP", b"OPTI", b"DELE", b"PATC", b"CONN")
 
-Speaks = Literal["message", "hello", "refusal", "tls", "http", "other"]
+Speaks = Literal["message", "hello", "refusal", "control", "tls", "http", "other"]
 
 
 def identify(first: bytes) -> Speaks:
@@ -33,6 +35,8 @@ def identify(first: bytes) -> Speaks:
         return "hello"
     if magic == REFUSAL_MAGIC:
         return "refusal"
+    if magic == CONTROL_MAGIC:
+        return "control"
     if magic[:2] in TLS_RECORDS:
         return "tls"
     if magic in HTTP_STARTS:
