@@ -412,7 +412,7 @@ def test_silent_and_garbage_peers_do_not_stall_accept(backend: Backend) -> None:
             np.testing.assert_array_equal(channel.recv(), np.arange(3))
         assert server.result() == 1
         # served while the silent peer was still waiting for its timeout
-        assert silent.recv(16) == hello()
+        assert silent.recv(16) == hello(version=2)
         silent.setblocking(False)
         with pytest.raises(BlockingIOError):
             silent.recv(1)
@@ -449,13 +449,13 @@ def test_listener_checks_each_hello(
         peer.sendall(peer_hello)
         if accepted:
             with listener.accept(timeout=LIMIT) as channel:
-                assert peer.recv(16) == hello()
+                assert peer.recv(16) == hello(version=2)
                 arraywire.send_array(np.arange(2), peer)
                 np.testing.assert_array_equal(channel.recv(), np.arange(2))
         else:
             with pytest.raises(TimeoutError):
                 listener.accept(timeout=0.5)
-            assert peer.recv(16) == hello()
+            assert peer.recv(16) == hello(version=2)
             assert ends(peer)
 
 
@@ -463,7 +463,7 @@ def test_no_names_or_metadata_for_a_peer_that_reads_version_1(backend: Backend) 
     with arraywire.listen(("127.0.0.1", 0)) as listener, raw_connect(listener.address) as peer:
         peer.sendall(hello(reads=1))
         with listener.accept(timeout=LIMIT) as channel:
-            assert peer.recv(16) == hello()
+            assert peer.recv(16) == hello(version=2)
             with pytest.raises(ValueError, match="reads messages up to version 1"):
                 channel.send_arrays({"x": np.arange(2)})
             with pytest.raises(ValueError, match="names and metadata need version 2"):
