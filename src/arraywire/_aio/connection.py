@@ -28,6 +28,7 @@ from arraywire._drivers.sockets import (
     closed_listener,
     family_of,
     not_tls,
+    remove_socket_file,
     reset_in_opening,
     server_socket,
     tune,
@@ -320,7 +321,7 @@ class Listener:
         self,
         sock: socket.socket,
         handshake_timeout: float,
-        unlink: str | None,
+        unix_name: str | bytes | None,
         *,
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
@@ -331,7 +332,7 @@ class Listener:
         self._handshake_timeout = handshake_timeout
         self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
         self._expiry: asyncio.TimerHandle | None = None
-        self._unlink = unlink
+        self._unix_name = unix_name
         self._authkey = authkey
         self._ssl = ssl
         self._ready: asyncio.Queue[Channel | BaseException] = asyncio.Queue()
@@ -341,8 +342,9 @@ class Listener:
 
     @property
     def address(self) -> Any:
-        """The bound address: (host, port) with the real port, or the path."""
-        return bound_address(self._sock)
+        """The bound address: (host, port) with the real port, or the AF_UNIX
+        path or abstract name as given."""
+        return bound_address(self._sock, self._unix_name)
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
@@ -487,9 +489,7 @@ class Listener:
             with contextlib.suppress(RuntimeError):  # no loop running
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
-            if self._unlink is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._unlink)
+            remove_socket_file(self._unix_name)
         self._ready.put_nowait(closed_listener())  # wakes an accept() waiting now
 
     async def aclose(self) -> None:

@@ -4,11 +4,13 @@ blocking and the asyncio drivers.
 Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
 tuple is TCP (IPv4 or IPv6 by the host; ``""`` all IPv4 interfaces, ``"::"``
 all interfaces, dual-stack where the OS allows; port 0 picks a free port), a
-``str`` or ``os.PathLike`` is an AF_UNIX path.
+``str`` or ``os.PathLike`` is an AF_UNIX path. A ``str`` or ``bytes`` that
+starts with a NUL is a Linux abstract AF_UNIX name: no file, nothing to remove.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -19,7 +21,7 @@ from typing import Any, TypeAlias
 from arraywire._wire import hello, peers
 from arraywire._wire.errors import ProtocolError, unexpected_peer
 
-Address: TypeAlias = "tuple[str, int] | str | os.PathLike[str]"
+Address: TypeAlias = "tuple[str, int] | str | bytes | os.PathLike[str]"
 
 
 DEFAULT_BACKLOG = 128
@@ -36,7 +38,7 @@ RETRY_INTERVAL = 0.05
 
 def family_of(address: Any) -> tuple[socket.AddressFamily, Any]:
     """The socket family of an address, and the address in that family's form."""
-    if isinstance(address, (str, os.PathLike)):
+    if isinstance(address, (str, os.PathLike)) or is_abstract(address):
         return socket.AF_UNIX, os.fspath(address)
     if isinstance(address, tuple) and len(address) == 2:
         host, port = address
@@ -49,15 +51,33 @@ def family_of(address: Any) -> tuple[socket.AddressFamily, Any]:
             raise ValueError(f"port {port} is outside 0..65535")
         return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
     raise TypeError(
-        "an address is a (host, port) tuple for TCP or a str / os.PathLike path for "
-        f"AF_UNIX, got {address!r}"
+        "an address is a (host, port) tuple for TCP, a str / os.PathLike path for "
+        f"AF_UNIX or a str / bytes abstract AF_UNIX name starting with NUL, got {address!r}"
     )
 
 
-def bound_address(sock: socket.socket) -> Any:
-    """A listening socket's address: (host, port) with the real port, or the path."""
+def is_abstract(address: Any) -> bool:
+    """Whether address is a Linux abstract AF_UNIX name (a str or bytes
+    starting with NUL)."""
+    return isinstance(address, (str, bytes)) and address[:1] in ("\0", b"\0")
+
+
+def bound_address(sock: socket.socket, unix_name: str | bytes | None = None) -> Any:
+    """A listening socket's address: (host, port) with the real port, or the
+    AF_UNIX name as it was given (an abstract name keeps its str or bytes)."""
+    if unix_name is not None:
+        return unix_name
     name = sock.getsockname()
     return name[:2] if isinstance(name, tuple) else name
+
+
+def remove_socket_file(unix_name: str | bytes | None) -> None:
+    """Remove the file a closed AF_UNIX Listener was bound to; an abstract
+    name has none."""
+    if unix_name is None or is_abstract(unix_name):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(unix_name)
 
 
 def closed_listener() -> OSError:
@@ -86,8 +106,9 @@ def check_options(authkey: bytes | None, ssl: SSLContext | None) -> None:
         raise TypeError(f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}")
 
 
-def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | None]:
-    """A listening socket bound to address, and the AF_UNIX path it created."""
+def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | bytes | None]:
+    """A listening socket bound to address, and its AF_UNIX name as given
+    (None for TCP)."""
     family, where = family_of(address)
     if family == socket.AF_UNIX:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

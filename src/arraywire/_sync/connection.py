@@ -5,7 +5,8 @@ exchanged before the first message, over TLS when given an SSLContext.
 Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
 tuple is TCP (IPv4 or IPv6 by the host; ``""`` all IPv4 interfaces, ``"::"``
 all interfaces, dual-stack where the OS allows; port 0 picks a free port), a
-``str`` or ``os.PathLike`` is an AF_UNIX path.
+``str`` or ``os.PathLike`` is an AF_UNIX path; a ``str`` or ``bytes`` starting
+with NUL is an abstract AF_UNIX name (Linux).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from arraywire._drivers.sockets import (
     not_a_tls_client,
     not_tls,
     remaining,
+    remove_socket_file,
     reset_in_opening,
     server_socket,
     tune,
@@ -91,7 +93,7 @@ def listen(
     check_options(authkey, ssl)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, unlink=path, authkey=authkey, ssl=ssl, groups=groups)
+    return Listener(sock, handshake_timeout, unix_name=path, authkey=authkey, ssl=ssl, groups=groups)
 
 
 
@@ -430,7 +432,7 @@ class Listener:
         self,
         sock: socket.socket,
         handshake_timeout: float,
-        unlink: str | None = None,
+        unix_name: str | bytes | None = None,
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
         groups: Groups[socket.socket] | None = None,
@@ -444,7 +446,7 @@ class Listener:
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
-        self._unlink = unlink
+        self._unix_name = unix_name
         self._authkey = authkey
         self._ssl = ssl
         self._opening = opening
@@ -457,8 +459,9 @@ class Listener:
 
     @property
     def address(self) -> Any:
-        """The bound address: (host, port) with the real port, or the path."""
-        return bound_address(self._sock)
+        """The bound address: (host, port) with the real port, or the AF_UNIX
+        path or abstract name as given."""
+        return bound_address(self._sock, self._unix_name)
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
@@ -669,9 +672,7 @@ class Listener:
         if self._sock.fileno() != -1:
             self._selector.close()
             self._sock.close()
-            if self._unlink is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._unlink)
+            remove_socket_file(self._unix_name)
 
     def __enter__(self) -> Listener:
         return self

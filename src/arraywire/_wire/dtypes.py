@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.format import descr_to_dtype, dtype_to_descr
 
 MAX_TEXT = 4096
-MAX_DEPTH = 32  # nested structs, subarray types and titles
+MAX_DEPTH = 32  # levels: the outer struct, each struct and subarray type inside
 MAX_ITEMSIZE = (1 << 31) - 1  # numpy keeps an item's size in a C int
 MAX_FIELD_NDIM = 32
 
@@ -63,9 +63,10 @@ def _encode_cached(dtype: np.dtype) -> str:
         "reordered fields, or metadata); pass a packed or aligned struct"
     )
     try:
-        text = _emit(dtype_to_descr(dtype), top=True)
+        descr = dtype_to_descr(dtype)
     except ValueError:  # numpy has no descr for overlapping or out-of-order fields
         raise no_text from None
+    text = _emit(descr, top=True)
     if len(text.encode("utf-8")) > MAX_TEXT:
         raise DtypeTextError(
             f"the dtype's text is {len(text.encode('utf-8')):,} bytes, over the limit "
@@ -85,6 +86,12 @@ def _emit(descr: Any, top: bool = False) -> str:
     fields = []
     for field in descr:
         name = field[0]
+        if isinstance(name, tuple) and not isinstance(name[0], str):
+            # numpy takes any object as a title; the wire format has text only
+            raise DtypeTextError(
+                f"field {name[1]!r} has the title {name[0]!r}, which is not a str; "
+                "the wire format carries only str titles"
+            )
         name_text = _quote(name) if isinstance(name, str) else (
             f"({_quote(name[0])}, {_quote(name[1])})"
         )
@@ -240,11 +247,12 @@ class _Reader:
         return (name, type_descr), size
 
     def type(self, depth: int) -> tuple[Any, int]:
-        if depth >= MAX_DEPTH:
-            raise DtypeTextError(f"dtype text nested deeper than {MAX_DEPTH} levels")
+        # depth: the levels around this type; a simple type adds none
         if self.peek("["):
             return self.struct(depth)
         if self.peek("("):
+            if depth >= MAX_DEPTH:
+                raise DtypeTextError(f"dtype text nested deeper than {MAX_DEPTH} levels")
             self.take("(")
             base, size = self.type(depth + 1)
             self.take(", ")

@@ -216,9 +216,9 @@ def decode_block(
     """Parse a descriptor block; the payloads together may not exceed max_bytes."""
     _, flags, _, count = preamble
     if len(block) <= _CACHED_BLOCK_BYTES and not flags & HAS_METADATA:
-        header = _decode_cached(bytes(block), count, flags)
+        header, stray = _decode_cached(bytes(block), count, flags)
     else:
-        header = _decode_all(block, count, flags)
+        header, stray = _decode_all(block, count, flags)
     if len(header.metadata) > max_metadata:
         raise ProtocolError(
             f"message carries {len(header.metadata):,} bytes of metadata, over "
@@ -240,6 +240,8 @@ def decode_block(
             f"message declares at least {total:,} payload bytes, over "
             f"max_bytes={limit:,}{lift}"
         )
+    if stray:  # after the max_bytes check, as the spec orders them
+        raise ProtocolError(f"{stray} stray bytes after the last descriptor")
     return header
 
 
@@ -247,7 +249,8 @@ def decode_block(
 _CACHED_BLOCK_BYTES = 512
 
 
-def _decode_all(block: bytes, count: int, flags: int) -> Header:
+def _decode_all(block: bytes, count: int, flags: int) -> tuple[Header, int]:
+    """The header, and how many bytes of the block follow its last descriptor."""
     offset = 0
     metadata = b""
     if flags & HAS_METADATA:
@@ -272,9 +275,8 @@ def _decode_all(block: bytes, count: int, flags: int) -> Header:
                 raise ProtocolError(f"array {index}: name {name!r} repeated")
             seen.add(name)
             names.append(name)
-    if offset != len(block):
-        raise ProtocolError(f"{len(block) - offset} stray bytes after the last descriptor")
-    return Header(tuple(specs), None if names is None else tuple(names), metadata, payload)
+    header = Header(tuple(specs), None if names is None else tuple(names), metadata, payload)
+    return header, len(block) - offset
 
 
 _decode_cached = lru_cache(maxsize=1024)(_decode_all)
