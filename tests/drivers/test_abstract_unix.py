@@ -105,3 +105,27 @@ def test_a_path_listener_still_removes_its_file(backend: Backend, tmp_path: Any)
         assert listener.address == path
         assert os.path.exists(path)
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("aio_side", [False, True], ids=["blocking", "aio"])
+def test_a_missing_socket_file_is_named_and_host_port_text_gets_a_hint(
+    backend: Backend, aio_side: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def attempt(address: Any) -> FileNotFoundError:
+        with pytest.raises(FileNotFoundError) as caught:
+            if aio_side:
+                asyncio.run(asyncio.wait_for(aio.connect(address), LIMIT))
+            else:
+                arraywire.connect(address)
+        return caught.value
+
+    error = attempt("localhost:5555")
+    assert error.filename == "localhost:5555"
+    assert "'localhost:5555'" in str(error)
+    assert "for TCP pass a (host, port) tuple: ('localhost', 5555)" in str(error)
+    missing = str(tmp_path / "gone.sock")
+    error = attempt(missing)
+    assert error.filename == missing and repr(missing) in str(error)
+    assert "TCP" not in str(error)

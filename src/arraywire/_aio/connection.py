@@ -27,6 +27,7 @@ from arraywire._drivers.sockets import (
     closed_in_opening,
     closed_listener,
     family_of,
+    no_socket_file,
     not_tls,
     remove_socket_file,
     reset_in_opening,
@@ -270,6 +271,9 @@ async def _connect_once(address: Address) -> socket.socket:
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, where)
+    except FileNotFoundError:
+        sock.close()
+        raise no_socket_file(where) from None
     except BaseException:
         sock.close()
         raise

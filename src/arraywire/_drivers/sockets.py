@@ -71,6 +71,19 @@ def bound_address(sock: socket.socket, unix_name: str | bytes | None = None) -> 
     return name[:2] if isinstance(name, tuple) else name
 
 
+def no_socket_file(path: str | bytes) -> FileNotFoundError:
+    """What connect() raises for an AF_UNIX path with no socket file, naming
+    it (a "host:port" text is a path too)."""
+    shown = os.fsdecode(path)
+    hint = ""
+    host, _, port = shown.rpartition(":")
+    if host and port.isdigit() and os.sep not in shown:
+        hint = f"; for TCP pass a (host, port) tuple: ({host!r}, {port})"
+    return FileNotFoundError(
+        errno.ENOENT, f"no AF_UNIX socket file {shown!r} to connect to{hint}", path
+    )
+
+
 def remove_socket_file(unix_name: str | bytes | None) -> None:
     """Remove the file a closed AF_UNIX Listener was bound to; an abstract
     name has none."""

@@ -36,6 +36,7 @@ from arraywire._drivers.sockets import (
     closed_in_opening,
     closed_listener,
     family_of,
+    no_socket_file,
     not_a_tls_client,
     not_tls,
     remaining,
@@ -345,6 +346,9 @@ def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | Non
     try:
         sock.settimeout(timeout)
         sock.connect(where)
+    except FileNotFoundError:
+        sock.close()
+        raise no_socket_file(where) from None
     except BaseException:
         sock.close()
         raise
