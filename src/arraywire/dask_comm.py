@@ -12,6 +12,7 @@ arguments), each connection runs inside TLS, as ``tls://``'s do.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import ssl
@@ -19,6 +20,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import dask.config
+import numpy as np
 from dask.utils import parse_bytes
 from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.comm.core import (
@@ -44,16 +46,35 @@ PREFIX = "aw://"
 # Dask's config key for a cap on the bytes of one received message; like
 # tcp://, none by default.
 MAX_MESSAGE_KEY = "distributed.comm.aw.max-message-bytes"
+# Dask's config key for the bytes written but not yet sent that one comm
+# holds before a further write waits.
+MAX_QUEUED_KEY = "distributed.comm.aw.max-queued-bytes"
+MAX_QUEUED_DEFAULT = "256 MiB"
 # What a failed transfer raises that means the comm is gone.
 LOST = (EOFError, OSError, ProtocolError)
 
 
-def max_message_bytes() -> int | None:
-    """The cap set in Dask's config (bytes, or a string such as "2 GiB")."""
-    value = dask.config.get(MAX_MESSAGE_KEY, default=None)
+def config_bytes(key: str, default: str | None) -> int | None:
+    """A size set in Dask's config (bytes, or a string such as "2 GiB")."""
+    value = dask.config.get(key, default=default)
     if value is None:
         return None
     return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def max_message_bytes() -> int | None:
+    """The cap on one received message (None: no cap, as tcp://)."""
+    return config_bytes(MAX_MESSAGE_KEY, None)
+
+
+def max_queued_bytes() -> int | None:
+    """The bound on the bytes one comm holds for sending (None: no bound)."""
+    return config_bytes(MAX_QUEUED_KEY, MAX_QUEUED_DEFAULT)
+
+
+class NotArraywireError(ConnectionError):
+    """The peer answered, but not as arraywire (an HTTP server, say): a
+    connection failure to Dask, which retries it until its connect timeout."""
 
 
 def tls_context(address: str, connection_args: dict[str, Any]) -> ssl.SSLContext | None:
@@ -96,9 +117,18 @@ class ArraywireComm(Comm):
     ) -> None:
         self._closed = False
         self._channel = channel
-        self._transfers = 0  # reads and writes holding the socket
-        self._write_idle = asyncio.Event()
-        self._write_idle.set()
+        self._transfers = 0  # reads and sends holding the socket
+        # Written messages (their arrays, kept referenced) not yet sent, in
+        # order, and their bytes; one task sends them.
+        self._queue: collections.deque[tuple[list[np.ndarray], int]] = collections.deque()
+        self._queued_bytes = 0
+        self.max_queued_bytes = max_queued_bytes()
+        self._sender: asyncio.Task[None] | None = None
+        self._writes = 0  # writes not yet queued (serialising or waiting for room)
+        self._admission = asyncio.Lock()  # writes waiting for room queue in turn
+        self._sent = asyncio.Event()  # set whenever a queued message leaves
+        self._flushed = asyncio.Event()  # no write in progress, nothing queued
+        self._flushed.set()
         # Shards of at most this size, as tcp:// cuts them
         self._shard_bytes = parse_bytes(dask.config.get("distributed.comm.shard"))
         super().__init__(deserialize=deserialize)
@@ -151,9 +181,13 @@ class ArraywireComm(Comm):
             raise CommClosedError(f"in {self}: aborted stream on truncated data") from None
 
     async def write(self, msg: Any, serializers: Any = None, on_error: str = "message") -> int:
+        """Queue the message and return its bytes, as tcp:// hands its frames
+        to the stream's buffer: a later send failure closes the comm. An
+        error before the message is queued leaves the comm open."""
         if self._closed:
             raise CommClosedError(f"in {self}: closed")
-        self._write_idle.clear()
+        self._writes += 1
+        self._flushed.clear()
         try:
             frames = await to_frames(
                 msg,
@@ -168,11 +202,57 @@ class ArraywireComm(Comm):
                 frame_split_size=self._shard_bytes,
             )
             arrays = dask_frames.to_arrays(frames)
-            if self._closed:  # aborted while the message was serialized
+            nbytes = sum(array.nbytes for array in arrays)
+            if self._must_wait(nbytes) or self._admission.locked():
+                async with self._admission:
+                    while self._must_wait(nbytes):
+                        self._sent.clear()
+                        await self._sent.wait()
+            if self._closed:  # aborted while the message was serialised or waited
                 raise CommClosedError(f"in {self}: closed")
-            return await self._transfer(self._channel.send_arrays(arrays))
+            self._queue.append((arrays, nbytes))
+            self._queued_bytes += nbytes
+            if self._sender is None:
+                self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+            return nbytes
         finally:
-            self._write_idle.set()
+            self._writes -= 1
+            self._check_flushed()
+
+    def _must_wait(self, nbytes: int) -> bool:
+        """Whether a write of nbytes waits for room: into an empty queue, any
+        size goes."""
+        bound = self.max_queued_bytes
+        return (
+            not self._closed
+            and bound is not None
+            and self._queued_bytes > 0
+            and self._queued_bytes + nbytes > bound
+        )
+
+    async def _send_queued(self) -> None:
+        """Send the queued messages in order; a failure aborts the comm (the
+        writers were answered already: later calls raise CommClosedError)."""
+        try:
+            while self._queue and not self._closed:
+                arrays, nbytes = self._queue[0]
+                try:
+                    await self._transfer(self._channel.send_arrays(arrays))
+                except CommClosedError as exc:  # _transfer aborted the comm
+                    logger.debug("aw:// send to %s failed: %r", self._peer_addr, exc)
+                    return
+                if self._queue:  # abort() emptied it
+                    self._queue.popleft()
+                    self._queued_bytes -= nbytes
+                self._sent.set()
+        finally:
+            self._sender = None
+            self._sent.set()
+            self._check_flushed()
+
+    def _check_flushed(self) -> None:
+        if not self._writes and self._sender is None:
+            self._flushed.set()
 
     async def _transfer(self, transfer: Awaitable[T]) -> T:
         """Await a send or receive of the channel; a failure closes the comm."""
@@ -195,26 +275,29 @@ class ArraywireComm(Comm):
             self._channel.close()
 
     async def close(self) -> None:
-        """Close once a write in progress has finished (a write returns when
-        its last byte, or TLS record, is with the kernel: there is nothing
-        else to flush)."""
+        """Close once every written message is sent (or the comm failed)."""
         try:
-            await self._write_idle.wait()
+            await self._flushed.wait()
         finally:
             self.abort()
 
     def abort(self) -> None:
-        """Close at once. A read or write in progress wakes up (the socket is
-        shut down) and closes the socket when it lets go of it."""
+        """Close at once, dropping what is queued. A read or send in progress
+        wakes up (the socket is shut down) and closes the socket when it lets
+        go of it."""
         if self._closed:
             return
         self._closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._sent.set()  # writes waiting for room see the comm closed
         try:
             self._channel.socket.shutdown(socket.SHUT_RDWR)
         except OSError:  # never connected, or the peer is gone already
             pass
         if not self._transfers:
             self._channel.close()
+
 
     def closed(self) -> bool:
         return self._closed
@@ -228,7 +311,12 @@ class ArraywireConnector(Connector):
         host, port = parse_host_port(address)
         where = (await resolve(host, port), port)
         if context is None:
-            channel = await aio.connect(where)
+            try:
+                channel = await aio.connect(where)
+            except ProtocolError as exc:
+                raise NotArraywireError(
+                    f"{PREFIX}{address} is not an arraywire listener: {exc}"
+                ) from exc
         else:
             # the server name tls:// gives: the worker's scheduler-sni, else the host
             server_hostname = connection_args.get("server_hostname") or host

@@ -18,6 +18,7 @@ distributed = pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
+from dask_pairs import served_pair  # noqa: E402
 from distributed.comm import connect, get_address_host, listen  # noqa: E402
 from distributed.comm.core import CommClosedError, FatalCommClosedError  # noqa: E402
 from distributed.comm.registry import get_backend  # noqa: E402
@@ -210,18 +211,18 @@ async def test_a_cancelled_read_leaves_the_comm_closed(backend) -> None:
 
 @PLAIN_AND_TLS
 @gen_test()
-async def test_an_abort_stops_a_large_write_in_progress(backend, security) -> None:
+async def test_an_abort_stops_a_large_send_in_progress(backend, security) -> None:
     client, server = await served_pair(security=security)
-    writing = asyncio.ensure_future(client.write({"x": to_serialize(np.zeros(8_000_000))}))
-    await asyncio.sleep(0.2)  # the 64 MB cannot all be in the socket buffers: the write waits
-    assert not writing.done()
+    # returns at once, as tcp://'s write: the 64 MB are queued, not sent
+    await asyncio.wait_for(client.write({"x": to_serialize(np.zeros(8_000_000))}), 10)
+    await asyncio.sleep(0.2)  # they cannot all be in the socket buffers: the send waits
     client.abort()
-    with pytest.raises(CommClosedError):
-        await asyncio.wait_for(writing, 10)
     assert client.closed()
     with pytest.raises(CommClosedError):
         await server.read()
     await server.close()
+    with pytest.raises(CommClosedError):
+        await client.write({"op": "after"})
 
 
 @PLAIN_AND_TLS
@@ -373,21 +374,6 @@ async def test_more_buffers_than_the_descriptor_limit_still_go_through(backend) 
         np.testing.assert_array_equal(array, [n, n, n])
 
 
-async def served_pair(listener_address: str = "aw://127.0.0.1:0", security: Security | None = None):
-    """A connected client comm and the server's comm of the same connection
-    (over TLS with a Security); the listener is stopped already."""
-    served: asyncio.Queue = asyncio.Queue()
-
-    async def keep(comm):
-        await served.put(comm)
-
-    security = security or Security()
-    async with listen(listener_address, keep, **security.get_listen_args("scheduler")) as listener:
-        client = await connect(listener.contact_address, **security.get_connection_args("client"))
-        server = await served.get()
-    return client, server
-
-
 @gen_test()
 async def test_the_config_cap_refuses_a_larger_message(backend) -> None:
     with dask.config.set({"distributed.comm.aw.max-message-bytes": "1 MiB"}):
@@ -463,13 +449,17 @@ async def test_tls_against_a_plain_listener_and_back_fails_at_once(backend) -> N
         assert await comm.read() == {"op": "ping"}
         await comm.close()
     async with echo_server(**TLS.get_listen_args("scheduler")) as encrypted:
-        with pytest.raises(ProtocolError, match="peer closed the connection"):
-            await connect(encrypted.contact_address, timeout=30)
+        # a connection failure to Dask: retried until the connect timeout
+        with pytest.raises(OSError, match="Timed out trying to connect"):
+            await connect(encrypted.contact_address, timeout=1)
+        with pytest.raises(ConnectionError, match="peer closed the connection") as failed:
+            await get_backend("aw").get_connector().connect(encrypted.contact_address[5:])
+        assert isinstance(failed.value.__cause__, ProtocolError)
         comm = await connect(encrypted.contact_address, **TLS.get_connection_args("client"))
         await comm.write({"op": "ping"})
         assert await comm.read() == {"op": "ping"}
         await comm.close()
-    assert loop.time() - start < 15  # neither failure was retried until its timeout
+    assert loop.time() - start < 15  # the TLS failure was not retried until its timeout
 
 
 @gen_test()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from distributed.protocol.utils import merge_memoryviews
+from distributed.utils import ensure_memoryview
 
 from arraywire._wire.errors import ProtocolError
 
@@ -39,11 +40,14 @@ def owner(frame: Any) -> Any:
 
 
 def byte_view(frame: Any) -> memoryview:
-    """A frame as a flat view of unsigned bytes (non-contiguous ones copied)."""
+    """A frame as a flat view of unsigned bytes. A C-contiguous one is cast,
+    keeping its exporter (shards of one buffer still join); the rest as
+    Dask's ``ensure_memoryview`` has them: zero-size ones of any shape empty,
+    F-ordered ones cast without a copy, non-contiguous ones copied."""
     view = memoryview(frame)
-    if not view.c_contiguous:
-        return memoryview(view.tobytes())
-    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+    if view.nbytes and view.c_contiguous:
+        return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+    return ensure_memoryview(view)
 
 
 def to_arrays(frames: Sequence[Any]) -> list[np.ndarray]:
