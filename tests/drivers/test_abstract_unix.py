@@ -5,7 +5,9 @@ backends."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import sys
 from typing import Any
 
@@ -129,3 +131,30 @@ def test_a_missing_socket_file_is_named_and_host_port_text_gets_a_hint(
     error = attempt(missing)
     assert error.filename == missing and repr(missing) in str(error)
     assert "TCP" not in str(error)
+
+
+@pytest.mark.parametrize("aio_side", [False, True], ids=["blocking", "aio"])
+def test_listen_over_an_existing_socket_file_names_it_and_keeps_it(
+    backend: Backend, aio_side: bool, tmp_path: Any,
+) -> None:
+    path = str(tmp_path / "sock")
+
+    def attempt() -> OSError:
+        with pytest.raises(OSError) as caught:
+            if aio_side:
+                asyncio.run(asyncio.wait_for(aio.listen(path), LIMIT))
+            else:
+                arraywire.listen(path)
+        return caught.value
+
+    with arraywire.listen(path):
+        error = attempt()
+        assert error.errno == errno.EADDRINUSE and error.filename == path
+        assert repr(path) in str(error) and "a server answers there" in str(error)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # a file left by a server that is gone
+    stale.close()
+    error = attempt()
+    assert error.errno == errno.EADDRINUSE
+    assert "nothing answers there" in str(error)
+    assert os.path.exists(path)  # never removed

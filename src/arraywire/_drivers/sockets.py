@@ -84,6 +84,22 @@ def no_socket_file(path: str | bytes) -> FileNotFoundError:
     )
 
 
+def path_in_use(path: str | bytes) -> OSError:
+    """What listen() raises for an AF_UNIX path that exists: it names the
+    path and says whether a server answers there (the file is never removed:
+    it may be another program's)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        state = "a server answers there"
+    except OSError:
+        state = "nothing answers there (a stale socket file? remove it if no server uses it)"
+    finally:
+        probe.close()
+    return OSError(errno.EADDRINUSE, f"AF_UNIX path {os.fsdecode(path)!r} is in use: {state}", path)
+
+
 def remove_socket_file(unix_name: str | bytes | None) -> None:
     """Remove the file a closed AF_UNIX Listener was bound to; an abstract
     name has none."""
@@ -128,6 +144,11 @@ def server_socket(address: Address, backlog: int) -> tuple[socket.socket, str | 
         try:
             sock.bind(where)
             sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or is_abstract(where):
+                raise
+            raise path_in_use(where) from None
         except BaseException:
             sock.close()
             raise
