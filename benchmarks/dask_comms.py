@@ -8,8 +8,8 @@ the receiver deserializes each message, with or without a CPU-bound Python
 thread running beside its event loop. A ping-pong of a 64-byte message gives
 the round trip, and a message of two 200 MB arrays the receiver's peak RSS.
 
-Cluster level: ``LocalCluster(n_workers=2, processes=True)``; a 400 MB array
-made on one worker is needed by a task on the other, and the bandwidth is the
+Cluster level: ``LocalCluster(n_workers=2, processes=True)``; an array of each
+size made on one worker is needed by a task on the other, and the bandwidth is the
 receiving worker's ``transfer_incoming_log`` entry, with and without a
 GIL-holding task running on the receiving worker meanwhile.
 
@@ -175,30 +175,43 @@ def last_incoming_bandwidth(dask_worker: Any) -> float:
     return float(dask_worker.transfer_incoming_log[-1]["bandwidth"])
 
 
-def cluster(scheme: str, busy: bool, repeats: int, size: int = 400 * MB) -> list[float]:
-    """Bandwidths (bytes/s) of a worker-to-worker transfer of size bytes."""
+def spin_seconds(size: int) -> float:
+    """How long the receiving worker's GIL-holding task runs: longer than
+    the slowest transfer of size bytes under it."""
+    return 1.0 + size / (100 * MB)
+
+
+def cluster(scheme: str, repeats: int) -> list[dict[str, Any]]:
+    """Rows of worker-to-worker bandwidth (bytes/s) for every size, with and
+    without a GIL-holding task on the receiving worker; one cluster."""
     from distributed import Client, LocalCluster
 
+    rows = []
     with LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, protocol=f"{scheme}://",
         dashboard_address=None, memory_limit=0,
     ) as local, Client(local) as client:
         first, second = sorted(client.scheduler_info()["workers"])
-        bandwidths = []
-        for tag in range(repeats + 1):  # the first is a warm-up
-            made = client.submit(make_array, size, tag, workers=[first], pure=False)
-            made.result()
-            spinner = client.submit(hold_gil, 5.0, workers=[second], pure=False) if busy else None
-            if spinner is not None:
-                time.sleep(0.5)  # the spinner is running before the transfer starts
-            total = client.submit(np.sum, made, workers=[second], pure=False)
-            assert total.result() == tag * (size // 8)
-            if tag:
-                bandwidths.append(client.run(last_incoming_bandwidth, workers=[second])[second])
-            if spinner is not None:
-                spinner.result()
-            del made, total
-    return bandwidths
+        for busy in (False, True):
+            for size in SIZES:
+                bandwidths = []
+                for tag in range(repeats + 1):  # the first is a warm-up
+                    made = client.submit(make_array, size, tag, workers=[first], pure=False)
+                    made.result()
+                    spinner = (client.submit(hold_gil, spin_seconds(size), workers=[second], pure=False)
+                               if busy else None)
+                    if spinner is not None:
+                        time.sleep(0.5)  # the spinner is running before the transfer starts
+                    total = client.submit(np.sum, made, workers=[second], pure=False)
+                    assert total.result() == tag * (size // 8)
+                    if tag:
+                        bandwidths.append(client.run(last_incoming_bandwidth, workers=[second])[second])
+                    if spinner is not None:
+                        spinner.result()
+                    del made, total
+                rows.append({"scheme": scheme, "busy": busy, "size": size,
+                             "gbps": statistics.median(bandwidths) / 1e9})
+    return rows
 
 
 def run(rounds: int = 2, repeats: int = 3, cluster_repeats: int = 3) -> dict[str, Any]:
@@ -220,12 +233,7 @@ def run(rounds: int = 2, repeats: int = 3, cluster_repeats: int = 3) -> dict[str
                 "scheme": scheme, "payload": 2 * RSS_ARRAY,
                 "added_bytes": max(r["rss_added"] for r in results),
             })
-    cluster_rows = [
-        {"scheme": scheme, "busy": busy,
-         "gbps": statistics.median(cluster(scheme, busy, cluster_repeats)) / 1e9}
-        for busy in (False, True)
-        for scheme in SCHEMES
-    ]
+    cluster_rows = [row for scheme in SCHEMES for row in cluster(scheme, cluster_repeats)]
     return {"comm": comm, "rtt": rtt, "memory": memory, "cluster": cluster_rows}
 
 
