@@ -10,6 +10,7 @@ socket did not take at once, go the engine's way."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -25,11 +26,14 @@ from arraywire._drivers.rules import (
     ChannelItem,
     ChannelRules,
     Sockets,
+    check_wait,
     coalesce,
+    end_addresses,
     learn_layout,
     learn_message,
     learned_limit,
     learned_send,
+    readable,
 )
 from arraywire._wire.engine import Message, Receive, SendPlan, plan_send
 from arraywire._wire.errors import IncompleteTransferError
@@ -58,6 +62,7 @@ class Channel:
         self._sock = sock
         self._rules = ChannelRules(AIO, peer_reads=peer_reads)
         self._learned = 0  # the length of the header the Inbox learned (0: none)
+        self._local, self._peer = end_addresses(sock)
 
     @property
     def socket(self) -> socket.socket:
@@ -68,6 +73,66 @@ class Channel:
     def sockets(self) -> Sockets:
         """Every stream's socket, the first one first."""
         return self._streams
+
+    @property
+    def closed(self) -> bool:
+        """Whether the Channel is closed."""
+        return self._sock.fileno() == -1
+
+    @property
+    def local_address(self) -> Any:
+        """This end's address, as ``arraywire.Channel.local_address``."""
+        return self._local
+
+    @property
+    def peer_address(self) -> Any:
+        """The peer's address, as ``arraywire.Channel.peer_address``."""
+        return self._peer
+
+    async def poll(self, timeout: float | None = 0) -> bool:
+        """Whether a message can be received, waiting up to ``timeout``
+        seconds (0: not at all, None: for ever), as
+        ``arraywire.Channel.poll``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``timeout`` is not a number of seconds of 0 or more, or None.
+        RuntimeError
+            Another task is in a receive on this Channel.
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way.
+        OSError
+            The Channel is closed (EBADF).
+        """
+        seconds = check_wait(timeout, zero=True)
+        self._rules.claim("receive", "poll")
+        try:
+            now = readable(self._sock, self._buffered(), 0)
+            if now or seconds == 0:
+                return now
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Future[None] = loop.create_future()
+            fd = self._sock.fileno()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(fd, wake)
+            try:
+                await asyncio.wait_for(ready, seconds)
+            except TimeoutError:
+                return False
+            finally:
+                loop.remove_reader(fd)
+            return True
+        finally:
+            self._rules.release("receive")
+
+    def _buffered(self) -> int:
+        """Bytes of the peer's stream received and not yet taken."""
+        return self._inbox.buffered
 
     async def send(
         self, array: Any, *, metadata: bytes | None = None, progress: Progress | None = None

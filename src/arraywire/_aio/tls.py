@@ -24,7 +24,7 @@ from arraywire._aio.channel import Channel
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
-from arraywire._drivers.rules import AIO, ChannelRules
+from arraywire._drivers.rules import AIO, ChannelRules, end_addresses
 from arraywire._wire.engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.limits import DIRECT_BYTES, READ_AHEAD_BYTES
@@ -187,14 +187,18 @@ class TLSChannel(Channel):
         self._inbox_tls = SessionInbox(session)
         self._outbox: LayoutSender = transport.impl.Outbox(session.sock)  # packs send_many's small messages; never sends
         self._rules = ChannelRules(AIO, peer_reads=peer_reads)
+        self._local, self._peer = end_addresses(session.sock)
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
         """The TLS session: ``getpeercert()``, ``cipher()``, ``version()``."""
         return self._session.ssl_object
 
+    def _buffered(self) -> int:
+        return self._inbox_tls.buffered + self._session.ssl_object.pending()
+
     def __repr__(self) -> str:
-        state = "broken" if self._rules.broken else "closed" if self.fileno() == -1 else "open"
+        state = "broken" if self._rules.broken else "closed" if self.closed else "open"
         return f"<arraywire.aio.Channel over TLS {state} fd={self.fileno()}>"
 
     def _fail(self, name: str, transfer: Transfer, exc: BaseException) -> None:

@@ -4,6 +4,9 @@ the peer, what the peer reads), without I/O, and the layouts their cores learn."
 
 from __future__ import annotations
 
+import errno
+import math
+import selectors
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -104,6 +107,51 @@ def learned_limit(max_bytes: int | None, streams: int) -> int | None:
     if streams == 1:
         return max_bytes
     return STRIPE_BYTES - 1 if max_bytes is None else min(max_bytes, STRIPE_BYTES - 1)
+
+
+def address_form(name: Any) -> Any:
+    """A socket name in the form ``connect`` takes: (host, port) for TCP,
+    IPv6 included; the path for AF_UNIX ('' for an unnamed socket); any other
+    name (an abstract AF_UNIX one, bytes) as the socket gave it."""
+    return name[:2] if isinstance(name, tuple) else name
+
+
+def end_addresses(sock: socket.socket) -> tuple[Any, Any]:
+    """A connected socket's (local, peer) addresses, read once so that they
+    outlive close(); None where the socket cannot say."""
+    ends = []
+    for read in (sock.getsockname, sock.getpeername):
+        try:
+            ends.append(address_form(read()))
+        except OSError:
+            ends.append(None)
+    return ends[0], ends[1]
+
+
+def check_wait(timeout: Any, *, zero: bool) -> float | None:
+    """A receive's or poll's timeout in seconds: a real number, at least 0
+    for poll (``zero``), above 0 for a receive; None waits for ever."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0 or (timeout == 0 and not zero):
+        what = "0 or more" if zero else "above 0 (poll() checks without waiting)"
+        raise ValueError(f"timeout must be {what} seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def readable(sock: socket.socket, buffered: int, timeout: float | None) -> bool:
+    """poll's answer: bytes of a message are buffered (``buffered``, the
+    read-ahead's and the TLS session's), or the socket becomes readable
+    within timeout (a closed peer makes it readable too)."""
+    if buffered:
+        return True
+    if sock.fileno() == -1:
+        raise OSError(errno.EBADF, "poll() on a closed Channel")
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
 
 
 Direction: TypeAlias = Literal["send", "receive"]

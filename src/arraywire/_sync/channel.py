@@ -32,11 +32,14 @@ from arraywire._drivers.rules import (
     ChannelItem,
     ChannelRules,
     Sockets,
+    check_wait,
     coalesce,
+    end_addresses,
     learn_layout,
     learn_message,
     learned_limit,
     learned_send,
+    readable,
 )
 from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
 from arraywire._wire.engine import (
@@ -113,6 +116,7 @@ class Channel:
         self._rules = ChannelRules(
             BLOCKING_TLS if self._tls else BLOCKING, peer_reads=peer_reads, take_turns=self._tls
         )
+        self._local, self._peer = end_addresses(sock)
 
     @property
     def socket(self) -> socket.socket:
@@ -124,8 +128,25 @@ class Channel:
         """Every stream's socket, the first one first (one without parallel streams)."""
         return self._streams
 
+    @property
+    def closed(self) -> bool:
+        """Whether the Channel is closed (by ``close()``, or by a failure that
+        left it out of step with the peer)."""
+        return self._sock.fileno() == -1
+
+    @property
+    def local_address(self) -> Any:
+        """This end's address, in the form ``connect`` takes: (host, port)
+        for TCP, a path for AF_UNIX ('' when unnamed); kept after close()."""
+        return self._local
+
+    @property
+    def peer_address(self) -> Any:
+        """The peer's address, in the same form as ``local_address``."""
+        return self._peer
+
     def __repr__(self) -> str:
-        state = "broken" if self._rules.broken else "closed" if self._sock.fileno() == -1 else "open"
+        state = "broken" if self._rules.broken else "closed" if self.closed else "open"
         streams = f" streams={len(self._streams)}" if len(self._streams) > 1 else ""
         return f"<arraywire.Channel {state} fd={self._sock.fileno()}{streams}>"
 
@@ -304,6 +325,7 @@ class Channel:
         out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> np.ndarray:
         """Receive a one-array message.
 
@@ -312,7 +334,9 @@ class Channel:
         order, nbytes) before any of the payload is read and returns the
         array to fill; what it raises fails the receive and closes the
         Channel, the payload unread. ``max_bytes``
-        and ``progress`` are as for ``arraywire.recv_array``.
+        and ``progress`` are as for ``arraywire.recv_array``. ``timeout``
+        (seconds, None for the socket's own) bounds each wait for bytes, as
+        the socket's timeout does.
 
         Returns
         -------
@@ -343,9 +367,11 @@ class Channel:
         BrokenStreamError
             An earlier transfer on this Channel stopped part-way, and closed it.
         OSError
-            The socket's error (ConnectionResetError, TimeoutError after the
-            socket's timeout with no byte moved, ...), with ``bytes_done``. If
-            part of the message had come, the Channel is closed. With parallel
+            The socket's error (ConnectionResetError, TimeoutError after
+            ``timeout`` or the socket's timeout, ...), with ``bytes_done``.
+            When no byte of the message had come, the Channel stays usable
+            (call again); once part of it had (read-ahead bytes included),
+            the Channel is closed. With parallel
             streams, any failure of a split payload closes it, with
             ``bytes_done`` summed over the streams.
         """
@@ -353,6 +379,7 @@ class Channel:
         lane = rules.lanes["receive"]
         if not lane.acquire(False):
             raise rules.busy_error("receive")
+        restore = self._wait(timeout)
         try:
             if rules.broken is not None:
                 raise rules.broken_error("receive")
@@ -372,14 +399,55 @@ class Channel:
                 self._break("receive", exc)
             raise
         finally:
+            restore()
             lane.release()
 
+    def _wait(self, timeout: float | None) -> Callable[[], None]:
+        """Set a receive's timeout on the sockets; return what restores theirs."""
+        if timeout is None:
+            return _keep
+        seconds = check_wait(timeout, zero=False)
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(seconds)
+
+        def restore() -> None:
+            if self._sock.fileno() != -1:
+                self._sock.settimeout(previous)
+
+        return restore
+
+    def poll(self, timeout: float | None = 0) -> bool:
+        """Whether a message can be received: its bytes are buffered or
+        readable, or the peer closed (then a receive raises EOFError). Waits
+        up to ``timeout`` seconds for that (0: not at all, None: for ever),
+        as ``multiprocessing.connection.Connection.poll``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``timeout`` is not a number of seconds of 0 or more, or None.
+        BrokenStreamError
+            An earlier transfer on this Channel stopped part-way, and closed it.
+        OSError
+            The Channel is closed (EBADF).
+        """
+        seconds = check_wait(timeout, zero=True)
+        if self._rules.broken is not None:
+            raise self._rules.broken_error("poll")
+        pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+        return readable(self._sock, self._inbox.buffered + pending, seconds)
+
     def recv_arrays(
-        self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
+        self,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> list[np.ndarray] | dict[str, np.ndarray]:
         """Receive one message of any number of arrays.
 
-        ``max_bytes`` and ``progress`` are as for ``arraywire.recv_arrays``.
+        ``max_bytes`` and ``progress`` are as for ``arraywire.recv_arrays``;
+        ``timeout`` as for ``recv``.
 
         Returns
         -------
@@ -393,7 +461,7 @@ class Channel:
         EOFError, IncompleteTransferError, ProtocolError, RuntimeError, BrokenStreamError, OSError
             As ``Channel.recv`` raises them.
         """
-        return self.recv_message(max_bytes=max_bytes, progress=progress).arrays
+        return self.recv_message(max_bytes=max_bytes, progress=progress, timeout=timeout).arrays
 
     def recv_message(
         self,
@@ -401,11 +469,13 @@ class Channel:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> Message:
         """Receive one message with its metadata.
 
         ``max_metadata`` caps the metadata's size; ``max_bytes`` and
-        ``progress`` are as for ``arraywire.recv_message``.
+        ``progress`` are as for ``arraywire.recv_message``; ``timeout`` as
+        for ``recv``.
 
         Returns
         -------
@@ -424,6 +494,7 @@ class Channel:
             As ``Channel.recv`` raises them.
         """
         self._rules.claim("receive")
+        restore = self._wait(timeout)
         try:
             message = Receive(
                 max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
@@ -431,6 +502,7 @@ class Channel:
             self._read(message)
             return message.message()
         finally:
+            restore()
             self._rules.release("receive")
 
     def __iter__(self) -> Iterator[ChannelItem]:
@@ -546,7 +618,5 @@ class Channel:
         self.close()
 
 
-
-
-
-
+def _keep() -> None:
+    """A receive without its own timeout leaves the socket's."""
