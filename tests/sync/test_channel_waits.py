@@ -182,3 +182,19 @@ def test_aio_poll_and_addresses(backend: Backend, where: Any) -> None:
             await server.poll()
 
     run_aio(main())
+
+
+def test_aio_accept_timeout(backend: Backend) -> None:
+    async def main() -> None:
+        async with await aio.listen(("127.0.0.1", 0)) as listener:
+            with pytest.raises(TimeoutError, match="no connection completed its opening"):
+                await listener.accept(timeout=SHORT)
+            client, server = await asyncio.gather(
+                aio.connect(listener.address, timeout=LIMIT), listener.accept(timeout=LIMIT)
+            )
+            await client.send(np.arange(3))
+            np.testing.assert_array_equal(await server.recv(), np.arange(3))
+            client.close()
+            server.close()
+
+    run_aio(main())

@@ -16,6 +16,7 @@ from typing import Any
 
 from arraywire._aio.channel import Channel
 from arraywire._aio.tls import TLSChannel, TLSSession
+from arraywire._drivers.rules import check_wait
 from arraywire._drivers.sockets import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -354,12 +355,12 @@ class Listener:
         """The listening socket's descriptor."""
         return self._sock.fileno()
 
-    async def accept(self) -> Channel:
-        """Wait for the next connection whose opening is done.
+    async def accept(self, *, timeout: float | None = None) -> Channel:
+        """Wait for the next connection whose opening is done, up to
+        ``timeout`` seconds (None: for ever).
 
         A peer whose opening fails or is not done within
-        ``handshake_timeout`` is dropped without raising. For a time limit,
-        use ``asyncio.wait_for``.
+        ``handshake_timeout`` is dropped without raising.
 
         Returns
         -------
@@ -369,6 +370,8 @@ class Listener:
 
         Raises
         ------
+        TimeoutError
+            No connection completed its opening within ``timeout``.
         AuthenticationError
             A peer's key differs from the Listener's, or one of them has no
             key. That peer's connection is closed; the next call goes on with
@@ -378,9 +381,13 @@ class Listener:
             or accepting failed for another reason than the peer (EMFILE:
             out of descriptors, ...).
         """
+        seconds = check_wait(timeout, zero=True)
         if self._sock.fileno() == -1:
             raise closed_listener()
-        item = await self._ready.get()
+        try:
+            item = await asyncio.wait_for(self._ready.get(), seconds)
+        except TimeoutError:
+            raise TimeoutError("no connection completed its opening in time") from None
         if isinstance(item, AuthenticationError):
             self._failures -= 1
         if isinstance(item, BaseException):
