@@ -122,7 +122,7 @@ class Channel:
             loop.add_reader(fd, wake)
             try:
                 await asyncio.wait_for(ready, seconds)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 return False
             finally:
                 loop.remove_reader(fd)

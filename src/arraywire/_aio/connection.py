@@ -386,7 +386,7 @@ class Listener:
             raise closed_listener()
         try:
             item = await asyncio.wait_for(self._ready.get(), seconds)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
             raise TimeoutError("no connection completed its opening in time") from None
         if isinstance(item, AuthenticationError):
             self._failures -= 1
