@@ -181,9 +181,11 @@ class TransferWorkers:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self.idle: list[queue.SimpleQueue[Callable[[], Callable[[], None]]]] = []
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], Callable[[], None]]) -> None:
+        """Run job in a worker; the callable it returns runs once the worker
+        is idle again, so a transfer woken by it finds the worker free."""
         with self.lock:
             inbox = self.idle.pop() if self.idle else None
         if inbox is None:
@@ -193,13 +195,15 @@ class TransferWorkers:
             ).start()
         inbox.put(job)
 
-    def serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+    def serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
         job = inbox.get()
         while True:
-            job()
-            del job  # let go of the buffers before waiting
+            report = job()
+            del job
             with self.lock:
                 self.idle.append(inbox)
+            report()
+            del report  # let go of the buffers before waiting
             try:
                 job = inbox.get(timeout=self.IDLE_SECONDS)
             except queue.Empty:
@@ -236,17 +240,21 @@ async def in_thread(
     dup.settimeout(WORKER_TIMEOUT)
     settled = loop.create_future()
 
-    def run() -> None:
+    def run() -> Callable[[], None]:
         try:
             outcome: tuple[Any, BaseException | None] = (work(dup), None)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             outcome = (None, exc)
         finally:
             dup.close()
-        try:
-            loop.call_soon_threadsafe(_settle, settled, outcome)
-        except RuntimeError:  # the event loop was closed meanwhile
-            pass
+
+        def report() -> None:
+            try:
+                loop.call_soon_threadsafe(_settle, settled, outcome)
+            except RuntimeError:  # the event loop was closed meanwhile
+                pass
+
+        return report
 
     workers.submit(run)
     try:
