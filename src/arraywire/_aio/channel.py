@@ -34,6 +34,7 @@ from arraywire._drivers.rules import (
     learned_limit,
     learned_send,
     readable,
+    receive_wait,
 )
 from arraywire._wire.engine import Message, Receive, SendPlan, plan_send
 from arraywire._wire.errors import IncompleteTransferError
@@ -257,9 +258,11 @@ class Channel:
         out: np.ndarray | None = None,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> np.ndarray:
         """Receive a one-array message, into ``out`` when given (as
-        ``arraywire.Channel.recv``).
+        ``arraywire.Channel.recv``). ``timeout`` (seconds, None for none)
+        bounds each wait for bytes.
 
         Returns
         -------
@@ -289,7 +292,9 @@ class Channel:
             An earlier transfer on this Channel stopped part-way.
         OSError
             The socket's error (ConnectionResetError, ``ssl.SSLError`` over
-            TLS, ...), with ``bytes_done``.
+            TLS, ...), or TimeoutError when no byte came within ``timeout``,
+            with ``bytes_done``. When no byte of the message had come, the
+            Channel stays usable (call again).
         asyncio.CancelledError
             The task was cancelled. Cancelled while still waiting for the
             socket, before any byte of the message moved, the Channel stays
@@ -301,25 +306,31 @@ class Channel:
         streams, any failure of a split payload does so, with ``bytes_done``
         summed over the streams.
         """
+        seconds = receive_wait(timeout)
         self._rules.claim("receive", "recv")
         try:
             if out is None and progress is None:
-                array = await self._take_learned(learned_limit(max_bytes, len(self._streams)))
+                limit = learned_limit(max_bytes, len(self._streams))
+                array = await self._take_learned(limit, seconds)
                 if array is not None:
                     return array
             message = Receive(
                 max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
             )
-            await self._read("recv", message)
+            await self._read("recv", message, seconds)
         finally:
             self._rules.release("receive")
         return message.result()[0]
 
     async def recv_arrays(
-        self, *, max_bytes: int | None = DEFAULT_MAX_BYTES, progress: Progress | None = None
+        self,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> list[np.ndarray] | dict[str, np.ndarray]:
         """Receive one message of any number of arrays (as
-        ``arraywire.Channel.recv_arrays``).
+        ``arraywire.Channel.recv_arrays``); ``timeout`` as for ``recv``.
 
         Returns
         -------
@@ -334,7 +345,8 @@ class Channel:
         BrokenStreamError, OSError, asyncio.CancelledError
             As ``recv`` raises them.
         """
-        return (await self.recv_message(max_bytes=max_bytes, progress=progress)).arrays
+        message = await self.recv_message(max_bytes=max_bytes, progress=progress, timeout=timeout)
+        return message.arrays
 
     async def recv_message(
         self,
@@ -342,9 +354,10 @@ class Channel:
         max_bytes: int | None = DEFAULT_MAX_BYTES,
         max_metadata: int = DEFAULT_MAX_METADATA,
         progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> Message:
         """Receive one message with its metadata (as
-        ``arraywire.Channel.recv_message``).
+        ``arraywire.Channel.recv_message``); ``timeout`` as for ``recv``.
 
         Returns
         -------
@@ -362,12 +375,13 @@ class Channel:
         OSError, asyncio.CancelledError
             As ``recv`` raises them.
         """
+        seconds = receive_wait(timeout)
         message = Receive(
             max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
         )
         self._rules.claim("receive", "recv_message")
         try:
-            await self._read("recv_message", message)
+            await self._read("recv_message", message, seconds)
         finally:
             self._rules.release("receive")
         return message.message()
@@ -383,16 +397,18 @@ class Channel:
     async def _send_learned(self, array: Any) -> int | None:
         return await transfers.send_learned(self._sock, self._outbox, array, self._rules)
 
-    async def _read(self, name: str, message: Receive) -> None:
+    async def _read(self, name: str, message: Receive, timeout: float | None) -> None:
         await transfers.receive_buffered(
-            self._sock, name, message, self._inbox, self._streams, self._rules
+            self._sock, name, message, self._inbox, self._streams, self._rules, timeout
         )
         self._learned = learn_message(self._inbox, message) or self._learned
 
-    async def _take_learned(self, max_bytes: int | None) -> np.ndarray | None:
+    async def _take_learned(self, max_bytes: int | None, timeout: float | None) -> np.ndarray | None:
         if not self._learned:
             return None
-        return await transfers.take_learned(self._sock, self._inbox, self._learned, max_bytes)
+        return await transfers.take_learned(
+            self._sock, self._inbox, self._learned, max_bytes, timeout
+        )
 
     def __aiter__(self) -> AsyncIterator[ChannelItem]:
         """Receive each message in turn with ``async for``, until the peer
@@ -426,11 +442,12 @@ class Channel:
     async def _next(self) -> ChannelItem:
         self._rules.claim("receive", "recv_message")
         try:
-            array = await self._take_learned(learned_limit(DEFAULT_MAX_BYTES, len(self._streams)))
+            limit = learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
+            array = await self._take_learned(limit, None)
             if array is not None:
                 return array
             message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
-            await self._read("recv_message", message)
+            await self._read("recv_message", message, None)
         finally:
             self._rules.release("receive")
         arrays = message.message().arrays

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from arraywire._core import transport
 from arraywire._core.sockets import check_socket
 from arraywire._core.step import PendingViews, byte_view
-from arraywire._drivers.rules import AIO_SOCKET, ChannelRules, Direction
+from arraywire._drivers.rules import AIO_SOCKET, ChannelRules, Direction, timed_out
 from arraywire._drivers.striping import Job, move_parts, shut_down
 from arraywire._wire.engine import (
     Reporter,
@@ -52,6 +52,7 @@ class Claim:
 
     A bare socket's transfer claims the direction in the socket's own rules;
     a Channel passes its ``rules``, which it claimed itself for the whole call.
+    A receive's ``timeout`` (seconds, None: none) bounds each of its waits.
     """
 
     def __init__(
@@ -61,9 +62,10 @@ class Claim:
         sending: bool,
         transfer: Transfer,
         rules: ChannelRules | None = None,
+        timeout: float | None = None,
     ) -> None:
-        _, timeout = check_socket(sock)
-        if timeout != 0:
+        _, blocking = check_socket(sock)
+        if blocking != 0:
             raise ValueError(
                 "the socket must be non-blocking (sock.setblocking(False)) to be used "
                 "with asyncio"
@@ -73,6 +75,7 @@ class Claim:
         self.sending = sending
         self.direction: Direction = "send" if sending else "receive"
         self.transfer = transfer
+        self.timeout = timeout
         self.shut = False
         self.held = rules is None
         if rules is None:
@@ -104,6 +107,10 @@ class Claim:
         )
         self.shutdown()
 
+    def wait_limit(self) -> float:
+        """A worker's socket timeout: the receive's, else WORKER_TIMEOUT."""
+        return WORKER_TIMEOUT if self.timeout is None else self.timeout
+
     def shutdown(self) -> None:
         self.shut = True
         try:
@@ -115,8 +122,9 @@ class Claim:
 # --- moving bytes: in the event loop, or in a worker thread ---------------------
 
 
-async def ready(sock: socket.socket, sending: bool) -> None:
-    """Wait until the socket can be written (sending) or read."""
+async def ready(sock: socket.socket, sending: bool, timeout: float | None = None) -> None:
+    """Wait until the socket can be written (sending) or read; TimeoutError
+    when it cannot within ``timeout`` seconds (None: no limit)."""
     loop = asyncio.get_running_loop()
     fd = sock.fileno()
     waiter = loop.create_future()
@@ -125,7 +133,10 @@ async def ready(sock: socket.socket, sending: bool) -> None:
     else:
         loop.add_reader(fd, _wake, waiter)
     try:
-        await waiter
+        if timeout is None:
+            await waiter
+        elif not (await asyncio.wait((waiter,), timeout=timeout))[0]:
+            raise timed_out()
     finally:
         if sending:
             loop.remove_writer(fd)
@@ -139,11 +150,16 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 async def in_loop(
-    sock: socket.socket, pending: PendingViews, sending: bool, progress: Progress | None
+    sock: socket.socket,
+    pending: PendingViews,
+    sending: bool,
+    progress: Progress | None,
+    timeout: float | None = None,
 ) -> int:
     """Move byte views with non-blocking calls: the pure twin's loop, awaiting
-    readiness where that one would block. Returns the count, and marks an
-    error with the bytes moved, as the core calls do."""
+    readiness (up to ``timeout`` each time) where that one would block.
+    Returns the count, and marks an error with the bytes moved, as the core
+    calls do."""
     total = pending.nbytes
     done = 0
     moved: list[int] = []  # filled by PendingViews.step
@@ -156,7 +172,7 @@ async def in_loop(
             try:
                 pending.step(sock, sending, MAX_CHUNK, moved)
             except (BlockingIOError, InterruptedError):
-                await ready(sock, sending)
+                await ready(sock, sending, timeout)
                 continue
             if moved[0] == 0 and not sending:
                 raise IncompleteTransferError(done, total)
@@ -234,10 +250,10 @@ async def in_thread(
     carries the bytes of its unfinished call, as the core calls' errors do.
     """
     if wait:
-        await ready(claim.sock, sending)
+        await ready(claim.sock, sending, claim.timeout)
     loop = asyncio.get_running_loop()
     dup = claim.sock.dup()
-    dup.settimeout(WORKER_TIMEOUT)
+    dup.settimeout(claim.wait_limit())
     settled = loop.create_future()
 
     def run() -> Callable[[], None]:
@@ -334,7 +350,7 @@ async def move(
     pending = PendingViews([byte_view(buffer, writable=not sending) for buffer in buffers])
     if pending.nbytes <= NATIVE_BYTES:
         progress = None if reporter is None else reporter.part(offset)
-        transfer.moved(await in_loop(claim.sock, pending, sending, progress))
+        transfer.moved(await in_loop(claim.sock, pending, sending, progress, claim.timeout))
         return
     pending.release()
     core = transport.impl
@@ -369,7 +385,7 @@ async def move_stripes(
         others = [sock.dup() for sock in streams[1:]]
         try:
             for sock in others:
-                sock.settimeout(WORKER_TIMEOUT)
+                sock.settimeout(claim.wait_limit())
             duplicates = [first, *others]
             return move_parts(jobs(duplicates), duplicates, forward, offset)
         finally:

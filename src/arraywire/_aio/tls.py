@@ -21,6 +21,7 @@ from typing import Any, cast
 import numpy as np
 
 from arraywire._aio.channel import Channel
+from arraywire._aio.moving import ready
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
@@ -99,9 +100,11 @@ class TLSSession:
         finally:
             self._loop.remove_writer(fd)
 
-    async def _receive_records(self) -> None:
+    async def _receive_records(self, timeout: float | None = None) -> None:
         if self._outgoing.pending or self._unsent:  # what the session owes the peer first
             await self.flush()
+        if timeout is not None:
+            await ready(self.sock, False, timeout)
         view = memoryview(self._records)
         count = await self._loop.sock_recv_into(self.sock, view)
         if count:
@@ -120,14 +123,15 @@ class TLSSession:
         self.encrypt(data)
         await self.flush()
 
-    async def read_into(self, view: memoryview) -> int:
-        """Decrypt into the front of view, waiting for records when none is
-        buffered; return the count, 0 at the end of the stream."""
+    async def read_into(self, view: memoryview, timeout: float | None = None) -> int:
+        """Decrypt into the front of view, waiting for records (each wait up
+        to ``timeout``) when none is buffered; return the count, 0 at the end
+        of the stream."""
         while True:
             try:
                 return cast(int, self.ssl_object.read(len(view), view))  # into view: a count
             except ssl.SSLWantReadError:
-                await self._receive_records()
+                await self._receive_records(timeout)
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
 
@@ -164,10 +168,10 @@ class SessionInbox:
         self._start += count
         return count
 
-    async def fill(self) -> int:
-        """Decrypt what has come (waiting for it) into the emptied buffer;
-        return the count (0: end of stream)."""
-        count = await self._session.read_into(self._view)
+    async def fill(self, timeout: float | None = None) -> int:
+        """Decrypt what has come (waiting for it, up to ``timeout`` each
+        wait) into the emptied buffer; return the count (0: end of stream)."""
+        count = await self._session.read_into(self._view, timeout)
         self._start = 0
         self._end = count
         return count
@@ -214,7 +218,7 @@ class TLSChannel(Channel):
     async def _send_learned(self, array: Any) -> int | None:
         return None
 
-    async def _take_learned(self, max_bytes: int | None) -> np.ndarray | None:
+    async def _take_learned(self, max_bytes: int | None, timeout: float | None) -> np.ndarray | None:
         return None
 
     async def _write(self, name: str, plan: SendPlan) -> int:
@@ -247,18 +251,18 @@ class TLSChannel(Channel):
             raise
         return len(data)
 
-    async def _read(self, name: str, message: Receive) -> None:
+    async def _read(self, name: str, message: Receive, timeout: float | None) -> None:
         inbox = self._inbox_tls
         session = self._session
         try:
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
-                    if not await inbox.fill():
+                    if not await inbox.fill(timeout):
                         raise IncompleteTransferError(0, request)
                     continue
                 view = writable_bytes(request[0])
                 while view:
-                    count = await session.read_into(view)
+                    count = await session.read_into(view, timeout)
                     if not count:
                         raise IncompleteTransferError(0, len(view))
                     view = view[count:]

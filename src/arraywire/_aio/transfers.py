@@ -382,11 +382,12 @@ async def _receive(
     inbox: ReadAhead | None = None,
     streams: Sequence[socket.socket] = (),
     rules: ChannelRules | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Fill every read of the message, through the read-ahead buffer when
-    given (and over the parallel streams when the message is striped); its
-    result is then the caller's."""
-    async with Claim(sock, name, False, message, rules) as claim:
+    given (and over the parallel streams when the message is striped), each
+    wait for bytes up to ``timeout``; its result is then the caller's."""
+    async with Claim(sock, name, False, message, rules, timeout) as claim:
         try:
             if inbox is None:
                 for buffers in one_stream(message):
@@ -394,7 +395,7 @@ async def _receive(
                 return
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
-                    if not await _fill(sock, inbox):
+                    if not await _fill(sock, inbox, timeout):
                         raise IncompleteTransferError(0, request)
                 elif isinstance(request, Stripes):
                     await _receive_stripes(claim, request, inbox, streams, message)
@@ -428,11 +429,13 @@ async def receive_buffered(
     inbox: ReadAhead,
     streams: Sequence[socket.socket],
     rules: ChannelRules,
+    timeout: float | None,
 ) -> None:
     """A receive through a connection's read-ahead buffer (the aio Channel's):
     a small message costs one receive, a large payload still goes straight
-    into its array, over the Channel's parallel streams when it is striped."""
-    await _receive(sock, name, message, inbox, streams, rules)
+    into its array, over the Channel's parallel streams when it is striped.
+    ``timeout`` bounds each wait for bytes."""
+    await _receive(sock, name, message, inbox, streams, rules, timeout)
 
 
 async def send_staged(sock: Any, data: bytearray, rules: ChannelRules) -> int:
@@ -470,19 +473,19 @@ async def send_learned(
 
 
 async def take_learned(
-    sock: Any, inbox: ReadAhead, header: int, max_bytes: int | None
+    sock: Any, inbox: ReadAhead, header: int, max_bytes: int | None, timeout: float | None
 ) -> np.ndarray | None:
     """The next message from the read-ahead buffer, when its header has the
     layout learned (``header`` bytes long) and the buffer holds the message
     whole; else None, with every byte left for the engine. With nothing
-    buffered, waits for one receive first.
+    buffered, waits for one receive first (up to ``timeout``).
 
     The payload's limit is what the buffer holds past the header, so the
     core never receives the rest of a payload itself: on a non-blocking
     socket that would fail part-way."""
     if not inbox.buffered:
         try:
-            if not await _fill(sock, inbox):
+            if not await _fill(sock, inbox, timeout):
                 return None  # the peer closed: the engine's receive says how
         except BaseException as exc:
             Transfer().fail(exc)  # no byte of a message moved, as the engine counts
@@ -493,10 +496,11 @@ async def take_learned(
     return inbox.take_array(room if max_bytes is None else min(max_bytes, room))
 
 
-async def _fill(sock: socket.socket, inbox: ReadAhead) -> int:
-    """One receive into the read-ahead buffer, once the socket has bytes."""
+async def _fill(sock: socket.socket, inbox: ReadAhead, timeout: float | None) -> int:
+    """One receive into the read-ahead buffer, once the socket has bytes
+    (TimeoutError when none come within ``timeout``)."""
     while True:
         try:
             return inbox.fill()
         except BlockingIOError:
-            await ready(sock, False)
+            await ready(sock, False, timeout)

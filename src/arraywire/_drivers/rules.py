@@ -141,6 +141,20 @@ def check_wait(timeout: Any, *, zero: bool) -> float | None:
     return float(timeout)
 
 
+def receive_wait(timeout: Any) -> float | None:
+    """A receive's ``timeout=``: seconds above 0 that bound each wait for
+    bytes (an inactivity limit, as a socket's timeout), or None."""
+    return check_wait(timeout, zero=False)
+
+
+def timed_out() -> TimeoutError:
+    """What a receive's wait raises when no byte came within its timeout:
+    the socket's own TimeoutError, which the blocking Channel's waits raise.
+    The Channel stays usable when no byte of the message had come (read-ahead
+    included: ``Transfer.fail`` counts them), and is broken otherwise."""
+    return TimeoutError("timed out")
+
+
 def readable(sock: socket.socket, buffered: int, timeout: float | None) -> bool:
     """poll's answer: bytes of a message are buffered (``buffered``, the
     read-ahead's and the TLS session's), or the socket becomes readable

@@ -40,6 +40,7 @@ from arraywire._drivers.rules import (
     learned_limit,
     learned_send,
     readable,
+    receive_wait,
 )
 from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
 from arraywire._wire.engine import (
@@ -406,7 +407,7 @@ class Channel:
         """Set a receive's timeout on the sockets; return what restores theirs."""
         if timeout is None:
             return _keep
-        seconds = check_wait(timeout, zero=False)
+        seconds = receive_wait(timeout)
         previous = self._sock.gettimeout()
         self._sock.settimeout(seconds)
 
