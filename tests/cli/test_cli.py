@@ -149,7 +149,7 @@ class Cli:
 def quiet_lines(stderr: str) -> list[str]:
     """A quiet run's output, less the listening line it always prints."""
     return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith("arraywire: listening on ")]
+            if line.strip() and not re.match(r"arraywire (send|recv): listening on ", line)]
 
 
 def one_error_line(stderr: str, command: str) -> str:
@@ -210,7 +210,7 @@ def test_send_to_a_listening_receiver(backend: Backend, tmp_path: Path, kind: st
     [sent] = send_err.splitlines()
     listening, wrote = recv_err.splitlines()
     assert re.fullmatch(summary_pattern("send: sent", source, array), sent), sent
-    assert re.fullmatch(r"arraywire: listening on 127\.0\.0\.1:\d+", listening)
+    assert re.fullmatch(r"arraywire recv: listening on 127\.0\.0\.1:\d+", listening)
     assert re.fullmatch(summary_pattern("recv: wrote", output, array), wrote), wrote
 
 
@@ -227,7 +227,7 @@ def test_roles_swapped_and_quiet(backend: Backend, tmp_path: Path) -> None:
     assert recv_err == ""
     same_file_contents(output, source)
     listening, sent = send_err.splitlines()
-    assert listening.startswith("arraywire: listening on 127.0.0.1:")
+    assert listening.startswith("arraywire send: listening on 127.0.0.1:")
     assert re.fullmatch(summary_pattern("send: sent", source, array), sent), sent
 
 
@@ -298,7 +298,7 @@ def test_a_log_gets_plain_progress_lines(backend: Backend, receiver_dir: Path) -
     assert status == 0, err
     assert "\r" not in err
     listening, progress, wrote = err.splitlines()
-    assert listening.startswith("arraywire: listening on ")
+    assert listening.startswith("arraywire recv: listening on ")
     match = re.fullmatch(r"arraywire recv: out\.npy: (\d+)%, ([\d.]+) MB of 8\.00 MB "
                          r"\([\d.]+ [kM]?B/s\)", progress)
     assert match, progress
@@ -435,7 +435,8 @@ def test_bracketed_ipv6_addresses(backend: Backend, tmp_path: Path, swap: bool) 
         connecting = Cli(backend, "send", str(source), f"[::1]:{port}", "-q")
     assert connecting.finish() == (0, "")
     status, err = listening.finish()
-    assert (status, err) == (0, f"arraywire: listening on [::1]:{port}\n")
+    command = "send" if swap else "recv"
+    assert (status, err) == (0, f"arraywire {command}: listening on [::1]:{port}\n")
     same_file_contents(output, source)
 
 
@@ -450,7 +451,7 @@ def test_a_port_alone_listens_on_ipv4_and_ipv6(backend: Backend, tmp_path: Path,
     port = receiver.port()
     assert Cli(backend, "send", str(source), f"{host}:{port}", "-q").finish() == (0, "")
     assert receiver.finish() == (
-        0, f"arraywire: listening on [::]:{port} (all interfaces, IPv4 and IPv6)\n"
+        0, f"arraywire recv: listening on [::]:{port} (all interfaces, IPv4 and IPv6)\n"
     )
     same_file_contents(output, source)
 

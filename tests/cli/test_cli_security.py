@@ -213,13 +213,22 @@ def test_key_from_the_environment(backend: Backend, tmp_path: Path,
 
 # --- keys that do not match ---------------------------------------------------------
 
+# Only one end uses a key: both say which, in plain words.
 KEYED_SENDER_SAYS = (
-    "authentication with the receiver failed: this end requires authentication and the "
-    "peer has no key"
+    "the sender (this end) uses a key and the receiver does not: give arraywire recv the "
+    "same key (--key-file or ARRAYWIRE_KEY_FILE)"
 )
 KEYLESS_RECEIVER_SAYS = (
-    "authentication with the sender failed: the peer requires authentication and this end "
-    "has no key"
+    "the sender uses a key and the receiver (this end) does not: give this end the same "
+    "key (--key-file or ARRAYWIRE_KEY_FILE)"
+)
+KEYLESS_SENDER_SAYS = (
+    "the receiver uses a key and the sender (this end) does not: give this end the same "
+    "key (--key-file or ARRAYWIRE_KEY_FILE)"
+)
+KEYED_RECEIVER_SAYS = (
+    "the receiver (this end) uses a key and the sender does not: give arraywire send the "
+    "same key (--key-file or ARRAYWIRE_KEY_FILE)"
 )
 
 
@@ -245,8 +254,7 @@ def test_key_on_one_side_only(backend: Backend, tmp_path: Path, files: tuple[Pat
         failed(outcome, KEYED_SENDER_SAYS, KEYLESS_RECEIVER_SAYS)
     else:
         outcome = run_pair(backend, *files, key, [], swap=swap)
-        failed(outcome, "the receiver requires a key and this end has none",
-               "the sender has no key: it sent its array without the connection opening")
+        failed(outcome, KEYLESS_SENDER_SAYS, KEYED_RECEIVER_SAYS)
     assert not files[1].exists()
 
 

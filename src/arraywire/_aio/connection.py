@@ -61,7 +61,7 @@ class _SocketPipe:
             try:
                 count = await self._loop.sock_recv_into(self._sock, view[filled:])
             except ConnectionResetError:
-                raise reset_in_opening() from None
+                raise reset_in_opening(tls=False) from None
             if not count:
                 raise closed_in_opening(filled, size, part)
             filled += count
@@ -120,7 +120,7 @@ async def _secure(
             raise
         raise plain from exc
     except ConnectionResetError:
-        raise reset_in_opening() from None
+        raise reset_in_opening(tls=True) from None
     return session
 
 

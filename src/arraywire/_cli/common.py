@@ -21,6 +21,7 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 
 from arraywire._wire import peers
+from arraywire._wire.errors import AuthenticationError
 from arraywire._wire.limits import Progress
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
@@ -234,6 +235,27 @@ class Incoming:
             return b"", ""
 
 
+def key_on_one_end(ends: Ends, keyed_here: bool) -> str:
+    """What an end says when only one of the two uses a key (this one when
+    ``keyed_here``)."""
+    if keyed_here:
+        return (
+            f"the {ends.me} (this end) uses a key and the {ends.peer} does not: give "
+            f"arraywire {ends.peer_command} the same key (--key-file or {KEY_FILE_VARIABLE})"
+        )
+    return (
+        f"the {ends.peer} uses a key and the {ends.me} (this end) does not: give this end "
+        f"the same key (--key-file or {KEY_FILE_VARIABLE})"
+    )
+
+
+def authentication_failure(why: AuthenticationError, ends: Ends) -> str:
+    """A failed authentication, in the command line's words."""
+    if why.keyless is not None:
+        return key_on_one_end(ends, keyed_here=why.keyless == "peer")
+    return f"authentication with the {ends.peer} failed: {why}"
+
+
 def reply_failure(reply: tuple[bytes, str]) -> Failure | None:
     """What a reply other than ACK says went wrong; None if it says nothing."""
     tag, reason = reply
@@ -241,10 +263,7 @@ def reply_failure(reply: tuple[bytes, str]) -> Failure | None:
         return Failure(f"the receiver refused: {reason}")
     speaks = peers.identify(tag) if len(tag) == len(ACK) else "nothing"
     if speaks == "hello":
-        return Failure(
-            "the receiver requires a key and this end has none (it opened with a "
-            f"connection hello): give this end the same key (--key-file or {KEY_FILE_VARIABLE})"
-        )
+        return Failure(key_on_one_end(ENDS["send"], keyed_here=False))
     if speaks == "tls":
         return Failure(
             "the receiver uses TLS and this end does not: give this end --tls too "

@@ -26,8 +26,10 @@ from arraywire._cli.common import (
     Ends,
     Failure,
     Incoming,
+    authentication_failure,
     format_address,
     hang_up,
+    key_on_one_end,
     send_refusal,
 )
 from arraywire._drivers import sockets
@@ -76,7 +78,7 @@ def listening(args: argparse.Namespace, ends: Ends) -> Iterator[Listener]:
     )
     with listener:
         # Printed even with --quiet: the peer needs the port (which may be 0 here).
-        print(f"arraywire: listening on {_listening_on(server)}", file=sys.stderr, flush=True)
+        print(f"arraywire {ends.me_command}: listening on {_listening_on(server)}", file=sys.stderr, flush=True)
         yield listener
 
 
@@ -153,7 +155,7 @@ def _why_dropped(
             )
         return "closed a connection that is not one of the sender's streams"
     if isinstance(why, AuthenticationError):
-        return f"authentication with the {peer} failed: {why}"
+        return authentication_failure(why, ends)
     if isinstance(why, ssl.SSLError):
         return tls_failure(why, peer)
     if isinstance(why, TimeoutError):
@@ -199,16 +201,8 @@ def _unexpected(
         return f"refused the sender's array: {why}"
     hang_up(sock)  # the peer reads this end's hello as what is wrong
     if speaks == "message":
-        return SENDER_HAS_NO_KEY
+        return key_on_one_end(ends, keyed_here=True)  # only a keyless sender sends one
     return f"the connection opening with the {ends.peer} failed: {why}"
-
-
-# What an end with a key says of a message in place of the hello: only a
-# sender sends messages.
-SENDER_HAS_NO_KEY = (
-    "the sender has no key: it sent its array without the connection opening; "
-    f"give it the same key (--key-file or {KEY_FILE_VARIABLE})"
-)
 
 
 def _peer_uses_tls(ends: Ends) -> str:
@@ -243,7 +237,7 @@ def dial(args: argparse.Namespace, ends: Ends, streams: int = 1) -> Channel:
         if not quiet:  # --quiet: no note while waiting
             until = "until it does" if args.timeout is None else f"for up to {args.timeout:g} s"
             print(
-                f"arraywire: nothing listens on {where} yet; trying again {until} "
+                f"arraywire {ends.me_command}: nothing listens on {where} yet; trying again {until} "
                 f"(is the {ends.peer} running?)",
                 file=sys.stderr, flush=True,
             )
@@ -269,7 +263,7 @@ def dial(args: argparse.Namespace, ends: Ends, streams: int = 1) -> Channel:
     except socket.gaierror as exc:
         raise Failure(f"cannot connect to {where}: {exc.strerror}") from None
     except AuthenticationError as exc:
-        raise Failure(f"authentication with the {ends.peer} failed: {exc}") from None
+        raise Failure(authentication_failure(exc, ends)) from None
     except ProtocolError as exc:
         raise Failure(_opening_failed(exc, ends)) from None
     except TimeoutError as exc:
@@ -312,7 +306,7 @@ def _opening_failed(exc: ProtocolError, ends: Ends) -> str:
     if exc.speaks == "refusal":
         return f"the {ends.peer} refused: {str(exc).removeprefix('the peer refused: ')}"
     if exc.speaks == "message":
-        return SENDER_HAS_NO_KEY
+        return key_on_one_end(ends, keyed_here=True)
     if exc.speaks == "tls":
         return _peer_uses_tls(ends)
     if "does not speak TLS" in str(exc):  # the TLS handshake met a plain peer

@@ -202,10 +202,19 @@ def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
     return ProtocolError(text)
 
 
-def reset_in_opening() -> ConnectionResetError:
-    """A reset during the opening, saying the likely cause."""
+def reset_in_opening(tls: bool) -> ConnectionResetError:
+    """A reset during the opening, saying the likely causes for an end that
+    uses TLS (``tls``) or not: only this end's setting is known."""
+    if tls:
+        causes = (
+            "the peer is not an arraywire Listener, or one without TLS, which resets a "
+            "TLS handshake (then connect without ssl=, or give the Listener ssl=)"
+        )
+    else:
+        causes = (
+            "the peer is not an arraywire Listener, or one that uses TLS, which resets "
+            "a peer that does not (then pass ssl= at this end too)"
+        )
     return ConnectionResetError(
-        errno.ECONNRESET,
-        "the peer reset the connection during the opening: a Listener that uses TLS "
-        "does so to a peer that does not (pass ssl= at this end too)",
+        errno.ECONNRESET, f"the peer reset the connection during the opening: {causes}"
     )

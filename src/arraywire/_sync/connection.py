@@ -310,6 +310,8 @@ def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None
         if plain is None:
             raise
         raise plain from exc
+    except ConnectionResetError:
+        raise reset_in_opening(tls=True) from None
 
 
 
@@ -368,7 +370,7 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
                 f"the peer sent {filled} of the {size} bytes of its {part} in time"
             ) from None
         except ConnectionResetError:
-            raise reset_in_opening() from None
+            raise reset_in_opening(isinstance(sock, SSLSocket)) from None
         if not count:
             raise closed_in_opening(filled, size, part)
         filled += count

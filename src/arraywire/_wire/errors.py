@@ -94,8 +94,13 @@ class AuthenticationError(Exception):
     Raised by ``connect`` and by ``Listener.accept`` (blocking and
     ``arraywire.aio``) when ``authkey`` is given at one end or both; the
     other end fails with it at the same time. A Listener goes on accepting
-    other connections.
+    other connections. ``keyless`` names the end without a key when one end
+    has none: ``"this end"`` or ``"peer"`` (None when the keys differ).
     """
+
+    def __init__(self, text: str, keyless: str | None = None) -> None:
+        super().__init__(text)
+        self.keyless = keyless
 
 
 class StreamsRefused(ConnectionRefusedError):

@@ -196,13 +196,13 @@ def _not_a_message(magic: bytes) -> str:
     if speaks == "hello":
         return (
             "the peer opened with a connection hello, not a message: it holds a key or "
-            "connected with arraywire.connect; the receiving end needs the same key "
-            "(command line: --key-file) or arraywire.listen"
+            "connected with arraywire.connect; receive with arraywire.listen (with the "
+            "same authkey=) instead"
         )
     if speaks == "tls":
         return (
             "the peer speaks TLS and this end does not: use TLS at this end too "
-            "(arraywire.listen(ssl=...); command line: --tls-cert and --tls-key)"
+            "(arraywire.listen(ssl=...))"
         )
     return f"not an arraywire message: magic {magic!r}, expected {MAGIC!r}"
 

@@ -372,12 +372,14 @@ class Opening:
         if peer_authenticates and self._key is None:
             raise AuthenticationError(
                 "the peer requires authentication and this end has no key: pass the "
-                "peer's authkey (command line: --key-file or ARRAYWIRE_KEY_FILE)"
+                "peer's key as authkey=",
+                "this end",
             )
         if self._key is not None and not peer_authenticates:
             raise AuthenticationError(
                 "this end requires authentication and the peer has no key: give it the "
-                "same authkey (command line: --key-file or ARRAYWIRE_KEY_FILE)"
+                "same authkey=",
+                "peer",
             )
         if hello.features & STREAMS and self._connecting:
             raise ProtocolError("the listening peer's hello names a stream group: only a connecting end's may")
