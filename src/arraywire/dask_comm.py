@@ -16,7 +16,7 @@ import collections
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import dask.config
@@ -210,10 +210,16 @@ class ArraywireComm(Comm):
                         await self._sent.wait()
             if self._closed:  # aborted while the message was serialised or waited
                 raise CommClosedError(f"in {self}: closed")
-            self._queue.append((arrays, nbytes))
-            self._queued_bytes += nbytes
-            if self._sender is None:
-                self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+            if self._sender is not None:  # a message is being sent: after it, in order
+                self._queue.append((arrays, nbytes))
+                self._queued_bytes += nbytes
+                return nbytes
+            rest = self._send_now(arrays)
+            if rest is not None:
+                self._queued_bytes += nbytes
+                self._sender = asyncio.get_running_loop().create_task(
+                    self._send_queued(rest, nbytes)
+                )
             return nbytes
         finally:
             self._writes -= 1
@@ -230,21 +236,37 @@ class ArraywireComm(Comm):
             and self._queued_bytes + nbytes > bound
         )
 
-    async def _send_queued(self) -> None:
-        """Send the queued messages in order; a failure aborts the comm (the
-        writers were answered already: later calls raise CommClosedError)."""
+    def _send_now(self, arrays: list[np.ndarray]) -> Coroutine[Any, Any, int] | None:
+        """Send what the socket takes at once, in the writer's task; what it
+        does not take is the coroutine returned, which sends the rest."""
+        self._transfers += 1
         try:
+            sent = self._channel.send_arrays_now(arrays)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._release()
+        return None if isinstance(sent, int) else sent
+
+    async def _send_queued(self, started: Awaitable[int], nbytes: int) -> None:
+        """Finish the message started, then send the queued ones in order; a
+        failure aborts the comm (the writers were answered already: later
+        calls raise CommClosedError)."""
+        try:
+            await self._transfer(started)
+            if not self._closed:  # else abort() let go of the count
+                self._queued_bytes -= nbytes
+            self._sent.set()
             while self._queue and not self._closed:
                 arrays, nbytes = self._queue[0]
-                try:
-                    await self._transfer(self._channel.send_arrays(arrays))
-                except CommClosedError as exc:  # _transfer aborted the comm
-                    logger.debug("aw:// send to %s failed: %r", self._peer_addr, exc)
-                    return
+                await self._transfer(self._channel.send_arrays(arrays))
                 if self._queue:  # abort() emptied it
                     self._queue.popleft()
                     self._queued_bytes -= nbytes
                 self._sent.set()
+        except CommClosedError as exc:  # _transfer aborted the comm
+            logger.debug("aw:// send to %s failed: %r", self._peer_addr, exc)
         finally:
             self._sender = None
             self._sent.set()
@@ -259,15 +281,18 @@ class ArraywireComm(Comm):
         self._transfers += 1
         try:
             return await transfer
-        except LOST as exc:
-            self.abort()
-            raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            # cancelled part-way, say: the stream is out of step
-            self.abort()
+        except BaseException as exc:
+            self._fail(exc)
             raise
         finally:
             self._release()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Abort after a failed send or receive (cancelled part-way, say: the
+        stream is out of step); the comm's loss is CommClosedError."""
+        self.abort()
+        if isinstance(exc, LOST):
+            raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
 
     def _release(self) -> None:
         self._transfers -= 1

@@ -565,3 +565,50 @@ def test_a_learned_send_to_a_gone_peer_raises(backend: Backend) -> None:
             assert caught.value.bytes_done == 0  # type: ignore[attr-defined]
 
     run(main())
+
+
+def test_send_arrays_now_sends_what_the_socket_takes_and_leaves_the_rest(backend: Backend) -> None:
+    """A message the socket takes whole is sent by the call itself; of one
+    it takes part of, the rest comes from the coroutine returned, and the
+    Channel's send is busy until then; one over NATIVE_BYTES is all the
+    coroutine's. Every message arrives whole and in order."""
+
+    def size(arrays: list[np.ndarray]) -> int:
+        return len(plan_send(arrays).header) + sum(array.nbytes for array in arrays)
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 10)
+        async with aio.Channel(a) as left, aio.Channel(b) as right:
+            small = [np.arange(5), np.ones(3, np.float32)]
+            assert left.send_arrays_now(small) == size(small)  # no turn of the loop: all sent
+            for got, sent in zip(await right.recv_arrays(), small, strict=True):
+                np.testing.assert_array_equal(got, sent)
+            rng = np.random.default_rng(7)
+            for arrays in ([rng.random(60_000), np.arange(9)], [rng.random(aio.NATIVE_BYTES // 8 + 1)]):
+                rest = left.send_arrays_now(arrays)
+                assert asyncio.iscoroutine(rest)  # the socket could not take it all
+                with pytest.raises(RuntimeError, match="another task is in a send"):
+                    await left.send(np.zeros(1))
+                sent, got = await asyncio.gather(rest, right.recv_arrays())
+                assert sent == size(arrays)
+                for received, array in zip(got, arrays, strict=True):
+                    np.testing.assert_array_equal(received, array)
+            assert left.send_arrays_now(small) == size(small)  # the send is free again
+            assert len(await right.recv_arrays()) == 2
+
+    run(main())
+
+
+def test_send_arrays_now_to_a_gone_peer_raises_with_the_bytes_done(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        async with aio.Channel(a) as left:
+            b.close()
+            with pytest.raises((BrokenPipeError, ConnectionResetError)) as caught:
+                left.send_arrays_now([np.arange(5)])
+            assert caught.value.bytes_done == 0  # type: ignore[attr-defined]
+            with pytest.raises(TypeError):  # refused before any byte, the send free
+                left.send_arrays_now([object()])
+
+    run(main())

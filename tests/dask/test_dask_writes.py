@@ -6,6 +6,7 @@ connection failure. Real sockets, real Dask comms, both transport backends."""
 from __future__ import annotations
 
 import asyncio
+import select
 
 import numpy as np
 import pytest
@@ -153,6 +154,48 @@ async def test_abort_drops_the_queued_messages(backend) -> None:
             received.append((await server.read())["n"])
     assert received == list(range(len(received))) and len(received) < 10
     await server.close()
+
+
+@gen_test()
+async def test_a_small_write_into_an_idle_comm_is_sent_before_it_returns(backend) -> None:
+    client, server = await served_pair()
+    await client.write({"op": "ping", "data": b"p" * 64})
+    # no turn of the event loop since: the bytes are with the kernel already
+    assert select.select([server.socket], [], [], 5)[0]
+    assert (await server.read())["op"] == "ping"
+    await client.close()
+    await server.close()
+
+
+@gen_test()
+async def test_messages_the_socket_takes_in_parts_arrive_whole_and_in_order(backend) -> None:
+    """Writes under NATIVE_BYTES into a peer that does not read yet: the
+    socket takes the first whole, one in part (the rest follows from the
+    sender task), the others queue; close sends them all."""
+    client, server = await served_pair()
+    payloads = [np.full(60_000, n, dtype=np.float64) for n in range(40)]  # 480 KB each
+    for n, payload in enumerate(payloads):
+        await asyncio.wait_for(client.write({"n": n, "x": to_serialize(payload)}), 10)
+    closing = asyncio.ensure_future(client.close())
+    for n, payload in enumerate(payloads):
+        message = await server.read()
+        assert message["n"] == n
+        np.testing.assert_array_equal(message["x"], payload)
+    await asyncio.wait_for(closing, 10)
+    await server.close()
+
+
+@gen_test()
+async def test_a_write_to_a_gone_peer_closes_the_comm(backend) -> None:
+    client, server = await served_pair()
+    server.abort()
+    with pytest.raises(CommClosedError):
+        for _ in range(100):  # the first may still go to the kernel
+            await client.write({"op": "ping", "data": b"p" * 64})
+            await asyncio.sleep(0.01)
+    assert client.closed()
+    with pytest.raises(CommClosedError):
+        await client.read()
 
 
 class Unpicklable:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -217,6 +217,46 @@ class Channel:
         finally:
             self._rules.release("send")
 
+    def send_arrays_now(
+        self, arrays: Iterable[Any] | Mapping[str, Any], *, metadata: bytes | None = None
+    ) -> int | Coroutine[Any, Any, int]:
+        """Start sending arrays as one message without waiting: the calls
+        the socket answers at once run here, in the caller's task, so a
+        small message usually costs no turn of the event loop.
+
+        Returns
+        -------
+        int or coroutine
+            The bytes sent when the socket took the whole message; else a
+            coroutine that sends the rest, from the event loop, and returns
+            them. Await it (in a task of its own, say): the Channel's send
+            is in progress until it returns, as in ``send_arrays``.
+
+        Raises
+        ------
+        TypeError, ValueError, RuntimeError, BrokenStreamError, OSError
+            As ``send_arrays`` raises them, here or from the coroutine.
+        """
+        if metadata is not None or isinstance(arrays, Mapping):
+            self._rules.check_peer_reads(2)
+        plan = plan_send(arrays, None, metadata)
+        self._rules.claim("send", "send_arrays")
+        try:
+            sent = self._write_now("send_arrays", plan)
+        except BaseException:
+            self._rules.release("send")
+            raise
+        if isinstance(sent, int):
+            self._rules.release("send")
+            return sent
+        return self._finish_send(sent)
+
+    async def _finish_send(self, rest: Awaitable[int]) -> int:
+        try:
+            return await rest
+        finally:
+            self._rules.release("send")
+
     async def send_many(self, arrays: Iterable[Any]) -> int:
         """Send each array as a message of its own, small ones coalesced (as
         ``arraywire.Channel.send_many``).
@@ -390,6 +430,9 @@ class Channel:
 
     async def _write(self, name: str, plan: SendPlan) -> int:
         return await transfers.send_plan(self._sock, name, plan, self._streams, self._rules)
+
+    def _write_now(self, name: str, plan: SendPlan) -> int | Coroutine[Any, Any, int]:
+        return transfers.send_now(self._sock, name, plan, self._streams, self._rules)
 
     async def _write_bytes(self, data: bytearray) -> int:
         return await transfers.send_staged(self._sock, data, self._rules)

@@ -84,12 +84,25 @@ class Claim:
                 rules = _states[sock] = ChannelRules(AIO_SOCKET)
         self.rules = rules
 
-    async def __aenter__(self) -> Claim:
+    # Entered with ``with`` by the part of a transfer that needs no waiting,
+    # with ``async with`` by the rest: the same rules either way.
+    def __enter__(self) -> Claim:
         if self.held:
             self.rules.claim(self.direction, self.name)
         return self
 
+    async def __aenter__(self) -> Claim:
+        return self.__enter__()
+
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -149,31 +162,29 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def in_loop(
+def steps(
     sock: socket.socket,
     pending: PendingViews,
     sending: bool,
     progress: Progress | None,
-    timeout: float | None = None,
+    done: int,
+    total: int,
 ) -> int:
-    """Move byte views with non-blocking calls: the pure twin's loop, awaiting
-    readiness (up to ``timeout`` each time) where that one would block.
-    Returns the count, and marks an error with the bytes moved, as the core
-    calls do."""
-    total = pending.nbytes
-    done = 0
+    """Move byte views with non-blocking calls until ``total`` bytes moved or
+    the socket would block; return the bytes moved by then, ``done`` of them
+    before this call. An error is marked with the bytes moved and the views
+    let go, as the core calls do."""
     moved: list[int] = []  # filled by PendingViews.step
     try:
         # not `while done < total`: Python 3.13 lets an interrupt raised while
         # evaluating a loop's condition escape the try (CPython issue 130279)
         while True:
             if done >= total:
-                break
+                return done
             try:
                 pending.step(sock, sending, MAX_CHUNK, moved)
             except (BlockingIOError, InterruptedError):
-                await ready(sock, sending, timeout)
-                continue
+                return done
             if moved[0] == 0 and not sending:
                 raise IncompleteTransferError(done, total)
             done += moved[0]
@@ -184,7 +195,31 @@ async def in_loop(
         mark_progress(exc, done + sum(moved))
         pending.release()
         raise
-    return total
+
+
+async def in_loop(
+    sock: socket.socket,
+    pending: PendingViews,
+    sending: bool,
+    progress: Progress | None,
+    timeout: float | None = None,
+    done: int = 0,
+) -> int:
+    """Move byte views with non-blocking calls: the pure twin's loop, awaiting
+    readiness (up to ``timeout`` each time) where that one would block;
+    ``done`` of them moved already (by ``steps``). Returns the count of all,
+    and marks an error with the bytes moved, as the core calls do."""
+    total = pending.nbytes
+    try:
+        while True:
+            done = steps(sock, pending, sending, progress, done, total)
+            if done >= total:
+                return total
+            await ready(sock, sending, timeout)
+    except BaseException as exc:
+        mark_progress(exc, done)  # a wait cut short: steps marks its own errors
+        pending.release()
+        raise
 
 
 class TransferWorkers:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -220,6 +221,9 @@ class TLSChannel(Channel):
 
     async def _take_learned(self, max_bytes: int | None, timeout: float | None) -> np.ndarray | None:
         return None
+
+    def _write_now(self, name: str, plan: SendPlan) -> Coroutine[Any, Any, int]:
+        return self._write(name, plan)  # records are encrypted and flushed from the loop
 
     async def _write(self, name: str, plan: SendPlan) -> int:
         session = self._session

@@ -5,7 +5,7 @@ their bytes."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from arraywire._aio.moving import (
     move,
     move_stripes,
     ready,
+    steps,
 )
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
@@ -244,6 +245,44 @@ async def send_plan(
             if forward is not None:
                 forward.raise_error()
         return plan.complete()
+
+
+def send_now(
+    sock: Any,
+    name: str,
+    plan: SendPlan,
+    streams: Sequence[socket.socket],
+    rules: ChannelRules,
+) -> int | Coroutine[Any, Any, int]:
+    """Send what of a planned message the socket takes at once, in the
+    caller's thread (the aio Channel's send_arrays_now, under its ``rules``):
+    its bytes when that was all of it, else the coroutine that sends the
+    rest as ``send_plan`` would. A message over NATIVE_BYTES or striped over
+    parallel streams is all left to that coroutine."""
+    if plan.total > NATIVE_BYTES or plan.stripes(len(streams)) is not None:
+        return send_plan(sock, name, plan, streams, rules)
+    claim = Claim(sock, name, True, plan, rules)
+    batches = iter(plan.batches())
+    with claim:
+        for batch in batches:
+            pending = PendingViews([byte_view(buffer, writable=False) for buffer in batch])
+            total = pending.nbytes
+            done = steps(sock, pending, True, None, 0, total)
+            if done < total:  # the rest counts these done bytes with its own
+                return _send_rest(claim, plan, pending, done, batches)
+            plan.moved(done)
+    return plan.complete()
+
+
+async def _send_rest(
+    claim: Claim, plan: SendPlan, pending: PendingViews, done: int, batches: Iterator[list[Any]]
+) -> int:
+    """The rest of a send_now: the batch the socket took done bytes of, then the others."""
+    async with claim:
+        plan.moved(await in_loop(claim.sock, pending, True, None, claim.timeout, done))
+        for batch in batches:
+            await move(claim, batch, True, None)
+    return plan.complete()
 
 
 async def recv_arrays(
