@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 
 import pytest
+import trustme
 from backends import Backend
 from faultkit import Pairs
 from sockets import KINDS, connected_pair
@@ -43,6 +45,18 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         pytest.skip("--no-c-extensions")
     monkeypatch.setattr(transport, "impl", chosen.module)
     return chosen
+
+
+@pytest.fixture(scope="session")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 and localhost, and
+    a client context that trusts its CA."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
 
 
 @pytest.fixture(params=KINDS)

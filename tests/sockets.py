@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import arraywire
+
 KINDS = ("socketpair", "tcp", "unix")
 
 
@@ -69,3 +71,19 @@ class Peer(threading.Thread):
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def message_of(array: Any, limit: float = 30.0) -> bytes:
+    """The bytes of one message carrying array, as arraywire sends it."""
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send() -> None:
+            arraywire.send_array(array, a)
+            a.shutdown(socket.SHUT_WR)
+
+        sending = threading.Thread(target=send)
+        sending.start()
+        data = b"".join(iter(lambda: b.recv(1 << 20), b""))
+        sending.join(limit)
+        return data

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-import trustme
 from backends import Backend
+from sockets import message_of
 
 import arraywire
 from arraywire import BrokenStreamError, aio
@@ -26,38 +24,12 @@ STRIPE = 1 << 20  # a payload this large is striped over parallel streams
 KINDS = ["plain", "tls", "striped"]
 
 
-@pytest.fixture(scope="module")
-def contexts() -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    yield server, client
-
-
-def message_of(array: Any) -> bytes:
-    """The bytes of one message carrying array."""
-    a, b = socket.socketpair()
-    with a, b:
-
-        def send() -> None:
-            arraywire.send_array(array, a)
-            a.shutdown(socket.SHUT_WR)
-
-        sending = threading.Thread(target=send)
-        sending.start()
-        data = b"".join(iter(lambda: b.recv(1 << 20), b""))
-        sending.join(LIMIT)
-        return data
-
-
 @contextlib.asynccontextmanager
 async def ends(
-    kind: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+    kind: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> AsyncIterator[tuple[arraywire.Channel, aio.Channel]]:
     """A blocking sender connected to an aio receiver."""
-    server_context, client_context = contexts if kind == "tls" else (None, None)
+    server_context, client_context = tls if kind == "tls" else (None, None)
     async with await aio.listen(("127.0.0.1", 0), ssl=server_context) as listener:
         connecting = asyncio.to_thread(
             arraywire.connect,
@@ -83,12 +55,12 @@ def run(coro: Any) -> Any:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_timeout_with_nothing_come_leaves_the_channel_usable(
-    backend: Backend, kind: str, contexts: Any
+    backend: Backend, kind: str, tls: Any
 ) -> None:
     array = np.arange(STRIPE // 4 + 3, dtype=np.int64)  # striped on parallel streams
 
     async def main() -> None:
-        async with ends(kind, contexts) as (sender, receiver):
+        async with ends(kind, tls) as (sender, receiver):
             for receive in (receiver.recv, receiver.recv_arrays, receiver.recv_message):
                 with pytest.raises(TimeoutError, match=r"^timed out$") as caught:
                     await receive(timeout=SHORT)
@@ -108,10 +80,10 @@ def test_timeout_with_nothing_come_leaves_the_channel_usable(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_timeout_after_part_of_a_header_breaks_the_channel(
-    backend: Backend, kind: str, contexts: Any
+    backend: Backend, kind: str, tls: Any
 ) -> None:
     async def main() -> None:
-        async with ends(kind, contexts) as (sender, receiver):
+        async with ends(kind, tls) as (sender, receiver):
             await asyncio.to_thread(sender.socket.sendall, message_of(np.arange(7.0))[:5])
             with pytest.raises(TimeoutError, match=r"^timed out$") as caught:
                 await receiver.recv(timeout=SHORT)
@@ -126,12 +98,12 @@ def test_timeout_after_part_of_a_header_breaks_the_channel(
 @pytest.mark.parametrize("size", [100, 1 << 19, 3 << 20])
 @pytest.mark.parametrize("kind", ["plain", "tls"])
 def test_timeout_inside_a_message_breaks_the_channel(
-    backend: Backend, kind: str, size: int, contexts: Any
+    backend: Backend, kind: str, size: int, tls: Any
 ) -> None:
     data = message_of(np.zeros(size, np.uint8))
 
     async def main() -> None:
-        async with ends(kind, contexts) as (sender, receiver):
+        async with ends(kind, tls) as (sender, receiver):
             sending = asyncio.ensure_future(asyncio.to_thread(sender.socket.sendall, data[:-10]))
             with pytest.raises(TimeoutError, match=r"^timed out$") as caught:
                 await receiver.recv_message(timeout=0.5)
@@ -143,11 +115,11 @@ def test_timeout_inside_a_message_breaks_the_channel(
     run(main())
 
 
-def test_a_timeout_between_stripes_breaks_the_channel(backend: Backend, contexts: Any) -> None:
+def test_a_timeout_between_stripes_breaks_the_channel(backend: Backend, tls: Any) -> None:
     array = np.zeros(STRIPE * 2, np.uint8)
 
     async def main() -> None:
-        async with ends("striped", contexts) as (sender, receiver):
+        async with ends("striped", tls) as (sender, receiver):
             # the header and the first stream's part, then nothing on the second
             header = message_of(array)[: -array.nbytes]
             await asyncio.to_thread(sender.socket.sendall, header)
@@ -161,9 +133,9 @@ def test_a_timeout_between_stripes_breaks_the_channel(backend: Backend, contexts
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
-def test_a_bad_aio_receive_timeout_is_refused(timeout: float, contexts: Any) -> None:
+def test_a_bad_aio_receive_timeout_is_refused(timeout: float, tls: Any) -> None:
     async def main() -> None:
-        async with ends("plain", contexts) as (sender, receiver):
+        async with ends("plain", tls) as (sender, receiver):
             for receive in (receiver.recv, receiver.recv_arrays, receiver.recv_message):
                 with pytest.raises(ValueError, match="timeout must be above 0"):
                     await receive(timeout=timeout)

@@ -12,29 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from sockets import Peer
+from sockets import Peer, message_of
 
 import arraywire
 from arraywire import BrokenStreamError, Channel, aio
 
 LIMIT = 30.0
 SHORT = 0.05
-
-
-def message_of(array: Any) -> bytes:
-    """The bytes of one message carrying array."""
-    a, b = socket.socketpair()
-    with a, b:
-
-        def send() -> None:
-            arraywire.send_array(array, a)
-            a.shutdown(socket.SHUT_WR)
-
-        sending = threading.Thread(target=send)
-        sending.start()
-        data = b"".join(iter(lambda: b.recv(1 << 20), b""))
-        sending.join(LIMIT)
-        return data
 
 
 def test_timeout_with_nothing_come_leaves_the_channel_usable(

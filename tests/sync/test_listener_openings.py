@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import trustme
 from backends import Backend
 
 import arraywire
@@ -125,16 +124,6 @@ def test_a_wrong_key_is_told_of_and_raised(backend: Backend) -> None:
         with pytest.raises(AuthenticationError):
             connecting.result(LIMIT)
     assert [type(why) for _, why in drops.seen] == [AuthenticationError]
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 def test_a_tls_listener_looks_before_the_handshake(backend: Backend, tls: Any) -> None:

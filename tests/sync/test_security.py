@@ -15,12 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-import trustme
 from backends import Backend, backend_env
 from hypothesis import given, settings, strategies as st
 from sockets import Peer, receive_exactly
@@ -34,19 +33,6 @@ LIMIT = 30.0
 KEY = hashlib.sha256(b"arraywire test key").digest()
 OTHER_KEY = hashlib.sha256(b"another key").digest()
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def tls() -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
-    """A server context with a certificate for 127.0.0.1, and a client
-    context that trusts its CA."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    yield server, client
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-import trustme
 from backends import Backend
 from sockets import Peer, receive_exactly
 
@@ -44,16 +43,6 @@ def address(request: pytest.FixtureRequest) -> Iterator[Any]:
         return
     with tempfile.TemporaryDirectory() as directory:
         yield os.path.join(directory, "streams")
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 def stream_threads() -> list[threading.Thread]:
