@@ -412,7 +412,7 @@ def test_silent_and_garbage_peers_do_not_stall_accept(backend: Backend) -> None:
             np.testing.assert_array_equal(channel.recv(), np.arange(3))
         assert server.result() == 1
         # served while the silent peer was still waiting for its timeout
-        assert silent.recv(16) == hello(version=2)
+        assert silent.recv(16) == hello(version=2, capabilities=1)
         silent.setblocking(False)
         with pytest.raises(BlockingIOError):
             silent.recv(1)
@@ -426,8 +426,10 @@ def test_silent_and_garbage_peers_do_not_stall_accept(backend: Backend) -> None:
             waiting.result()
 
 
-def hello(version: int = 1, reads: int = 2, features: int = 0, extra: int = 0) -> bytes:
-    return struct.pack("<4sBBHII", b"AWHI", version, reads, features, extra, 0)
+def hello(
+    version: int = 1, reads: int = 2, features: int = 0, extra: int = 0, capabilities: int = 0
+) -> bytes:
+    return struct.pack("<4sBBHII", b"AWHI", version, reads, features, extra, capabilities)
 
 
 @pytest.mark.parametrize(
@@ -449,13 +451,13 @@ def test_listener_checks_each_hello(
         peer.sendall(peer_hello)
         if accepted:
             with listener.accept(timeout=LIMIT) as channel:
-                assert peer.recv(16) == hello(version=2)
+                assert peer.recv(16) == hello(version=2, capabilities=1)
                 arraywire.send_array(np.arange(2), peer)
                 np.testing.assert_array_equal(channel.recv(), np.arange(2))
         else:
             with pytest.raises(TimeoutError):
                 listener.accept(timeout=0.5)
-            assert peer.recv(16) == hello(version=2)
+            assert peer.recv(16) == hello(version=2, capabilities=1)
             assert ends(peer)
 
 
@@ -463,7 +465,7 @@ def test_no_names_or_metadata_for_a_peer_that_reads_version_1(backend: Backend) 
     with arraywire.listen(("127.0.0.1", 0)) as listener, raw_connect(listener.address) as peer:
         peer.sendall(hello(reads=1))
         with listener.accept(timeout=LIMIT) as channel:
-            assert peer.recv(16) == hello(version=2)
+            assert peer.recv(16) == hello(version=2, capabilities=1)
             with pytest.raises(ValueError, match="reads messages up to version 1"):
                 channel.send_arrays({"x": np.arange(2)})
             with pytest.raises(ValueError, match="names and metadata need version 2"):

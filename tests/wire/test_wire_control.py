@@ -8,10 +8,12 @@ import socket
 import struct
 import threading
 
+import numpy as np
 import pytest
 
 from arraywire._sync.connection import run_opening
 from arraywire._wire import control, peers
+from arraywire._wire.engine import Receive, plan_send
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.hello import CONTROL, Hello, Opening
 
@@ -147,3 +149,73 @@ def test_a_record_over_its_limit_is_not_made() -> None:
     with pytest.raises(ValueError, match="a refusal record carries at most 4,096 bytes, got 4,097"):
         control.encode(control.REFUSAL, bytes(4097))
     assert control.MAX_REASON <= control.MAX_BODY
+
+
+# --- the message engine meets records ---------------------------------------------
+
+
+def message_of(array: np.ndarray) -> bytes:
+    """The bytes of a message of one contiguous array."""
+    return plan_send((array,)).header + array.tobytes()
+
+
+def feed(message: Receive, data: bytes) -> None:
+    """Fill each read the engine asks for from data, in order."""
+    for buffers in message.reads():
+        for buffer in buffers:  # type: ignore[union-attr]
+            view = memoryview(buffer).cast("B")
+            view[:], data = data[: len(view)], data[len(view) :]
+            message.moved(len(view))
+
+
+def test_a_refusal_where_a_message_starts_is_raised_never_returned() -> None:
+    message = Receive(None, capabilities=CONTROL)
+    with pytest.raises(ProtocolError) as raised:
+        feed(message, control.encode_refusal("over max_bytes=10"))
+    assert str(raised.value) == "the receiver refused the message: over max_bytes=10"
+    assert message.refusal == "" and message.refusal_record() is None  # never answered
+    assert message.fail(raised.value)  # out of step: the driver closes
+
+
+def test_a_record_without_the_capability_is_refused_before_its_body() -> None:
+    message = Receive(None)
+    with pytest.raises(ProtocolError, match="did not turn control records on"):
+        feed(message, control.encode_refusal("no"))
+    assert message.offset == control.SIZE
+
+
+@pytest.mark.parametrize("capabilities", [CONTROL, 0])
+def test_a_refused_header_gives_the_record_to_send_with_the_capability(capabilities: int) -> None:
+    message = Receive(10, capabilities=capabilities)
+    with pytest.raises(ProtocolError, match="over max_bytes=10") as raised:
+        feed(message, message_of(np.arange(100)))
+    assert message.refusal == str(raised.value)
+    expected = control.encode_refusal(str(raised.value)) if capabilities else None
+    assert message.refusal_record() == expected
+
+
+def test_a_misfit_is_no_refusal() -> None:
+    message = Receive(None, one_array=True, out=np.empty(3), capabilities=CONTROL)
+    feed(message, message_of(np.arange(5.0)))
+    with pytest.raises(ValueError, match="out is"):
+        message.result()
+    assert message.refusal_record() is None
+
+
+@pytest.mark.parametrize(
+    ("data", "capabilities", "refused"),
+    [
+        (control.encode_refusal("why") + b"more", CONTROL, "why"),
+        (control.encode_refusal("why"), 0, None),  # capability off
+        (control.encode_refusal("why")[:-1], CONTROL, None),  # cut short
+        (control.RECORD.pack(b"AWCR", 9, 0, 0, 0), CONTROL, None),  # unknown type
+        (message_of(np.arange(3)), CONTROL, None),  # a message
+        (b"", CONTROL, None),
+    ],
+)
+def test_a_failed_senders_last_word(data: bytes, capabilities: int, refused: str | None) -> None:
+    error = control.last_word(data, capabilities)
+    if refused is None:
+        assert error is None
+    else:
+        assert str(error) == f"the receiver refused the message: {refused}"

@@ -15,6 +15,7 @@ from arraywire._wire import hello, peers
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.hello import (
     AUTH,
+    CONTROL,
     JOINED,
     NO_STREAMS,
     NOT_JOINABLE,
@@ -27,7 +28,8 @@ from arraywire._wire.hello import (
 
 KEY = b"k" * 32
 GROUP_ID = bytes(range(16))
-NO_KEY_HELLO = bytes.fromhex("41 57 48 49 02 02 00 00 00 00 00 00 00 00 00 00")
+# capability bit 0 (control records): what an opening announces by default
+NO_KEY_HELLO = bytes.fromhex("41 57 48 49 02 02 00 00 00 00 00 00 01 00 00 00")
 
 
 @dataclass
@@ -84,7 +86,7 @@ def test_no_key_is_the_documented_sixteen_bytes_each_way() -> None:
     assert bytes(connecting.sent) == bytes(listening.sent) == NO_KEY_HELLO
     for end in (connecting, listening):
         assert end.error is None and end.opening.wanted == 0 and end.opening.part == "opening"
-        assert end.opening.peer == Hello(2, 2, 0, 0) and end.opening.group is None
+        assert end.opening.peer == Hello(2, 2, 0, CONTROL) and end.opening.group is None
         assert end.opening.outgoing() == b""
 
 
@@ -92,7 +94,7 @@ def test_the_hello_comes_out_once_and_the_first_want_is_16() -> None:
     end = opening(KEY, connecting=True)
     assert (end.wanted, end.part) == (16, "hello")
     first = end.outgoing()
-    assert len(first) == 48 and first[:16] == hello.encode(AUTH, 32) and end.outgoing() == b""
+    assert len(first) == 48 and first[:16] == hello.encode(AUTH, 32, CONTROL) and end.outgoing() == b""
     assert struct.unpack_from("<HI", first, 6) == (AUTH, 32)
 
 
@@ -104,7 +106,7 @@ def test_the_same_key_authenticates_both_ends_with_the_documented_proofs() -> No
     assert connecting.error is None and listening.error is None
     assert connecting.opening.wanted == listening.opening.wanted == 0
     h_c, h_l = bytes(connecting.sent[:48]), bytes(listening.sent[:48])
-    assert h_c[:16] == h_l[:16] == hello.encode(AUTH, 32) and h_c[16:] != h_l[16:]
+    assert h_c[:16] == h_l[:16] == hello.encode(AUTH, 32, CONTROL) and h_c[16:] != h_l[16:]
     assert bytes(connecting.sent[48:]) == hello.proof(KEY, hello.CONNECTING_LABEL, h_c, h_l)
     assert bytes(listening.sent[48:]) == b"\x01" + hello.proof(KEY, hello.LISTENING_LABEL, h_c, h_l)
     assert len(connecting.sent) == 80 and len(listening.sent) == 81
@@ -189,7 +191,7 @@ def test_a_stream_joins_its_group(key: bytes | None) -> None:
     assert connecting.error is None and listening.error is None
     assert listening.opening.group == group and connecting.opening.wanted == 0
     assert bytes(connecting.sent[:16]) == hello.encode(
-        STREAMS | (AUTH if key else 0), 20 + (32 if key else 0))
+        STREAMS | (AUTH if key else 0), 20 + (32 if key else 0), CONTROL)
     assert bytes(connecting.sent[16 + (32 if key else 0) :][:20]) == GROUP_ID + b"\x01\x00\x03\x00"
     assert bytes(listening.sent[-4:]) == b"\x01\x00\x08\x00"
 
@@ -278,7 +280,7 @@ def test_a_newer_hello_is_spoken_at_version_2() -> None:
     assert hello.decode(newer) == Hello(2, 2, 0, 0xFFFF)
     end = opening(connecting=True)
     end.received(newer)
-    assert end.peer == Hello(2, 2, 0, 0xFFFF) and end.wanted == 0 and end.capabilities == 0
+    assert end.peer == Hello(2, 2, 0, 0xFFFF) and end.wanted == 0 and end.capabilities == CONTROL
 
 
 def test_a_hello_changed_on_the_way_is_noticed() -> None:

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +29,7 @@ import numpy as np
 from arraywire._aio import transfers
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
+from arraywire._drivers import refusals
 from arraywire._drivers.rules import (
     AIO,
     ChannelItem,
@@ -36,7 +45,13 @@ from arraywire._drivers.rules import (
     readable,
     receive_wait,
 )
-from arraywire._wire.engine import Message, Receive, SendPlan, plan_send
+from arraywire._wire.engine import (
+    Message,
+    ReadAhead as Buffered,
+    Receive,
+    SendPlan,
+    plan_send,
+)
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._wire.limits import Progress
@@ -46,7 +61,8 @@ class Channel:
     """``arraywire.Channel`` for asyncio: the same methods, awaited, and
     ``async for``. ``Channel(sock)`` makes the socket non-blocking and owns it;
     ``more_streams`` (sockets too) make it a Channel of parallel streams, as
-    ``arraywire.Channel``'s do."""
+    ``arraywire.Channel``'s do; ``capabilities`` are those its opening
+    turned on, as for ``arraywire.Channel``."""
 
     def __init__(
         self,
@@ -54,6 +70,7 @@ class Channel:
         *,
         peer_reads: int = 2,
         more_streams: Sequence[socket.socket] = (),
+        capabilities: int = 0,
     ) -> None:
         self._outbox: LayoutSender = transport.impl.Outbox(sock)  # packs send_many's small messages
         self._inbox: ReadAhead = transport.impl.Inbox(sock)  # read-ahead: a small message, one receive
@@ -64,6 +81,8 @@ class Channel:
         self._rules = ChannelRules(AIO, peer_reads=peer_reads)
         self._learned = 0  # the length of the header the Inbox learned (0: none)
         self._local, self._peer = end_addresses(sock)
+        self._capabilities = capabilities
+        self._unchecked = 0  # bytes of learned sends since the last look for a refusal
 
     @property
     def socket(self) -> socket.socket:
@@ -176,12 +195,19 @@ class Channel:
             if metadata is None and progress is None and learned_send(array, len(self._streams)):
                 sent = await self._send_learned(array)
                 if sent is not None:
+                    if self._capabilities:  # a look every CHECK_BYTES
+                        self._unchecked += sent
+                        if self._unchecked >= refusals.CHECK_BYTES:
+                            await self._check_refused("send", sent)
                     return sent
             plan = plan_send((array,), progress, metadata)
             sent = await self._write("send", plan)
             if metadata is None:
                 learn_layout(self._outbox, array, plan)
             return sent
+        except BaseException as exc:
+            self._sent_refused("send", exc)
+            raise
         finally:
             rules.release("send")
 
@@ -214,6 +240,9 @@ class Channel:
         self._rules.claim("send", "send_arrays")
         try:
             return await self._write("send_arrays", plan)
+        except BaseException as exc:
+            self._sent_refused("send_arrays", exc)
+            raise
         finally:
             self._rules.release("send")
 
@@ -287,6 +316,7 @@ class Channel:
                     sent += await self._write("send_many", piece[1])
         except BaseException as exc:
             exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            self._sent_refused("send_many", exc)
             raise
         finally:
             self._rules.release("send")
@@ -355,7 +385,8 @@ class Channel:
                 if array is not None:
                     return array
             message = Receive(
-                max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
+                max_bytes, progress=progress, one_array=True, out=out,
+                streams=len(self._streams), capabilities=self._capabilities,
             )
             await self._read("recv", message, seconds)
         finally:
@@ -417,7 +448,8 @@ class Channel:
         """
         seconds = receive_wait(timeout)
         message = Receive(
-            max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
+            max_bytes, max_metadata=max_metadata, progress=progress,
+            streams=len(self._streams), capabilities=self._capabilities,
         )
         self._rules.claim("receive", "recv_message")
         try:
@@ -429,7 +461,46 @@ class Channel:
     # The driver: these move the bytes (over TLS, TLSChannel's do).
 
     async def _write(self, name: str, plan: SendPlan) -> int:
+        await self._check_refused(name, 0)
+        sent = await self._send_plan(name, plan)
+        if sent >= refusals.CHECK_BYTES:  # refused while it went out, most likely
+            await self._check_refused(name, sent)
+        return sent
+
+    async def _send_plan(self, name: str, plan: SendPlan) -> int:
         return await transfers.send_plan(self._sock, name, plan, self._streams, self._rules)
+
+    async def _check_refused(self, name: str, done: int) -> None:
+        """Raise the receiver's refusal of an earlier message when it is
+        waiting, as the blocking Channel's planned sends do (plain sockets;
+        over TLS the next receive or a failed send finds it)."""
+        self._unchecked = 0
+        if not self._capabilities or not refusals.readable_record(self._sock, self._inbox):
+            return
+        receive = self._rules.lanes["receive"]
+        if not receive.acquire(False):  # the receive in progress reads it
+            return
+        try:
+            await self._read(name, Receive(None, capabilities=self._capabilities), None)
+        except BaseException as exc:
+            exc.bytes_done = done  # type: ignore[attr-defined]
+            raise
+        finally:
+            receive.release()
+
+    def _sent_refused(self, name: str, exc: BaseException) -> None:
+        """A send the receiver's close failed: raise its refusal, if it sent one."""
+        refused = refusals.refusal_after(
+            exc, self._rules, self._capabilities, *self._last_bytes()
+        )
+        if refused is not None:
+            self._rules.break_(name, refused)
+            self.close()
+            raise refused from exc
+
+    def _last_bytes(self) -> tuple[Buffered, Callable[[memoryview], int]]:
+        """Where a failed send reads the receiver's last word."""
+        return self._inbox, refusals.receive_now(self._sock)
 
     def _write_now(self, name: str, plan: SendPlan) -> int | Coroutine[Any, Any, int]:
         return transfers.send_now(self._sock, name, plan, self._streams, self._rules)
@@ -489,7 +560,9 @@ class Channel:
             array = await self._take_learned(limit, None)
             if array is not None:
                 return array
-            message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
+            message = Receive(
+                DEFAULT_MAX_BYTES, streams=len(self._streams), capabilities=self._capabilities
+            )
             await self._read("recv_message", message, None)
         finally:
             self._rules.release("receive")

@@ -215,7 +215,8 @@ async def _connect_all(
         for sock in (first, *others):
             sock.close()
         raise failed[0]
-    return Channel(first, peer_reads=peer.reads_messages, more_streams=others)
+    return Channel(first, peer_reads=peer.reads_messages, more_streams=others,
+                   capabilities=hello.capabilities_on(peer))
 
 
 async def _open_stream(
@@ -255,12 +256,14 @@ async def _connect(
         tune(sock)
         if context is None:
             peer = await _run_opening(_SocketPipe(sock), opening)
-            return Channel(sock, peer_reads=peer.reads_messages)
+            return Channel(sock, peer_reads=peer.reads_messages,
+                           capabilities=opening.capabilities)
         if server_hostname is None and isinstance(address, tuple):
             server_hostname = address[0]
         session = await _secure(sock, context, server_side=False, server_hostname=server_hostname)
         peer = await _run_opening(_SessionPipe(session), opening)
-        return TLSChannel(session, peer_reads=peer.reads_messages)
+        return TLSChannel(session, peer_reads=peer.reads_messages,
+                          capabilities=opening.capabilities)
     except BaseException:
         sock.close()
         raise
@@ -444,7 +447,8 @@ class Listener:
             pipe = _SocketPipe(conn)
             peer = await _run_opening(pipe, opening)
             if opening.group is None:
-                return Channel(conn, peer_reads=peer.reads_messages)
+                return Channel(conn, peer_reads=peer.reads_messages,
+                               capabilities=opening.capabilities)
             status, members = self._groups.join(opening.group, conn, time.monotonic())
             opening.answer_join(status, self._groups.max_streams)
             await pipe.send(opening.outgoing())
@@ -453,7 +457,8 @@ class Listener:
             if members is None:
                 return None
             reads = peer.reads_messages
-            return Channel(members[0], peer_reads=reads, more_streams=members[1:])
+            return Channel(members[0], peer_reads=reads, more_streams=members[1:],
+                           capabilities=opening.capabilities)
         session = await _secure(conn, self._ssl, server_side=True, server_hostname=None)
         tls_pipe = _SessionPipe(session)
         peer = await _run_opening(tls_pipe, opening)
@@ -461,7 +466,8 @@ class Listener:
             opening.answer_join(hello.NO_STREAMS, self._groups.max_streams)
             await tls_pipe.send(opening.outgoing())
             raise ConnectionRefusedError(errno.ECONNREFUSED, "no parallel streams over TLS")
-        return TLSChannel(session, peer_reads=peer.reads_messages)
+        return TLSChannel(session, peer_reads=peer.reads_messages,
+                          capabilities=opening.capabilities)
 
     def _schedule_expiry(self) -> None:
         """Close the streams of groups not whole in time, when their time comes."""

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -26,8 +26,17 @@ from arraywire._aio.moving import ready
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
+from arraywire._drivers import refusals
 from arraywire._drivers.rules import AIO, ChannelRules, end_addresses
-from arraywire._wire.engine import Receive, SendPlan, Transfer, buffered_reads, writable_bytes
+from arraywire._wire import control
+from arraywire._wire.engine import (
+    ReadAhead as Buffered,
+    Receive,
+    SendPlan,
+    Transfer,
+    buffered_reads,
+    writable_bytes,
+)
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.limits import DIRECT_BYTES, READ_AHEAD_BYTES
 
@@ -136,6 +145,20 @@ class TLSSession:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
 
+    def read_now(self, view: memoryview) -> int:
+        """Decrypt into the front of view what has come, never waiting:
+        BlockingIOError when nothing has; 0 at the end of the stream."""
+        while True:
+            try:
+                return cast(int, self.ssl_object.read(len(view), view))
+            except ssl.SSLWantReadError:
+                count = self.sock.recv_into(self._records)
+                if not count:
+                    return 0
+                self._incoming.write(memoryview(self._records)[:count])
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+
     def close(self) -> None:
         """Say goodbye with close_notify when the socket takes it at once, and close."""
         with contextlib.suppress(ssl.SSLError, OSError):
@@ -185,8 +208,9 @@ class TLSChannel(Channel):
 
     # The plain Channel's __init__ makes the socket's own read-ahead buffer;
     # this one reads through the TLS session instead.
-    def __init__(self, session: TLSSession, *, peer_reads: int = 2) -> None:
+    def __init__(self, session: TLSSession, *, peer_reads: int = 2, capabilities: int = 0) -> None:
         self._session = session
+        self._capabilities = capabilities
         self._sock = session.sock
         self._streams = (session.sock,)
         self._inbox_tls = SessionInbox(session)
@@ -277,8 +301,28 @@ class TLSChannel(Channel):
             end = message.end_of_stream(exc)
             if end is not None:
                 raise end from None
+            record = message.refusal_record()
+            if record is not None:
+                await self._refuse(record)
             self._fail(name, message, exc)
             raise
+
+    async def _refuse(self, record: bytes) -> None:
+        """Tell the sender why its message was refused, then close, as the
+        plain Channel does; the drain reads the encrypted bytes unread."""
+        if not refusals.may_write_record(self._rules):
+            return  # a send holds the session: _fail shuts the socket down
+        try:
+            await asyncio.wait_for(self._session.write(record), control.DRAIN_SECONDS)
+            refusals.drain(self._streams)
+        except (OSError, asyncio.TimeoutError):  # the sender is gone: it hears nothing
+            return
+        finally:
+            refusals.release_record(self._rules)
+        self._sock.close()
+
+    def _last_bytes(self) -> tuple[Buffered, Callable[[memoryview], int]]:
+        return self._inbox_tls, self._session.read_now
 
     def close(self) -> None:
         """Close the connection: close_notify when it can go at once, then the socket."""

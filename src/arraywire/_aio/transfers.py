@@ -4,6 +4,7 @@ their bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -24,9 +25,11 @@ from arraywire._aio.moving import (
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
 from arraywire._core.step import PendingViews, byte_view
+from arraywire._drivers import refusals
 from arraywire._drivers.blocking import one_stream, write_plan
 from arraywire._drivers.rules import ChannelRules
 from arraywire._drivers.striping import receive_jobs, send_jobs
+from arraywire._wire import control
 from arraywire._wire.engine import (
     Message,
     MessageProgress,
@@ -37,7 +40,7 @@ from arraywire._wire.engine import (
     buffered_reads,
     plan_send,
 )
-from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.errors import IncompleteTransferError, ProtocolError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._wire.limits import DIRECT_BYTES, Progress
 
@@ -445,6 +448,32 @@ async def _receive(
             if end is not None:
                 raise end from None
             raise
+        except ProtocolError:
+            record = message.refusal_record()
+            if record is not None and rules is not None:
+                await _refuse(sock, record, streams or (sock,), rules)
+            raise
+
+
+async def _refuse(
+    sock: socket.socket, record: bytes, streams: Sequence[socket.socket], rules: ChannelRules
+) -> None:
+    """Tell the sender why its message was refused, then close the
+    Channel's sockets: the record within DRAIN_SECONDS, the drain in its own
+    thread (``refusals.drain``). The Claim then marks the rules broken."""
+    if not refusals.may_write_record(rules):
+        return  # a send holds the socket: the Claim shuts it down
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_sendall(sock, record), control.DRAIN_SECONDS
+        )
+        refusals.drain(streams)
+    except (OSError, asyncio.TimeoutError):  # the sender is gone: it hears nothing
+        return
+    finally:
+        refusals.release_record(rules)
+    for stream in streams:
+        stream.close()
 
 
 async def _receive_stripes(

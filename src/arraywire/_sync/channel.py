@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from arraywire._core import tls, transport
+from arraywire._drivers import refusals
 from arraywire._drivers.blocking import write_plan
 from arraywire._drivers.rules import (
     BLOCKING,
@@ -43,6 +44,7 @@ from arraywire._drivers.rules import (
     receive_wait,
 )
 from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
+from arraywire._wire import control
 from arraywire._wire.engine import (
     Message,
     Receive,
@@ -83,6 +85,10 @@ class Channel:
     ``read_ahead`` holds bytes of the peer's stream read before the Channel
     was made (an opening's); they are received first.
 
+    ``capabilities`` are those its opening turned on (``hello.CONTROL``:
+    a refused message's reason reaches the sender as a control record);
+    none for a socket without an opening.
+
     ``more_streams`` are further connected sockets to the same peer, which
     make this a Channel of parallel streams (``connect(streams=N)`` and the
     Listener make such Channels): each array of at least ``STRIPE_BYTES`` is
@@ -100,6 +106,7 @@ class Channel:
         peer_reads: int = 2,
         more_streams: Sequence[socket.socket] = (),
         read_ahead: bytes = b"",
+        capabilities: int = 0,
     ) -> None:
         core = transport.core_for(sock)
         if any(isinstance(other, ssl.SSLSocket) != (core is tls) for other in more_streams):
@@ -118,6 +125,8 @@ class Channel:
             BLOCKING_TLS if self._tls else BLOCKING, peer_reads=peer_reads, take_turns=self._tls
         )
         self._local, self._peer = end_addresses(sock)
+        self._capabilities = capabilities
+        self._unchecked = 0  # bytes of learned sends since the last look for a refusal
 
     @property
     def socket(self) -> socket.socket:
@@ -195,6 +204,10 @@ class Channel:
             if metadata is None and progress is None and learned_send(array, len(self._streams)):
                 sent: int | None = self._outbox.send(array)
                 if sent is not None:
+                    if self._capabilities:  # a look every CHECK_BYTES
+                        self._unchecked += sent
+                        if self._unchecked >= refusals.CHECK_BYTES:
+                            self._check_refused("send", sent)
                     return sent
             plan = plan_send((array,), progress, metadata)
             self._write(plan, "send")
@@ -202,6 +215,7 @@ class Channel:
                 learn_layout(self._outbox, array, plan)
             return plan.complete()
         except BaseException as exc:
+            self._sent_refused("send", exc)
             if self._cut_short(exc):
                 self._break("send", exc)
             raise
@@ -240,6 +254,9 @@ class Channel:
             plan = plan_send(arrays, progress, metadata)
             self._write(plan, "send_arrays")
             return plan.complete()
+        except BaseException as exc:
+            self._sent_refused("send_arrays", exc)
+            raise
         finally:
             self._rules.release("send")
 
@@ -281,6 +298,7 @@ class Channel:
         except BaseException as exc:
             cut_short = self._cut_short(exc)
             exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
+            self._sent_refused("send_many", exc)
             if cut_short:
                 self._break("send_many", exc)
             raise
@@ -291,6 +309,7 @@ class Channel:
     def _write(self, plan: SendPlan, what: str) -> None:
         self._rules.check_peer_reads(plan.header[4])
         parts = plan.stripes(len(self._streams))
+        self._check_refused(what, 0)
         try:
             if parts is None:
                 write_plan(plan, self._sock, plan.reporter, self._core)
@@ -303,6 +322,37 @@ class Channel:
             if plan.fail(exc) or self._tls or parts is not None:
                 self._break(what, exc, plan)
             raise
+        if plan.total >= refusals.CHECK_BYTES:  # refused while it went out, most likely
+            self._check_refused(what, plan.total)
+
+    def _check_refused(self, what: str, done: int) -> None:
+        """Raise a waiting refusal of an earlier message (``done``: this send's
+        bytes out). A plain socket's; over TLS a receive or a failed send finds it."""
+        self._unchecked = 0
+        if not self._capabilities or self._tls:
+            return
+        rules = self._rules
+        receive = rules.lanes["receive"]
+        if not receive.acquire(False):  # the receive in progress reads it
+            return
+        try:
+            if refusals.readable_record(self._sock, self._inbox):
+                self._read(Receive(None, capabilities=self._capabilities))
+        except BaseException as exc:
+            exc.bytes_done = done  # type: ignore[attr-defined]
+            self._break(what, exc)
+            raise
+        finally:
+            receive.release()
+
+    def _sent_refused(self, what: str, exc: BaseException) -> None:
+        """A send the receiver's close failed: raise its refusal, if it sent one."""
+        refused = refusals.refusal_after(
+            exc, self._rules, self._capabilities, self._inbox, refusals.receive_now(self._sock)
+        )
+        if refused is not None:
+            self._break(what, refused)
+            raise refused from exc
 
     def _run_parts(self, jobs: list[Job], reporter: Any, offset: int) -> int:
         """Each stream's part at once; the first stream's timeout bounds all."""
@@ -391,7 +441,8 @@ class Channel:
                 if array is not None:
                     return array
             message = Receive(
-                max_bytes, progress=progress, one_array=True, out=out, streams=len(self._streams)
+                max_bytes, progress=progress, one_array=True, out=out,
+                streams=len(self._streams), capabilities=self._capabilities,
             )
             self._read(message)
             return message.result()[0]
@@ -498,7 +549,8 @@ class Channel:
         restore = self._wait(timeout)
         try:
             message = Receive(
-                max_bytes, max_metadata=max_metadata, progress=progress, streams=len(self._streams)
+                max_bytes, max_metadata=max_metadata, progress=progress,
+                streams=len(self._streams), capabilities=self._capabilities,
             )
             self._read(message)
             return message.message()
@@ -545,7 +597,9 @@ class Channel:
             )
             if array is not None:
                 return array
-            message = Receive(DEFAULT_MAX_BYTES, streams=len(self._streams))
+            message = Receive(
+                DEFAULT_MAX_BYTES, streams=len(self._streams), capabilities=self._capabilities
+            )
             self._read(message)
             arrays = message.message().arrays
             if type(arrays) is list and len(arrays) == 1:
@@ -579,7 +633,10 @@ class Channel:
             end = message.end_of_stream(exc)
             if end is not None:
                 raise end from None
-            if out_of_step or striped:  # striped: the streams were shut down
+            record = message.refusal_record()
+            if record is not None:
+                self._refuse(record, exc, message)
+            elif out_of_step or striped:  # striped: the streams were shut down
                 self._break("receive", exc, message)
             raise
         learn_message(inbox, message)
@@ -590,6 +647,20 @@ class Channel:
         jobs = receive_jobs(self._core, stripes, self._streams, self._inbox)
         reporter = None if stripes.parts is None else message.reporter
         return self._run_parts(jobs, reporter, message.offset)
+
+    def _refuse(self, record: bytes, exc: BaseException, message: Receive) -> None:
+        """Tell the sender why its message was refused, then close: the record
+        within DRAIN_SECONDS (the socket's buffer takes it at once unless the
+        peer stopped reading), the drain in its own thread."""
+        self._rules.break_("receive", exc, message)
+
+        def write() -> None:
+            self._sock.settimeout(control.DRAIN_SECONDS)
+            self._core.send_from(record, self._sock)
+
+        if not refusals.refuse(self._rules, self._streams, write):
+            shut_down(self._streams)
+        self.close()
 
     # --- state --------------------------------------------------------------------
 

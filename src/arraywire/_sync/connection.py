@@ -207,7 +207,8 @@ def open_channel(
             family, where, deadline, handshake_timeout, authkey, ssl, server_hostname, None,
             opening, refusals,
         )
-        return Channel(sock, peer_reads=peer.reads_messages, read_ahead=early)
+        return Channel(sock, peer_reads=peer.reads_messages, read_ahead=early,
+                       capabilities=hello.capabilities_on(peer))
     ident = os.urandom(hello.GROUP_ID_BYTES)
     options = (family, where, deadline, handshake_timeout, authkey, ssl, server_hostname)
     # The first stream alone finds out whether the Listener takes the group
@@ -229,7 +230,8 @@ def open_channel(
         for sock in (first, *opened):
             sock.close()
         raise failed[0]  # type: ignore[misc]
-    return Channel(first, peer_reads=peer.reads_messages, more_streams=opened)
+    return Channel(first, peer_reads=peer.reads_messages, more_streams=opened,
+                   capabilities=hello.capabilities_on(peer))
 
 
 class _Refusals:
@@ -631,7 +633,8 @@ class Listener:
         reads = opening.peer.reads_messages
         if opening.group is None:
             sock.setblocking(True)
-            return Channel(sock, peer_reads=reads, read_ahead=opening.early)
+            return Channel(sock, peer_reads=reads, read_ahead=opening.early,
+                           capabilities=opening.capabilities)
         # a stream of a group: the Channel once its last stream joined
         assert pending.joined is not None
         status, members = pending.joined
@@ -644,7 +647,8 @@ class Listener:
             return None
         for member in members:
             member.setblocking(True)
-        return Channel(members[0], peer_reads=reads, more_streams=members[1:])
+        return Channel(members[0], peer_reads=reads, more_streams=members[1:],
+                       capabilities=opening.capabilities)
 
     def _drop_late(self, now: float) -> None:
         seconds = f"{self._handshake_timeout:g} s"

@@ -97,6 +97,22 @@ def refusal_reason(body: bytes) -> str:
     return bytes(body).decode("utf-8", "replace")
 
 
+def last_word(data: bytes, capabilities: int) -> ProtocolError | None:
+    """What a sender whose send failed raises for the receiver's last bytes
+    (at most LAST_WORD_BYTES, read where a message would start): the
+    refusal they hold whole, or None (then the send's own error stands)."""
+    if len(data) < SIZE or not is_record(data):
+        return None
+    try:
+        record = decode(data[:SIZE], capabilities)
+    except ProtocolError:
+        return None
+    body = data[SIZE : SIZE + record.length]
+    if len(body) < record.length:
+        return None
+    return refused(refusal_reason(body))
+
+
 def refused(reason: str) -> ProtocolError:
     """What a sender raises when the receiver refused its message."""
     return ProtocolError(f"the receiver refused the message: {reason}")

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire import control, hello
+from arraywire._wire.errors import IncompleteTransferError, ProtocolError
 from arraywire._wire.header import (
     DEFAULT_MAX_METADATA,
     PREAMBLE,
@@ -372,11 +373,18 @@ class Receive(Transfer):
     message, with the payload not read); a message that does not fit is drained so the stream stays in step,
     and ``result()`` raises ValueError saying why. On a connection of
     ``streams`` parallel streams a striped payload comes as one ``Stripes``.
+
+    ``capabilities`` are those on for the connection (``hello.CONTROL``):
+    a control record where the message starts is read and raises what it
+    says (a refusal: ``control.refused``), never returned as a message.
+    A header this end refuses raises ProtocolError with its text in
+    ``refusal``, the reason a driver sends the peer.
     """
 
     __slots__ = (
-        "_max_metadata", "_one_array", "_out", "_progress", "_streams", "arrays", "max_bytes",
-        "metadata", "names", "problem", "reporter", "simple_header", "specs",
+        "_capabilities", "_max_metadata", "_one_array", "_out", "_progress", "_streams",
+        "arrays", "max_bytes", "metadata", "names", "problem", "refusal", "reporter",
+        "simple_header", "specs",
     )
 
     def __init__(
@@ -388,11 +396,14 @@ class Receive(Transfer):
         one_array: bool = False,
         out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None,
         streams: int = 1,
+        capabilities: int = 0,
     ) -> None:
         # the fields of Transfer, set here: small messages pay for a super() call
         self.offset = 0
         self.total = None
         self._streams = streams
+        self._capabilities = capabilities
+        self.refusal = ""
         self.max_bytes = max_bytes
         self._max_metadata = max_metadata
         self._progress = progress
@@ -419,12 +430,22 @@ class Receive(Transfer):
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
         preamble_bytes = bytes(preamble)
-        declared = decode_preamble(preamble_bytes)
+        try:
+            declared = decode_preamble(preamble_bytes)
+        except ProtocolError as exc:
+            if not control.is_record(preamble_bytes):
+                self.refusal = str(exc)
+                raise
+            yield from self._record(preamble_bytes)
         version, _, block_len, count = declared
         block = bytearray(block_len)
         yield [block]
         block_bytes = bytes(block)
-        total = self._decode(block_bytes, declared)
+        try:
+            total = self._decode(block_bytes, declared)
+        except ProtocolError as exc:
+            self.refusal = str(exc)
+            raise
         specs = self.specs
         if version == 1 and count == 1 and block_len <= SIMPLE_BLOCK:
             self.simple_header = preamble_bytes + block_bytes
@@ -461,6 +482,24 @@ class Receive(Transfer):
             yield Stripes(sizes, split_bytes((numpy_bytes(a, True) for a in self.arrays), sizes))
         elif payload:
             yield self.arrays
+
+    def _record(self, first: bytes) -> Iterator[list[Any]]:
+        """A control record in place of the message: its body, then what
+        it says raised (ProtocolError for one this end refuses)."""
+        record = control.decode(first, self._capabilities)
+        body = bytearray(record.length)
+        if body:
+            yield [body]
+        # refusal is the one type: decode refused any other
+        raise control.refused(control.refusal_reason(bytes(body)))
+
+    def refusal_record(self) -> bytes | None:
+        """The refusal record a driver sends the peer before it closes, when
+        this end refused the message's header on a connection with control
+        records on; else None (the peer sees only the close)."""
+        if not self.refusal or not self._capabilities & hello.CONTROL:
+            return None
+        return control.encode_refusal(self.refusal)
 
     def _decode(self, block: bytes, declared: Preamble) -> int:
         header = decode_block(block, declared, self.max_bytes, self._max_metadata)

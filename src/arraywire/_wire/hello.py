@@ -51,6 +51,8 @@ STREAMS = 0x0002
 KNOWN_FEATURES = AUTH | STREAMS
 # Capability bit 0: control records (docs/PROTOCOL.md, "Control records").
 CONTROL = 0x00000001
+# What an opening announces by default: what this release's Channels handle.
+ANNOUNCED = CONTROL
 NONCE_BYTES = 32
 # group id (random), this stream's index, the number of streams in the group
 GROUP = struct.Struct("<16sHH")
@@ -173,6 +175,12 @@ def shared_capabilities(mine: int, peer: Hello) -> int:
     return mine & peer.capabilities if peer.version >= 2 else 0
 
 
+def capabilities_on(peer: Hello) -> int:
+    """The capabilities on for a Channel whose opening announced ANNOUNCED
+    and met this peer's hello (none for a peer without one)."""
+    return shared_capabilities(ANNOUNCED, peer)
+
+
 def decode(data: bytes) -> Hello:
     """Check a peer's hello; return what it offers, or raise ProtocolError."""
     if len(data) != SIZE:
@@ -252,7 +260,8 @@ class Opening:
     ``group`` once the opening is done, and answers with ``answer_join``.
 
     ``capabilities`` are the bits this end announces (what its driver
-    handles); once the opening is done, ``capabilities`` holds those on for
+    handles: ``ANNOUNCED`` by default, what this release's Channels
+    handle); once the opening is done, ``capabilities`` holds those on for
     the connection, the bits both ends announced.
 
     A ``bare`` end (no key, no group) speaks only when spoken to: a peer may
@@ -274,7 +283,7 @@ class Opening:
         connecting: bool,
         group: Group | None = None,
         bare: bool = False,
-        capabilities: int = 0,
+        capabilities: int = ANNOUNCED,
     ) -> None:
         check_key(authkey)
         if bare and (authkey is not None or group is not None):
