@@ -399,7 +399,7 @@ def test_a_cut_at_every_offset_counts_the_messages_bytes(kind: str, driver: str)
         assert isinstance(exc, IncompleteTransferError)
         expected = 16 if cut < 16 else block_end if cut < block_end else len(data)
         assert (exc.bytes_done, exc.bytes_expected) == (cut, expected), cut
-        assert str(exc) == f"peer closed the connection after {cut} of {expected} bytes"
+        assert str(exc) == f"peer closed the connection after {cut:,} of {expected:,} bytes"
 
 
 def test_fail_says_when_the_stream_is_out_of_step() -> None:

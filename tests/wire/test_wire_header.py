@@ -127,7 +127,7 @@ def test_a_zero_dimensional_array_has_no_shape_words() -> None:
         (preamble(2, b"\x00\x00\x01"), "reserved preamble bits must be zero in version 2, "
          "got b'\\x00\\x00\\x01'"),
         (preamble(block_len=MAX_DESCRIPTOR_BYTES + 1),
-         "descriptor block of 1048577 bytes exceeds the limit of 1048576"),
+         "descriptor block of 1,048,577 bytes exceeds the limit of 1,048,576 bytes"),
         (preamble(block_len=23, count=2), "2 arrays cannot fit in a descriptor block of 23 bytes"),
     ],
 )
@@ -193,7 +193,7 @@ def test_dimensions_up_to_32_and_not_33() -> None:
          "array 1: descriptor truncated"),
         (descriptor(b"<f8", (1,), 8, order=b"c"), 1,
          "array 0: memory order b'c' is neither b'C' nor b'F'"),
-        (descriptor(b"", (1,), 8, text_len=4097), 1, "array 0: dtype text of 4097 bytes is too long"),
+        (descriptor(b"", (1,), 8, text_len=4097), 1, "array 0: dtype text of 4,097 bytes is too long"),
         (descriptor(b"<f8", (3,), 8), 1,
          "array 0: declares 8 payload bytes but shape (3,) of float64 needs 24"),
         (descriptor(b"<f8", (0, 2**63 - 1), 0), 1,
@@ -237,7 +237,7 @@ def test_a_dtype_text_outside_the_grammar_names_the_rule(text: str, rule: str) -
     ("names", "message"),
     [
         (name(b""), "array 0: name of 0 bytes is empty, too long or truncated"),
-        (name(b"x" * 1025), "array 0: name of 1025 bytes is empty, too long or truncated"),
+        (name(b"x" * 1025), "array 0: name of 1,025 bytes is empty, too long or truncated"),
         (name(b"abc")[:-1], "array 0: name of 3 bytes is empty, too long or truncated"),
         (b"\x01", "array 0: name truncated"),
         (name(b"\xc3"), "array 0: name is not UTF-8"),

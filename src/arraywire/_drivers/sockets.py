@@ -194,7 +194,7 @@ def not_a_tls_client(first: bytes) -> ProtocolError:
 
 def closed_in_opening(filled: int, size: int, part: str) -> ProtocolError:
     text = (
-        f"the peer closed the connection after {filled} of the {size} bytes of its {part} "
+        f"the peer closed the connection after {filled:,} of the {size:,} bytes of its {part} "
         "(is it an arraywire Listener, with the same TLS setting, ssl=, as this end?)"
     )
     if filled == 0 and part == hello.PARTS["hello"]:

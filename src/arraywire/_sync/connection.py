@@ -369,7 +369,7 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
             count = sock.recv_into(view[filled:])
         except TimeoutError:
             raise TimeoutError(
-                f"the peer sent {filled} of the {size} bytes of its {part} in time"
+                f"the peer sent {filled:,} of the {size:,} bytes of its {part} in time"
             ) from None
         except ConnectionResetError:
             raise reset_in_opening(isinstance(sock, SSLSocket)) from None

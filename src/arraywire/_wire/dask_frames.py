@@ -110,7 +110,7 @@ def to_frames(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[m
     head = arrays[0].data
     if head.nbytes < PREFIX.size:
         raise ProtocolError(
-            f"the head array of a Dask message is {head.nbytes} bytes, shorter than "
+            f"the head array of a Dask message is {head.nbytes:,} bytes, shorter than "
             f"its {PREFIX.size}-byte prefix"
         )
     magic, version, count = PREFIX.unpack_from(head)

@@ -26,15 +26,15 @@ class IncompleteTransferError(ConnectionError, EOFError):
 
     def __init__(self, bytes_done: int, bytes_expected: int) -> None:
         # one argument: OSError would take two as (errno, strerror)
-        super().__init__(f"{bytes_done} of {bytes_expected} bytes")
+        super().__init__(f"{bytes_done:,} of {bytes_expected:,} bytes")
         self.bytes_done = bytes_done
         self.bytes_expected = bytes_expected
 
     def __str__(self) -> str:
         # from the attributes, which framing re-counts from the message start
         return (
-            f"peer closed the connection after {self.bytes_done} of "
-            f"{self.bytes_expected} bytes"
+            f"peer closed the connection after {self.bytes_done:,} of "
+            f"{self.bytes_expected:,} bytes"
         )
 
     def __reduce__(self) -> tuple[type, tuple[int, int]]:

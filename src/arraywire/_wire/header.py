@@ -164,7 +164,7 @@ def check_name(name: object) -> str:
 def decode_preamble(data: bytes) -> Preamble:
     """Check the first 16 bytes of a message; return what they declare."""
     if len(data) != PREAMBLE.size:
-        raise ProtocolError(f"preamble is {len(data)} bytes, expected {PREAMBLE.size}")
+        raise ProtocolError(f"preamble is {len(data):,} bytes, expected {PREAMBLE.size}")
     magic, version, flag_bytes, block_len, count = PREAMBLE.unpack(data)
     if magic != MAGIC:
         raise unexpected_peer(_not_a_message(magic), peers.identify(magic), data)
@@ -180,12 +180,12 @@ def decode_preamble(data: bytes) -> Preamble:
         )
     if block_len > MAX_DESCRIPTOR_BYTES:
         raise ProtocolError(
-            f"descriptor block of {block_len} bytes exceeds the limit of "
-            f"{MAX_DESCRIPTOR_BYTES}"
+            f"descriptor block of {block_len:,} bytes exceeds the limit of "
+            f"{MAX_DESCRIPTOR_BYTES:,} bytes"
         )
     if count * ARRAY_FIXED.size > block_len:
         raise ProtocolError(
-            f"{count} arrays cannot fit in a descriptor block of {block_len} bytes"
+            f"{count:,} arrays cannot fit in a descriptor block of {block_len:,} bytes"
         )
     return Preamble(version, flags, block_len, count)
 
@@ -241,7 +241,7 @@ def decode_block(
             f"max_bytes={limit:,}{lift}"
         )
     if stray:  # after the max_bytes check, as the spec orders them
-        raise ProtocolError(f"{stray} stray bytes after the last descriptor")
+        raise ProtocolError(f"{stray:,} stray bytes after the last descriptor")
     return header
 
 
@@ -259,7 +259,7 @@ def _decode_all(block: bytes, count: int, flags: int) -> tuple[Header, int]:
         (size,) = METADATA_LENGTH.unpack_from(block, 0)
         offset = METADATA_LENGTH.size + size
         if offset > len(block):
-            raise ProtocolError(f"metadata of {size} bytes overruns the descriptor block")
+            raise ProtocolError(f"metadata of {size:,} bytes overruns the descriptor block")
         metadata = bytes(block[METADATA_LENGTH.size : offset])
     specs = []
     names: list[str] | None = [] if flags & HAS_NAMES else None
@@ -293,7 +293,7 @@ def _decode_one(block: bytes, offset: int, index: int) -> tuple[ArraySpec, int]:
     if order not in (b"C", b"F"):
         raise ProtocolError(f"{where}: memory order {order!r} is neither b'C' nor b'F'")
     if text_len > MAX_DTYPE_TEXT:
-        raise ProtocolError(f"{where}: dtype text of {text_len} bytes is too long")
+        raise ProtocolError(f"{where}: dtype text of {text_len:,} bytes is too long")
     end = offset + ndim * DIM.size + text_len
     if end > len(block):
         raise ProtocolError(f"{where}: descriptor truncated")
@@ -316,7 +316,7 @@ def _decode_one(block: bytes, offset: int, index: int) -> tuple[ArraySpec, int]:
     nbytes_needed = elements * dtype.itemsize
     if nbytes_needed != nbytes:
         raise ProtocolError(
-            f"{where}: declares {nbytes} payload bytes but shape {shape} of {dtype} "
+            f"{where}: declares {nbytes:,} payload bytes but shape {shape} of {dtype} "
             f"needs {nbytes_needed}"
         )
     return ArraySpec(dtype, shape, order.decode(), nbytes), end
@@ -328,7 +328,7 @@ def _decode_name(block: bytes, offset: int, index: int) -> tuple[str, int]:
     (size,) = NAME_LENGTH.unpack_from(block, offset)
     offset += NAME_LENGTH.size
     if not 0 < size <= MAX_NAME_BYTES or offset + size > len(block):
-        raise ProtocolError(f"array {index}: name of {size} bytes is empty, too long or truncated")
+        raise ProtocolError(f"array {index}: name of {size:,} bytes is empty, too long or truncated")
     try:
         name = bytes(block[offset : offset + size]).decode("utf-8")
     except UnicodeDecodeError:

@@ -184,7 +184,7 @@ def capabilities_on(peer: Hello) -> int:
 def decode(data: bytes) -> Hello:
     """Check a peer's hello; return what it offers, or raise ProtocolError."""
     if len(data) != SIZE:
-        raise ProtocolError(f"hello is {len(data)} bytes, expected {SIZE}")
+        raise ProtocolError(f"hello is {len(data):,} bytes, expected {SIZE}")
     magic, version, reads_messages, features, extra, reserved = HELLO.unpack(data)
     if magic != MAGIC:
         raise unexpected(data)
@@ -202,9 +202,9 @@ def decode(data: bytes) -> Hello:
     # Capability bits travel in version 2 and later; version 1 reserves the field.
     if extra != expected or (version == 1 and reserved):
         raise ProtocolError(
-            f"hello with features {features:#06x} carries {expected} bytes of feature "
+            f"hello with features {features:#06x} carries {expected:,} bytes of feature "
             "data and, in version 1, a zero reserved field (capability bits need hello "
-            f"version 2); got version {version}, {extra} bytes of feature data, "
+            f"version 2); got version {version}, {extra:,} bytes of feature data, "
             f"reserved {reserved:#x}"
         )
     return Hello(
