@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 import arraywire
+from arraywire._cli.common import decimal_size
 
 DEFAULT_SIZE = 50_000_000  # float64 values: 400 MB
 DEFAULT_REPEATS = 5
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     families = FAMILIES if args.family == "both" else (args.family,)
     backends = ("c", "python") if compiled_available() else ("python",)
     print(
-        f"{args.size:,} float64 values ({nbytes / 1e6:,.1f} MB) from one process to "
+        f"{args.size:,} float64 values ({nbytes:,} bytes, {decimal_size(nbytes)}) from one process to "
         f"another over loopback; GB/s is the median of {args.repeats}."
     )
     if "c" not in backends:
@@ -220,7 +221,7 @@ def check(received: Any, size: int) -> None:
     got = np.frombuffer(received, np.float64)
     head = min(got.size, 512)
     if got.nbytes != size or not np.array_equal(got[:head], pattern(head * 8)):
-        raise AssertionError(f"received {size} bytes that differ from what was sent")
+        raise AssertionError(f"received {size:,} bytes that differ from what was sent")
 
 
 @contextmanager

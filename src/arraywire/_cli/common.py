@@ -21,6 +21,7 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 
 from arraywire._wire import peers
+from arraywire._wire.engine import MessageProgress
 from arraywire._wire.errors import AuthenticationError
 from arraywire._wire.limits import Progress
 
@@ -37,6 +38,10 @@ REASON_LENGTH = struct.Struct("<I")
 
 
 MAX_REASON = peers.MAX_REASON
+
+
+# Of a peer that answers as no arraywire receiver does, this much is shown.
+FOREIGN_BYTES = 60
 
 
 # How long an end that refuses takes in what the peer still sends.
@@ -182,6 +187,43 @@ def stop_on_reply(incoming: Incoming, progress: Progress) -> Progress:
     return report
 
 
+class WatchedProgress:
+    """A message's reporter whose every core callback, before the throttle,
+    also stops the send once the receiver has answered: a peer that is not
+    an arraywire receiver is heard within a call's PROGRESS_CHUNK."""
+
+    def __init__(self, reporter: MessageProgress, incoming: Incoming) -> None:
+        self.reporter = reporter
+        self.incoming = incoming
+
+    def part(self, offset: int) -> Progress:
+        return stop_on_reply(self.incoming, self.reporter.part(offset))
+
+    def finish(self) -> None:
+        self.reporter.finish()
+
+
+def array_progress(progress: Progress, header: int) -> Progress:
+    """progress in the array's bytes, fed a message's progress (header
+    bytes first): both ends count the same quantity."""
+
+    def report(done: int, total: int) -> None:
+        progress(max(done - header, 0), total - header)
+
+    return report
+
+
+def array_bytes_moved(exc: BaseException, header: int, nbytes: int) -> int:
+    """The array's bytes that moved before exc, whose bytes_done counts a
+    message of header bytes then the array's nbytes."""
+    return min(max(bytes_moved(exc) - header, 0), nbytes)
+
+
+def of_the_array(moved: int, nbytes: int) -> str:
+    """How much of the array moved, as both ends say it."""
+    return f"{moved:,} of {nbytes:,} bytes of the array"
+
+
 class Incoming:
     """What the peer sends outside messages (a reply, a refusal), read exactly."""
 
@@ -221,12 +263,27 @@ class Incoming:
             data += chunk
         return data
 
+    def arrived(self, size: int) -> bytes:
+        """Up to size bytes of what the peer has sent already, without waiting."""
+        data, self.early = self.early[:size], self.early[size:]
+        if len(data) < size and not self.ended:
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(0)
+            with suppress(OSError):  # none waiting (BlockingIOError, SSLWantReadError), or reset
+                data += self.sock.recv(size - len(data))
+            self.sock.settimeout(timeout)
+        return data
+
     def reply(self) -> tuple[bytes, str]:
         """(ACK, "") or (REFUSE, reason), else the first bytes that came instead
-        ((b"", "") if the peer closed the connection without a reply)."""
+        (for a peer that is not arraywire, what has come of its first line;
+        (b"", "") if the peer closed the connection without a reply). A
+        reason is read up to MAX_REASON bytes, whatever length the peer gave."""
         try:
             tag = self.read(len(ACK))
             if tag != REFUSE:
+                if len(tag) == len(ACK) and peers.identify(tag) in ("http", "other"):
+                    tag += self.arrived(FOREIGN_BYTES)
                 return tag, ""
             length = self.read(REASON_LENGTH.size)
             size = REASON_LENGTH.unpack(length)[0] if len(length) == REASON_LENGTH.size else 0
@@ -261,7 +318,7 @@ def reply_failure(reply: tuple[bytes, str]) -> Failure | None:
     tag, reason = reply
     if tag == REFUSE:
         return Failure(f"the receiver refused: {reason}")
-    speaks = peers.identify(tag) if len(tag) == len(ACK) else "nothing"
+    speaks = peers.identify(tag) if len(tag) >= len(ACK) else "nothing"
     if speaks == "hello":
         return Failure(key_on_one_end(ENDS["send"], keyed_here=False))
     if speaks == "tls":
@@ -269,7 +326,17 @@ def reply_failure(reply: tuple[bytes, str]) -> Failure | None:
             "the receiver uses TLS and this end does not: give this end --tls too "
             "(and --tls-ca for a CA of your own)"
         )
-    return None
+    if speaks == "nothing" or tag == ACK:
+        return None
+    return Failure(not_a_receiver(tag, speaks))
+
+
+def not_a_receiver(first: bytes, speaks: str) -> str:
+    """What a sender says of a peer that answered with bytes no arraywire
+    receiver sends: the start of its first line."""
+    line = first.split(b"\n", 1)[0].rstrip(b"\r")
+    looks = ", which looks like HTTP" if speaks == "http" else ""
+    return f"the receiver is not arraywire recv: it answered {line!r}{looks}"
 
 
 def send_refusal(
@@ -280,7 +347,7 @@ def send_refusal(
     line's exchange"), hang up, then fail with failure (by default: the
     sender's array was refused for reason). The sender's other streams are
     closed once the reason is out: their threads stop at once."""
-    text = reason.encode("utf-8")[:MAX_REASON]
+    text = peers.encode_reason(reason)
     with suppress(OSError):
         sock.sendall(REFUSE + REASON_LENGTH.pack(len(text)) + text)
         for other in others:

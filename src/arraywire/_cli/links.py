@@ -265,7 +265,7 @@ def dial(args: argparse.Namespace, ends: Ends, streams: int = 1) -> Channel:
     except AuthenticationError as exc:
         raise Failure(authentication_failure(exc, ends)) from None
     except ProtocolError as exc:
-        raise Failure(_opening_failed(exc, ends)) from None
+        raise Failure(_opening_failed(exc, ends, key is not None)) from None
     except TimeoutError as exc:
         # The OS's own time limit says so in strerror; the socket's does not.
         raise Failure(
@@ -299,12 +299,14 @@ def _streams_refused(exc: StreamsRefused) -> str:
     return "the receiver takes no parallel streams: use --streams 1"
 
 
-def _opening_failed(exc: ProtocolError, ends: Ends) -> str:
+def _opening_failed(exc: ProtocolError, ends: Ends, keyed: bool) -> str:
     """A failed opening of a connecting end, in the command line's words."""
     if exc.speaks == "nothing" and ends.me == "receiver":
         return "the sender closed the connection before sending an array"
     if exc.speaks == "refusal":
         return f"the {ends.peer} refused: {str(exc).removeprefix('the peer refused: ')}"
+    if exc.speaks == "message" and not keyed:  # a keyless receiver's: a preamble it cannot read
+        return f"the sender's header is not one this end reads: {exc}"
     if exc.speaks == "message":
         return key_on_one_end(ends, keyed_here=True)
     if exc.speaks == "tls":

@@ -17,8 +17,9 @@ A refusal carries its reason to the sender (``REFUSE``), which prints it.
 
 Progress is a tqdm bar when stderr is a terminal and a plain line every
 ``LOG_INTERVAL`` seconds otherwise (a log file); sizes are decimal (1 MB =
-10^6 bytes) everywhere. Each end's summary times the array's bytes alone,
-not the wait for the peer.
+10^6 bytes) everywhere. Both ends count the array's bytes (the payload, not
+the message's header) in the bar, the summary and the errors. Each end's
+summary times the array's bytes alone, not the wait for the peer.
 
 With a key (``--key-file``, or the file ``ARRAYWIRE_KEY_FILE`` names) both
 ends run the opening of ``arraywire.connect``/``listen`` (hello, then
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import shutil
 import signal
@@ -48,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -61,7 +63,11 @@ from arraywire._cli.common import (
     Failure,
     Incoming,
     ReplyWaiting,
-    bytes_moved,
+    WatchedProgress,
+    array_bytes_moved,
+    array_progress,
+    decimal_size,
+    of_the_array,
     parse_address,
     parse_seconds,
     parse_size,
@@ -150,7 +156,8 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
         help="send over N parallel connections, each part of the array by a thread of "
              "its own (default 1; not with --listen; the receiver takes at most its "
              f"--max-streams, by default {DEFAULT_MAX_STREAMS}); an array under "
-             f"{STRIPE_BYTES >> 20} MiB goes whole over the first connection",
+             f"{STRIPE_BYTES:,} bytes ({decimal_size(STRIPE_BYTES)}) goes whole over the first "
+             "connection",
     )
     parser.add_argument(
         "--no-confirm", action="store_true",
@@ -261,11 +268,15 @@ def _send(args: argparse.Namespace) -> str:
         core = transport.core_for(sock)
         incoming = Incoming(sock)
         parts = plan.stripes(len(streams))
-        with progress_for(args, "send", os.path.basename(args.file), plan.total) as progress:
+        header = len(plan.header)
+        with progress_for(args, "send", os.path.basename(args.file), array.nbytes) as bar:
+            progress = array_progress(bar, header)
             started = time.perf_counter()
             try:
                 if parts is None:
-                    reporter = MessageProgress(stop_on_reply(incoming, progress), plan.total)
+                    reporter: WatchedProgress | MessageProgress = WatchedProgress(
+                        MessageProgress(progress, plan.total), incoming
+                    )
                     blocking.write_plan(plan, sock, reporter, core)
                 else:
                     reporter = MessageProgress(progress, plan.total)
@@ -281,9 +292,10 @@ def _send(args: argparse.Namespace) -> str:
                 # (an alert, a refusal) may still wait to be read.
                 plan.fail(exc)  # counts the bytes from the message's start
                 closed = "the connection" if parts is None else "a stream"
+                moved = array_bytes_moved(exc, header, array.nbytes)
                 raise reply_failure(incoming.reply()) or Failure(
-                    f"the receiver closed {closed} after {bytes_moved(exc):,} of "
-                    f"{plan.total:,} bytes{_over(streams, 'sent')}"
+                    f"the receiver closed {closed} after {of_the_array(moved, array.nbytes)}"
+                    f"{_over(streams, 'sent')}"
                 ) from None
             reporter.finish()
             seconds = time.perf_counter() - started
@@ -337,28 +349,26 @@ def open_source(path: str) -> np.ndarray:
     """Memory-map a .npy file for reading, with one-line errors."""
     try:
         with open(path, "rb") as file:
-            try:
-                version = npy_format.read_magic(file)
-            except ValueError:
-                raise Failure(f"{path} is not a .npy file") from None
-            if version == (1, 0):
-                _, _, dtype = npy_format.read_array_header_1_0(file)
-            elif version == (2, 0):
-                _, _, dtype = npy_format.read_array_header_2_0(file)
-            else:  # newer versions: numpy.load checks them below
-                dtype = None
+            size = os.fstat(file.fileno()).st_size
+            dtype, shape, offset = _npy_header(path, file, size)
     except FileNotFoundError:
         raise Failure(f"no such file: {path}") from None
     except IsADirectoryError:
         raise Failure(f"{path} is a directory, not a .npy file") from None
-    if dtype is not None:
-        try:
-            check_transferable(dtype)
-        except TypeError:
-            raise Failure(
-                f"{path} holds Python objects (dtype {dtype}); arraywire sends raw "
-                "array bytes only"
-            ) from None
+    try:
+        check_transferable(dtype)
+    except TypeError:
+        raise Failure(
+            f"{path} holds Python objects (dtype {dtype}); arraywire sends raw "
+            "array bytes only"
+        ) from None
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size - offset < nbytes:  # numpy's mmap would fail with "mmap length is greater ..."
+        raise Failure(
+            f"{path} is truncated: its header declares {dtype} {shape}, {nbytes:,} bytes, "
+            f"but the file holds {max(size - offset, 0):,} bytes after its {offset:,}-byte "
+            "header"
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -366,6 +376,49 @@ def open_source(path: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise Failure(f"{path} is not a .npy file")
     return array
+
+
+# numpy's .npy format versions: the header's length field of each, in bytes.
+NPY_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}
+
+
+def _npy_header(path: str, file: BinaryIO, size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The dtype and shape a .npy file's header declares, and where its data
+    start; a Failure naming the file for anything else. The header's length
+    is checked against the file's before numpy reads it."""
+    if size == 0:
+        raise Failure(f"{path} is empty, not a .npy file")
+    try:
+        version = npy_format.read_magic(file)
+    except ValueError:
+        raise Failure(
+            f"{path} is not a .npy file: it does not begin with numpy's magic "
+            f"{npy_format.MAGIC_PREFIX!r}"
+        ) from None
+    length_bytes = NPY_LENGTH_BYTES.get(version)
+    if length_bytes is None:
+        raise Failure(
+            f"{path} is a .npy file of format version {version[0]}.{version[1]}, which "
+            "this numpy does not read (it reads 1.0, 2.0 and 3.0)"
+        )
+    field = file.read(length_bytes)
+    start = npy_format.MAGIC_LEN + length_bytes
+    declared = int.from_bytes(field, "little") if len(field) == length_bytes else None
+    if declared is None or start + declared > size:
+        header = "" if declared is None else f" of {declared:,} bytes"
+        raise Failure(
+            f"{path} is truncated: it ends inside its .npy header{header} ({size:,} bytes "
+            "in all)"
+        )
+    file.seek(npy_format.MAGIC_LEN)
+    read_header = (
+        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    )
+    try:
+        shape, _, dtype = read_header(file)
+    except ValueError as exc:
+        raise Failure(f"{path} is not a .npy file: its header does not read ({exc})") from None
+    return dtype, shape, file.tell()
 
 
 def run_recv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -427,7 +480,7 @@ def _receive_from(channel: Channel, args: argparse.Namespace) -> str:
         if target.spec is None:
             _not_a_sender(exc, args)
         if isinstance(exc, (IncompleteTransferError, ConnectionError)):
-            raise _lost(exc, target.spec, channel.sockets) from None
+            raise _lost(exc, target, channel.sockets) from None
         raise
     try:
         sock.sendall(ACK)
@@ -468,6 +521,7 @@ class _Target:
         self.stack = ExitStack()
         self.bar: Progress | None = None
         self.started = 0.0
+        self.header = 0  # the message's bytes before the array's, once progress tells
 
     def refuse(self, reason: str) -> NoReturn:
         send_refusal(self.channel.socket, reason, others=self.channel.sockets[1:])
@@ -495,28 +549,25 @@ class _Target:
         return self.array
 
     def progress(self, done: int, total: int) -> None:
-        """The message's progress, as the payload's."""
+        """The message's progress, as the array's."""
+        self.header = total - self.spec.nbytes
         if self.bar is not None:
-            header = total - self.spec.nbytes
-            self.bar(max(done - header, 0), self.spec.nbytes)
+            array_progress(self.bar, self.header)(done, total)
 
 
-def _lost(exc: BaseException, spec: Any, streams: Sequence[socket.socket]) -> Failure:
+def _lost(exc: BaseException, target: _Target, streams: Sequence[socket.socket]) -> Failure:
     """A transfer cut short inside the array, counted in the array's bytes."""
-    nbytes = spec.nbytes
+    nbytes = target.spec.nbytes
     total = getattr(exc, "bytes_expected", None)
-    header = 0 if total is None else total - nbytes
-    moved = max(bytes_moved(exc) - header, 0)
+    header = target.header if total is None else total - nbytes
+    moved = of_the_array(array_bytes_moved(exc, header, nbytes), nbytes)
     striped = len(streams) > 1 and nbytes >= STRIPE_BYTES
     where = _over(streams, "received") if striped else ""
+    part = "a stream" if striped else "the connection"
     if isinstance(exc, IncompleteTransferError):
-        closed = "a stream" if striped else "the connection"
-        return Failure(
-            f"the sender closed {closed} after {moved:,} of {nbytes:,} bytes of the array{where}"
-        )
-    lost = "a stream" if striped else "the connection"
+        return Failure(f"the sender closed {part} after {moved}{where}")
     strerror = getattr(exc, "strerror", None) or exc
-    return Failure(f"lost {lost} after {moved:,} of {nbytes:,} bytes of the array ({strerror}){where}")
+    return Failure(f"lost {part} after {moved} ({strerror}){where}")
 
 
 def _check_output(output: str, force: bool) -> None:

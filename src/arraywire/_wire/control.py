@@ -54,8 +54,7 @@ def encode(kind: int, body: bytes) -> bytes:
 
 def encode_refusal(reason: str) -> bytes:
     """A refusal record; a reason over MAX_REASON bytes is cut at a character."""
-    text = reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore")
-    return encode(REFUSAL, text.encode("utf-8"))
+    return encode(REFUSAL, peers.encode_reason(reason))
 
 
 def is_record(first: bytes) -> bool:

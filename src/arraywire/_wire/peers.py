@@ -54,6 +54,12 @@ def starts_tls(first: bytes) -> bool:
     return first[:1] == TLS_HANDSHAKE
 
 
+def encode_reason(reason: str) -> bytes:
+    """A refusal's reason in UTF-8, cut at a character boundary to at most
+    MAX_REASON bytes."""
+    return reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
+
+
 def reason_bytes(refusal_start: bytes) -> int:
     """How many bytes of reason a refusal that begins with these bytes carries."""
     return min(int(REFUSAL.unpack_from(refusal_start)[1]), MAX_REASON)
