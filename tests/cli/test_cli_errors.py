@@ -30,8 +30,9 @@ from test_cli import (  # the autouse fixture reaps this module's children too
     wait_closed,
 )
 
+import arraywire
 from arraywire._cli.common import MAX_REASON, REFUSE, Failure, Incoming, send_refusal
-from arraywire._wire import hello
+from arraywire._wire import control, hello
 from arraywire._wire.engine import plan_send
 
 RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
@@ -310,10 +311,13 @@ def test_a_keyless_receiver_answers_a_keyed_hello_with_its_own(
     keyed = hello.encode(hello.AUTH, hello.NONCE_BYTES) + os.urandom(hello.NONCE_BYTES)
     with socket.create_connection(("127.0.0.1", receiver.port()), timeout=TIMEOUT) as sock:
         sock.sendall(keyed)
-        magic, version, reads, features, length, _capabilities = HELLO.unpack(
+        magic, version, reads, features, length, capabilities = HELLO.unpack(
             receive_exactly(sock, HELLO.size)
         )
-        assert (magic, version, reads, features, length) == (b"AWHI", 2, 2, 0, 0)
+        # this release's hello: capability bit 0 (control records) set
+        assert (magic, version, reads, features, length, capabilities) == (
+            b"AWHI", 2, 2, 0, 0, hello.CONTROL
+        )
         assert sock.recv(100) == b""  # nothing follows: no nonce, no reason
     match = receiver.wait_for(rb"arraywire recv: dropped [^\n]*\n")
     assert match[0].decode().endswith(
@@ -395,3 +399,52 @@ def test_a_descriptor_block_the_receiver_cannot_read_ends_the_connection(
     assert sender.finish() == (0, "")
     assert receiver.finish()[0] == 0
     same_file_contents(output, source)
+
+
+# --- refusal records, on connections whose opening turned them on ------------------------
+
+
+def test_a_keyed_receiver_refuses_a_bad_descriptor_block_with_a_record(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """With a key both hellos announce control records: the receiver's Channel
+    sends its reason as a refusal record before it closes."""
+    output = tmp_path / "out.npy"
+    key = tmp_path / "k"
+    key.write_bytes(b"s3cret")
+    receiver = start_receiver(backend, output, "-q", "--key-file", str(key))
+    port = receiver.port()
+    block = struct.pack("<QBcH", 8, 1, b"C", 3) + struct.pack("<Q", 1) + b"<x9"
+    with arraywire.connect(("127.0.0.1", port), authkey=b"s3cret", timeout=TIMEOUT) as channel:
+        sock = channel.socket
+        sock.sendall(b"AWIR\x01\x00\x00\x00" + struct.pack("<II", len(block), 1) + block)
+        sock.shutdown(socket.SHUT_WR)  # the receiver's drain ends at once
+        start = receive_exactly(sock, control.SIZE)
+        record = control.decode(start, hello.CONTROL)
+        assert record.kind == control.REFUSAL
+        reason = receive_exactly(sock, record.length).decode()
+        assert reason.startswith("array 0: unusable dtype b'<x9'"), reason
+    match = receiver.wait_for(rb"arraywire recv: dropped [^\n]*\n")
+    assert b": the sender's header is not one this end reads: array 0: unusable dtype" in match[0]
+    assert not output.exists()
+
+
+def test_a_keyed_sender_reads_a_refusal_record_as_a_refusal(
+    backend: Backend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.npy"
+    np.save(source, np.ones(1000))
+    key = tmp_path / "k"
+    key.write_bytes(b"s3cret")
+    header = len(plan_send([np.ones(1000)]).header)
+    with arraywire.listen(("127.0.0.1", 0), authkey=b"s3cret") as listener:
+        sender = Cli(backend, "send", str(source), f"127.0.0.1:{listener.address[1]}", "-q",
+                     "--key-file", str(key))
+        with listener.accept(timeout=TIMEOUT) as channel:
+            receive_exactly(channel.socket, header + 8000)
+            channel.socket.sendall(control.encode_refusal("no room for it here"))
+            status, err = sender.finish()
+    assert status == 1
+    assert one_error_line(err, "send") == (
+        "arraywire send: error: the receiver refused: no room for it here"
+    )

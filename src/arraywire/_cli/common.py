@@ -20,9 +20,9 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 
-from arraywire._wire import peers
+from arraywire._wire import control, hello, peers
 from arraywire._wire.engine import MessageProgress
-from arraywire._wire.errors import AuthenticationError
+from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.limits import Progress
 
 # The receiver's reply (docs/PROTOCOL.md, "The command line's exchange"): ACK
@@ -281,6 +281,8 @@ class Incoming:
         reason is read up to MAX_REASON bytes, whatever length the peer gave."""
         try:
             tag = self.read(len(ACK))
+            if tag == peers.CONTROL_MAGIC:
+                return self._record(tag)
             if tag != REFUSE:
                 if len(tag) == len(ACK) and peers.identify(tag) in ("http", "other"):
                     tag += self.arrived(FOREIGN_BYTES)
@@ -290,6 +292,19 @@ class Incoming:
             return tag, self.read(min(size, MAX_REASON)).decode("utf-8", "replace")
         except (ConnectionError, TimeoutError):
             return b"", ""
+
+
+    def _record(self, magic: bytes) -> tuple[bytes, str]:
+        """A refusal record (a Channel's, on a connection with control records
+        on) as the reply it stands for: (REFUSE, reason)."""
+        start = magic + self.read(control.SIZE - len(magic))
+        try:
+            record = control.decode(start, hello.CONTROL) if len(start) == control.SIZE else None
+        except ProtocolError:
+            record = None
+        if record is None or record.kind != control.REFUSAL:
+            return start, ""
+        return REFUSE, control.refusal_reason(self.read(record.length))
 
 
 def key_on_one_end(ends: Ends, keyed_here: bool) -> str:
