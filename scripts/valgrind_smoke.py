@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import errno
+import os
 import signal
 import socket
 import threading
@@ -169,9 +170,26 @@ def signals() -> None:
     b.close()
 
 
+def remote_copies() -> None:
+    """copy_from_process on this process's own memory (a process may read
+    itself): one range, more ranges than one call takes, an unmapped one."""
+    source = np.arange(4096, dtype=np.int64)
+    base = source.ctypes.data
+    whole = np.empty_like(source)
+    assert core.copy_from_process(os.getpid(), [(base, source.nbytes)], whole) == source.nbytes
+    assert (whole == source).all()
+    every_other = np.empty(2048, np.int64)
+    core.copy_from_process(os.getpid(), [(base + 16 * i, 8) for i in range(2048)], every_other)
+    assert (every_other == source[::2]).all()
+    failed = expect(OSError, core.copy_from_process, os.getpid(), [(base, 8), (8, 8)], bytearray(16))
+    assert failed.errno == errno.EFAULT and failed.bytes_done == 8
+    expect(ValueError, core.copy_from_process, os.getpid(), [(base, 8)], bytearray(4))
+
+
 if __name__ == "__main__":
     round_trips()
     connection()
     failures()
     signals()
+    remote_copies()
     print("valgrind smoke: every path ran")

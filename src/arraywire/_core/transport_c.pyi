@@ -138,3 +138,38 @@ class Outbox:
         """Send array as a message when its layout is the one learned, else None."""
     def pack(self, array: Any, staging: bytearray) -> int:
         """Append the message of array to staging when its layout is the one learned."""
+
+def copy_from_process(
+    pid: Any, ranges: Iterable[Any], obj: Any, *, progress: Progress | None = None
+) -> int:
+    """Fill a writable contiguous buffer with the bytes of another process's
+    memory, read in one copy (Linux's ``process_vm_readv``).
+
+    ``ranges`` is an iterable of ``(address, length)`` pairs in the process
+    ``pid``; their bytes fill ``obj`` in order, and their lengths must add up
+    to its size. The kernel allows it where ptrace would be: the same user
+    and, under Yama's ``ptrace_scope``, a descendant process.
+    ``progress(bytes_done, bytes_total)`` is called about every 0.1 s and
+    once at the end.
+
+    Returns
+    -------
+    int
+        The bytes copied: the buffer's size.
+
+    Raises
+    ------
+    TypeError
+        Before any byte: obj exports no buffer, is read-only or holds Python
+        objects; pid is not an int; a range is not a pair of ints.
+    ValueError
+        Before any byte: the buffer is not contiguous, pid is not positive, a
+        range lies outside a 64-bit address space, or the ranges' lengths do
+        not add up to the buffer's size.
+    OSError
+        The kernel's error (PermissionError: not allowed to read that process;
+        ProcessLookupError: no such process; EFAULT: a range is not mapped
+        there; ENOSYS: not Linux), with ``bytes_done``: the bytes copied
+        before it. An exception raised by progress or by a signal handler
+        carries ``bytes_done`` too.
+    """

@@ -22,7 +22,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.errno cimport EBADF, EINTR, errno
+from libc.errno cimport EBADF, EFAULT, EINTR, errno
 from libc.limits cimport INT_MAX
 from libc.math cimport INFINITY, ceil
 from libc.string cimport memcmp, memcpy, memmove, memset
@@ -95,6 +95,10 @@ cdef extern from "transport_c_compat.h" nogil:
     bint arraywire_would_block(int err)
     const int *arraywire_socket_fd_field(PyObject *sock)
     int arraywire_load_fd(const int *field)
+    ssize_t arraywire_process_vm_readv(
+        int pid, const iovec *local, unsigned long nlocal,
+        const iovec *remote, unsigned long nremote,
+    )
 
 
 BACKEND = "c"
@@ -592,3 +596,4 @@ def recvmsg_into(buffers, sock, *, progress=None):
 
 
 include "transport_c_buffers.pxi"
+include "transport_c_remote.pxi"

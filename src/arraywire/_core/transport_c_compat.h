@@ -57,4 +57,19 @@ static inline int arraywire_load_fd(const int *field)
     return __atomic_load_n(field, __ATOMIC_RELAXED);
 }
 
+/* process_vm_readv: Linux only (glibc 2.15, declared under _GNU_SOURCE,
+ * which pyconfig.h sets); elsewhere the call fails with ENOSYS. */
+static inline ssize_t arraywire_process_vm_readv(
+    int pid, const struct iovec *local, unsigned long nlocal,
+    const struct iovec *remote, unsigned long nremote)
+{
+#ifdef __linux__
+    return process_vm_readv((pid_t)pid, local, nlocal, remote, nremote, 0);
+#else
+    (void)pid; (void)local; (void)nlocal; (void)remote; (void)nremote;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 #endif

@@ -7,15 +7,20 @@ again after every partial send/recv (which is why the compiled twin exists).
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from arraywire._core import buffers
+from arraywire._core.remote import checked_pid, remote_ranges
 from arraywire._core.sockets import check_socket
 from arraywire._core.step import PendingViews, byte_view
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.limits import (
+    IOV_MAX,
     MAX_CHUNK,
     PROGRESS_CHUNK,
     PROGRESS_INTERVAL,
@@ -182,6 +187,124 @@ def _transfer(
         views.clear()
         raise
     return total
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+# The C library's process_vm_readv (Linux); None elsewhere: ENOSYS.
+_process_vm_readv = getattr(ctypes.CDLL(None, use_errno=True), "process_vm_readv", None)
+if _process_vm_readv is not None:
+    _process_vm_readv.restype = ctypes.c_ssize_t
+    _process_vm_readv.argtypes = [
+        ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
+        ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong,
+    ]
+
+
+def copy_from_process(
+    pid: Any, ranges: Iterable[Any], obj: Any, *, progress: Progress | None = None
+) -> int:
+    """Fill a writable contiguous buffer with the bytes of another process's
+    memory, read in one copy (Linux's ``process_vm_readv``).
+
+    ``ranges`` is an iterable of ``(address, length)`` pairs in the process
+    ``pid``; their bytes fill ``obj`` in order, and their lengths must add up
+    to its size. The kernel allows it where ptrace would be: the same user
+    and, under Yama's ``ptrace_scope``, a descendant process.
+    ``progress(bytes_done, bytes_total)`` is called about every 0.1 s and
+    once at the end.
+
+    Returns
+    -------
+    int
+        The bytes copied: the buffer's size.
+
+    Raises
+    ------
+    TypeError
+        Before any byte: obj exports no buffer, is read-only or holds Python
+        objects; pid is not an int; a range is not a pair of ints.
+    ValueError
+        Before any byte: the buffer is not contiguous, pid is not positive, a
+        range lies outside a 64-bit address space, or the ranges' lengths do
+        not add up to the buffer's size.
+    OSError
+        The kernel's error (PermissionError: not allowed to read that process;
+        ProcessLookupError: no such process; EFAULT: a range is not mapped
+        there; ENOSYS: not Linux), with ``bytes_done``: the bytes copied
+        before it. An exception raised by progress or by a signal handler
+        carries ``bytes_done`` too.
+    """
+    view = byte_view(obj, writable=True)
+    number = checked_pid(pid)
+    remote = remote_ranges(ranges, len(view))
+    total = len(view)
+    done = 0
+    try:
+        if total:
+            dest = ctypes.addressof((ctypes.c_char * total).from_buffer(view))
+            done = _copy_ranges(number, remote, dest, total, progress)
+        if progress is not None:
+            progress(done, total)
+    except BaseException as exc:
+        mark_progress(exc, done)
+        raise
+    finally:
+        view.release()
+    return total
+
+
+def _copy_ranges(
+    pid: int, remote: list[tuple[int, int]], dest: int, total: int, progress: Progress | None
+) -> int:
+    """The compiled twin's loop: calls of at most IOV_MAX ranges and chunk
+    bytes, until every range is read; an error is marked with the bytes done."""
+    chunk = MAX_CHUNK if progress is None else PROGRESS_CHUNK
+    next_report = time.monotonic() + PROGRESS_INTERVAL
+    first = 0
+    done = 0
+    local = _IOVec()
+    try:
+        if _process_vm_readv is None:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        while done < total:
+            batch = []
+            budget = chunk
+            for address, length in remote[first : first + IOV_MAX]:
+                batch.append(_IOVec(address, min(length, budget)))
+                budget -= batch[-1].len
+                if not budget:
+                    break
+            ranges = (_IOVec * len(batch))(*batch)
+            local.base, local.len = dest + done, chunk - budget
+            moved = _process_vm_readv(pid, local, 1, ranges, len(batch), 0)
+            if moved < 0:
+                code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
+                raise OSError(code, os.strerror(code))
+            if moved == 0:  # the next range is not readable as a whole
+                raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+            done += moved
+            while moved:
+                address, length = remote[first]
+                if moved >= length:
+                    moved -= length
+                    first += 1
+                else:
+                    remote[first] = (address + moved, length - moved)
+                    moved = 0
+            if progress is not None and done < total:
+                now = time.monotonic()
+                if now >= next_report:
+                    progress(done, total)
+                    next_report = now + PROGRESS_INTERVAL
+    except BaseException as exc:
+        mark_progress(exc, done)
+        raise
+    return done
 
 
 class Inbox(buffers.Inbox):
