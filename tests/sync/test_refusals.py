@@ -134,10 +134,16 @@ def test_over_parallel_streams(backend: Backend, driver: str) -> None:
     assert_refused(sender, receiver)
 
 
+def secured(over: str, tls: Any) -> tuple[dict, dict]:
+    """A Listener's and a connect's options for a plain or a TLS connection."""
+    return ({"ssl": tls[0]}, {"ssl": tls[1]}) if over == "tls" else ({}, {})
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("then", ["send", "send_arrays", "recv"])
+@pytest.mark.parametrize("over", ["plain", "tls"])
 def test_a_small_refused_message_is_raised_by_the_next_call(
-    backend: Backend, driver: str, then: str
+    backend: Backend, driver: str, then: str, over: str, tls: Any
 ) -> None:
     refused = threading.Event() if driver == "blocking" else None
 
@@ -159,7 +165,9 @@ def test_a_small_refused_message_is_raised_by_the_next_call(
         return await call(getattr(channel, then)([np.arange(3)]) if then == "send_arrays"
                           else channel.send(np.arange(3, dtype=np.int8)))
 
-    sender_got, receiver_got = exchange(driver, ("127.0.0.1", 0), sender, receiver)
+    sender_got, receiver_got = exchange(
+        driver, ("127.0.0.1", 0), sender, receiver, *secured(over, tls)
+    )
     assert_refused(sender_got, receiver_got, "over max_bytes=10")
 
 
@@ -304,7 +312,10 @@ def test_bare_functions_and_channels_send_no_record(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_a_large_send_of_a_learned_layout_is_refused_too(backend: Backend, driver: str) -> None:
+@pytest.mark.parametrize("over", ["plain", "tls"])
+def test_a_large_send_of_a_learned_layout_is_refused_too(
+    backend: Backend, driver: str, over: str, tls: Any
+) -> None:
     async def receiver(channel: Any) -> Any:
         await call(channel.recv())
         return await call(channel.recv(max_bytes=MIB))
@@ -314,5 +325,7 @@ def test_a_large_send_of_a_learned_layout_is_refused_too(backend: Backend, drive
         # the record is out before the receiver drains the bulk: the send finds it
         return await call(channel.send(np.zeros(64 * MIB, np.uint8)))
 
-    sender_got, receiver_got = exchange(driver, ("127.0.0.1", 0), sender, receiver)
+    sender_got, receiver_got = exchange(
+        driver, ("127.0.0.1", 0), sender, receiver, *secured(over, tls)
+    )
     assert_refused(sender_got, receiver_got)

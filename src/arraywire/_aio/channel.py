@@ -470,18 +470,21 @@ class Channel:
     async def _send_plan(self, name: str, plan: SendPlan) -> int:
         return await transfers.send_plan(self._sock, name, plan, self._streams, self._rules)
 
+    def _record_waiting(self) -> bool:
+        return refusals.readable_record(self._sock, self._inbox)
+
     async def _check_refused(self, name: str, done: int) -> None:
         """Raise the receiver's refusal of an earlier message when it is
-        waiting, as the blocking Channel's planned sends do (plain sockets;
-        over TLS the next receive or a failed send finds it)."""
+        waiting, as the blocking Channel's sends do (``done``: this send's bytes out)."""
         self._unchecked = 0
-        if not self._capabilities or not refusals.readable_record(self._sock, self._inbox):
+        if not self._capabilities:
             return
         receive = self._rules.lanes["receive"]
         if not receive.acquire(False):  # the receive in progress reads it
             return
         try:
-            await self._read(name, Receive(None, capabilities=self._capabilities), None)
+            if self._record_waiting():
+                await self._read(name, Receive(None, capabilities=self._capabilities), None)
         except BaseException as exc:
             exc.bytes_done = done  # type: ignore[attr-defined]
             raise

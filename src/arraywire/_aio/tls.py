@@ -28,7 +28,7 @@ from arraywire._core.protocol import LayoutSender
 from arraywire._core.step import SEND_FLAGS, byte_view
 from arraywire._drivers import refusals
 from arraywire._drivers.rules import AIO, ChannelRules, end_addresses
-from arraywire._wire import control
+from arraywire._wire import control, peers
 from arraywire._wire.engine import (
     ReadAhead as Buffered,
     Receive,
@@ -192,6 +192,17 @@ class SessionInbox:
         self._start += count
         return count
 
+    def first_now(self) -> bytes:
+        """Decrypt what has come into the emptied buffer, never waiting, and
+        return its first 4 bytes (fewer when less has come); they stay buffered."""
+        try:
+            count = self._session.read_now(self._view)
+        except OSError:  # nothing whole has come, or an error the next call meets
+            return b""
+        self._start = 0
+        self._end = count
+        return bytes(self._view[: min(count, 4)])
+
     async def fill(self, timeout: float | None = None) -> int:
         """Decrypt what has come (waiting for it, up to ``timeout`` each
         wait) into the emptied buffer; return the count (0: end of stream)."""
@@ -249,7 +260,15 @@ class TLSChannel(Channel):
     def _write_now(self, name: str, plan: SendPlan) -> Coroutine[Any, Any, int]:
         return self._write(name, plan)  # records are encrypted and flushed from the loop
 
-    async def _write(self, name: str, plan: SendPlan) -> int:
+    def _record_waiting(self) -> bool:
+        inbox = self._inbox_tls
+        if inbox.buffered or not (
+            self._session.ssl_object.pending() or refusals.readable(self._sock)
+        ):
+            return False
+        return peers.identify(inbox.first_now()) == "control"
+
+    async def _send_plan(self, name: str, plan: SendPlan) -> int:
         session = self._session
         try:
             for batch in plan.batches():

@@ -10,10 +10,12 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from arraywire._core.protocol import ReadAhead as Inbox
 from arraywire._drivers.rules import ChannelRules
 from arraywire._wire import control, hello, peers
 from arraywire._wire.engine import ReadAhead
@@ -26,6 +28,7 @@ DRAIN_READ_BYTES = 1 << 16
 # this many bytes of sends of a learned layout: a poll, so a small learned
 # send costs no system call for it.
 CHECK_BYTES = 1 << 20
+PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 def may_write_record(rules: ChannelRules) -> bool:
@@ -107,22 +110,47 @@ def _discard(copies: list[socket.socket], deadline: float) -> None:
             sock.close()
 
 
-def readable_record(sock: socket.socket, inbox: ReadAhead) -> bool:
-    """Whether the peer's next bytes, waiting on a plain socket with
-    nothing in the read-ahead buffer, begin a control record: a poll, and
-    a look (MSG_PEEK) only when the socket is readable. Bytes already in the
+def readable(sock: socket.socket) -> bool:
+    """Whether the socket has bytes (or the peer's close) to read now: one poll."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def readable_record(sock: socket.socket, inbox: Inbox) -> bool:
+    """Whether the peer's next bytes, waiting with nothing in the read-ahead
+    buffer, begin a control record: a poll, and a look only when the socket
+    is readable (MSG_PEEK; over TLS, what has come decrypted into the buffer
+    without waiting, left there for the next receive). Bytes already in the
     buffer belong to messages the next receive takes, records after them too."""
     if inbox.buffered:
         return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    if not poller.poll(0):
-        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        if not readable(sock):
+            return False
+        try:
+            first = sock.recv(4, PEEK)
+        except OSError:
+            return False
+        return peers.identify(first) == "control"
+    if not sock.pending():
+        try:  # the encrypted bytes: a peer's close is left for the send to meet
+            if not (readable(sock) and socket.socket.recv(sock, 1, PEEK)):
+                return False
+        except OSError:
+            return False
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
     try:
-        first = sock.recv(4, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:
+        inbox.fill()
+    except OSError:  # no whole TLS record yet, or an error the next call meets
         return False
-    return peers.identify(first) == "control"
+    finally:
+        sock.settimeout(timeout)
+    buffered = bytearray(inbox.buffered)  # the core's buffer has no look: take it, put it back
+    inbox.take(buffered)
+    inbox.preload(bytes(buffered))
+    return peers.identify(bytes(buffered[:4])) == "control"
 
 
 def last_word(

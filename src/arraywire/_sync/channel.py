@@ -326,14 +326,13 @@ class Channel:
             self._check_refused(what, plan.total)
 
     def _check_refused(self, what: str, done: int) -> None:
-        """Raise a waiting refusal of an earlier message (``done``: this send's
-        bytes out). A plain socket's; over TLS a receive or a failed send finds it."""
+        """Raise a waiting refusal of an earlier message (``done``: this send's bytes out)."""
         self._unchecked = 0
-        if not self._capabilities or self._tls:
+        if not self._capabilities:
             return
-        rules = self._rules
-        receive = rules.lanes["receive"]
-        if not receive.acquire(False):  # the receive in progress reads it
+        receive = self._rules.lanes["receive"]
+        own = receive is self._rules.lanes["send"]  # over TLS this send holds the one turn
+        if not own and not receive.acquire(False):  # the receive in progress reads it
             return
         try:
             if refusals.readable_record(self._sock, self._inbox):
@@ -343,7 +342,8 @@ class Channel:
             self._break(what, exc)
             raise
         finally:
-            receive.release()
+            if not own:
+                receive.release()
 
     def _sent_refused(self, what: str, exc: BaseException) -> None:
         """A send the receiver's close failed: raise its refusal, if it sent one."""
