@@ -131,7 +131,8 @@ def test_a_reason_that_is_not_utf8_is_read_with_replacements() -> None:
     ("first", "capabilities", "says"),
     [
         (control.RECORD.pack(b"AWCR", 1, 0, 5, 0), 0, "did not turn control records on"),
-        (control.RECORD.pack(b"AWCR", 2, 0, 0, 0), CONTROL, "unknown type 2: this arraywire knows types 1 \\(refusal\\)"),
+        (control.RECORD.pack(b"AWCR", 7, 0, 0, 0), CONTROL, "unknown type 7: this arraywire knows types 1 \\(refusal\\), 2 \\(probe\\), 3 \\(probe answer\\), 4 \\(ranges\\), 5 \\(copied\\), 6 \\(confirm\\)$"),
+        (control.RECORD.pack(b"AWCR", 2, 0, 0, 0), CONTROL, "probe record \\(type 2\\) on a connection whose opening did not turn same-host copies on"),
         (control.RECORD.pack(b"AWCR", 0xFFFF, 0, 0, 0), CONTROL, "unknown type 65535"),
         (control.RECORD.pack(b"AWCR", 1, 0, 4097, 0), CONTROL, "refusal record of 4,097 bytes; it carries at most 4,096"),
         (control.RECORD.pack(b"AWCR", 1, 0, 0xFFFFFFFF, 0), CONTROL, "of 4,294,967,295 bytes"),

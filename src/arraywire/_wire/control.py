@@ -22,8 +22,6 @@ MAGIC = peers.CONTROL_MAGIC
 # magic, type, flags (0), body length, reserved (0)
 RECORD = struct.Struct("<4sHHII")
 SIZE = RECORD.size
-# No type may carry more: a reader never holds a larger body.
-MAX_BODY = 65536
 # Type 1: the receiver refused the message it was reading; the body is the
 # reason in UTF-8, and the receiver closes the connection after it.
 REFUSAL = 1
@@ -34,9 +32,33 @@ MAX_REASON = peers.MAX_REASON
 DRAIN_SECONDS = 10.0
 # What a sender whose send failed reads of the peer's last bytes: a refusal.
 LAST_WORD_BYTES = SIZE + MAX_REASON
+# Types 2 to 6: same-host copies (docs/PROTOCOL.md, "Same host"); their
+# bodies are made and read by _wire/samehost.py.
+PROBE = 2
+PROBE_ANSWER = 3
+RANGES = 4
+COPIED = 5
+CONFIRM = 6
+# A ranges record names at most MAX_RANGES ranges; its body is a count (u32)
+# for each array and 16 bytes for each range, at most RANGES_LIMIT bytes.
+MAX_RANGES = 4096
+RANGES_LIMIT = 20 * MAX_RANGES
+# No type may carry more: a reader never holds a larger body.
+MAX_BODY = RANGES_LIMIT
 # Each type: the capability that turns it on and the most body it carries.
-TYPES: dict[int, tuple[int, int]] = {REFUSAL: (hello.CONTROL, MAX_REASON)}
-NAMES = {REFUSAL: "refusal"}
+TYPES: dict[int, tuple[int, int]] = {
+    REFUSAL: (hello.CONTROL, MAX_REASON),
+    PROBE: (hello.SAME_HOST, 44),
+    PROBE_ANSWER: (hello.SAME_HOST, 1),
+    RANGES: (hello.SAME_HOST, RANGES_LIMIT),
+    COPIED: (hello.SAME_HOST, 13),
+    CONFIRM: (hello.SAME_HOST, 0),
+}
+NAMES = {
+    REFUSAL: "refusal", PROBE: "probe", PROBE_ANSWER: "probe answer", RANGES: "ranges",
+    COPIED: "copied", CONFIRM: "confirm",
+}
+CAPABILITIES = {hello.CONTROL: "control records", hello.SAME_HOST: "same-host copies"}
 
 
 class Record(NamedTuple):
@@ -79,10 +101,15 @@ def decode(first: bytes, capabilities: int) -> Record:
             f"{reserved:#x}; both are 0"
         )
     needs, limit = TYPES.get(kind, (0, 0))
-    if not needs & capabilities:
+    if not needs:
         raise ProtocolError(
             f"control record of unknown type {kind}: this arraywire knows types "
             f"{', '.join(f'{t} ({NAMES[t]})' for t in TYPES)}"
+        )
+    if not needs & capabilities:
+        raise ProtocolError(
+            f"{NAMES[kind]} record (type {kind}) on a connection whose opening did not "
+            f"turn {CAPABILITIES[needs]} on"
         )
     if length > limit:
         raise ProtocolError(
@@ -107,7 +134,7 @@ def last_word(data: bytes, capabilities: int) -> ProtocolError | None:
     except ProtocolError:
         return None
     body = data[SIZE : SIZE + record.length]
-    if len(body) < record.length:
+    if record.kind != REFUSAL or len(body) < record.length:
         return None
     return refused(refusal_reason(body))
 

@@ -487,10 +487,14 @@ class Receive(Transfer):
         """A control record in place of the message: its body, then what
         it says raised (ProtocolError for one this end refuses)."""
         record = control.decode(first, self._capabilities)
+        if record.kind != control.REFUSAL:
+            raise ProtocolError(
+                f"the peer sent a {control.NAMES[record.kind]} record where a message "
+                "starts; this end takes only a refusal there"
+            )
         body = bytearray(record.length)
         if body:
             yield [body]
-        # refusal is the one type: decode refused any other
         raise control.refused(control.refusal_reason(bytes(body)))
 
     def refusal_record(self) -> bytes | None:

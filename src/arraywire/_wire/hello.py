@@ -51,6 +51,9 @@ STREAMS = 0x0002
 KNOWN_FEATURES = AUTH | STREAMS
 # Capability bit 0: control records (docs/PROTOCOL.md, "Control records").
 CONTROL = 0x00000001
+# Capability bit 1: same-host copies (docs/PROTOCOL.md, "Same host"); not in
+# ANNOUNCED: no Channel of this release makes them yet.
+SAME_HOST = 0x00000002
 # What an opening announces by default: what this release's Channels handle.
 ANNOUNCED = CONTROL
 NONCE_BYTES = 32
@@ -171,8 +174,10 @@ def encode(features: int = 0, feature_data: int = 0, capabilities: int = 0) -> b
 
 def shared_capabilities(mine: int, peer: Hello) -> int:
     """The capabilities on for a connection: those both ends announced, none
-    when the peer's hello is of version 1 (it has no capability bits)."""
-    return mine & peer.capabilities if peer.version >= 2 else 0
+    when the peer's hello is of version 1 (it has no capability bits), and
+    same-host copies only with the control records they speak in."""
+    on = mine & peer.capabilities if peer.version >= 2 else 0
+    return on if on & CONTROL else on & ~SAME_HOST
 
 
 def capabilities_on(peer: Hello) -> int:
