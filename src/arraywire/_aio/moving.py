@@ -182,7 +182,7 @@ def steps(
             if done >= total:
                 return done
             try:
-                pending.step(sock, sending, MAX_CHUNK, moved)
+                transport.impl.step_now(pending, sock, sending, MAX_CHUNK, moved)
             except (BlockingIOError, InterruptedError):
                 return done
             if moved[0] == 0 and not sending:

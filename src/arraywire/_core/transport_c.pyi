@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from arraywire._core.step import PendingViews
 from arraywire._wire.limits import Progress
 
 BACKEND: str
@@ -172,4 +173,19 @@ def copy_from_process(
         there; ENOSYS: not Linux), with ``bytes_done``: the bytes copied
         before it. An exception raised by progress or by a signal handler
         carries ``bytes_done`` too.
+    """
+
+def step_now(
+    pending: PendingViews, sock: Any, sending: bool, chunk: int, counts: list[int]
+) -> None:
+    """One call of ``PendingViews.step`` (its views, its batching, its count
+    appended to counts) on a socket that never waits, made without releasing
+    the GIL: an event loop's non-blocking moves would otherwise wait up to the
+    5 ms switch interval to take it back whenever another thread wants it.
+
+    Raises
+    ------
+    OSError
+        The socket's error, as the socket's own methods raise it
+        (BlockingIOError when it would wait).
     """

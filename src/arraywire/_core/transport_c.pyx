@@ -312,8 +312,14 @@ cdef Status run(Transfer *t) noexcept nogil:
 cdef int drive(Transfer *t, object progress) except -1:
     cdef Status status
     while True:
-        with nogil:
+        if t.timeout == 0:
+            # A transfer that never waits keeps the GIL: releasing and taking
+            # it back costs more than its calls, up to the 5 ms switch interval
+            # when another thread wants it (an event loop's moves).
             status = run(t)
+        else:
+            with nogil:
+                status = run(t)
         if status == FINISHED:
             break
         elif status == CHECK_SIGNALS:
@@ -593,6 +599,51 @@ def recvmsg_into(buffers, sock, *, progress=None):
         As for send_from, ``bytes_done`` counting over all the buffers.
     """
     return transfer_many(buffers, sock, False, progress)
+
+
+def step_now(pending, sock, bint sending, size_t chunk, list counts):
+    """One call of ``PendingViews.step`` (its views, its batching, its count
+    appended to counts) on a socket that never waits, made without releasing
+    the GIL: an event loop's non-blocking moves would otherwise wait up to the
+    5 ms switch interval to take it back whenever another thread wants it.
+
+    Raises
+    ------
+    OSError
+        The socket's error, as the socket's own methods raise it
+        (BlockingIOError when it would wait).
+    """
+    cdef list views = pending.views
+    cdef Py_ssize_t first = pending.first
+    cdef Py_ssize_t count = min(len(views) - first, iov_batch)
+    cdef Py_ssize_t index
+    cdef size_t budget = chunk
+    cdef msghdr msg
+    cdef ssize_t moved
+    cdef int err
+    fd, _ = socket_checked(sock)
+    cdef _HeldBuffers held = _HeldBuffers(count)
+    try:
+        for index in range(count):
+            view = views[first + index]
+            if <size_t>len(view) >= budget:
+                held.add(view[:budget], not sending)
+                break
+            held.add(view, not sending)
+            budget -= <size_t>len(view)
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = held.iov
+        msg.msg_iovlen = held.niov
+        if sending:
+            moved = sendmsg(<int>fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+        else:
+            moved = recvmsg(<int>fd, &msg, MSG_DONTWAIT)
+        if moved < 0:
+            err = errno
+            raise OSError(err, os.strerror(err))
+        counts.append(moved)
+    finally:
+        held.release()
 
 
 include "transport_c_buffers.pxi"

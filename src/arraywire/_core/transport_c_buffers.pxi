@@ -136,21 +136,31 @@ cdef class Inbox:
             deadline = arraywire_monotonic() + timeout
         while True:
             ready = 1
-            with nogil:
+            if timeout == 0:
+                # A call that never waits keeps the GIL: releasing and taking
+                # it back costs more, up to the 5 ms switch interval when
+                # another thread wants it (an event loop's receive).
                 received = recv(fd, self.buffer + self.end, self.capacity - self.end, flags)
                 if received < 0:
                     err = errno
-                    if timeout > 0 and arraywire_would_block(err):
-                        # sock_call_ex's order, reversed: try first, then wait
-                        millis = ceil((deadline - arraywire_monotonic()) * 1000.0)
-                        ready = 0
-                        if millis > 0:
-                            wanted.fd = fd
-                            wanted.events = POLLIN
-                            wanted.revents = 0
-                            ready = poll(&wanted, 1, INT_MAX if millis > INT_MAX else <int>millis)
-                            if ready < 0:
-                                err = errno
+            else:
+                with nogil:
+                    received = recv(fd, self.buffer + self.end, self.capacity - self.end, flags)
+                    if received < 0:
+                        err = errno
+                        if timeout > 0 and arraywire_would_block(err):
+                            # sock_call_ex's order, reversed: try first, then wait
+                            millis = ceil((deadline - arraywire_monotonic()) * 1000.0)
+                            ready = 0
+                            if millis > 0:
+                                wanted.fd = fd
+                                wanted.events = POLLIN
+                                wanted.revents = 0
+                                ready = poll(
+                                    &wanted, 1, INT_MAX if millis > INT_MAX else <int>millis
+                                )
+                                if ready < 0:
+                                    err = errno
             if received >= 0:
                 self.end += received
                 return received

@@ -307,6 +307,24 @@ def _copy_ranges(
     return done
 
 
+def step_now(
+    pending: PendingViews, sock: Any, sending: bool, chunk: int, counts: list[int]
+) -> None:
+    """One call of ``PendingViews.step`` (its views, its batching, its count
+    appended to counts) on a socket that never waits, made without releasing
+    the GIL: an event loop's non-blocking moves would otherwise wait up to the
+    5 ms switch interval to take it back whenever another thread wants it.
+
+    Raises
+    ------
+    OSError
+        The socket's error, as the socket's own methods raise it
+        (BlockingIOError when it would wait).
+    """
+    # the socket's methods release the GIL: the same call, at their cost
+    pending.step(sock, sending, chunk, counts)
+
+
 class Inbox(buffers.Inbox):
     """A connection's read-ahead buffer: one receive can bring several small
     messages, and a message whose header has the layout learned last (dtype,
