@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from arraywire._sync.connection import run_opening
-from arraywire._wire import control, peers
+from arraywire._wire import control, opening, peers
 from arraywire._wire.engine import Receive, plan_send
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.hello import CONTROL, Hello, Opening
@@ -88,7 +88,7 @@ def test_over_a_socketpair_a_version_1_peer_written_by_hand_still_connects() -> 
     ours, theirs = socket.socketpair()
     with ours, theirs:
         result: list[object] = []
-        end = Opening(None, connecting=True, capabilities=CONTROL)
+        end = opening.Opening(None, connecting=True, capabilities=CONTROL)
         driver = threading.Thread(target=lambda: result.append(run_opening(ours, end, None)))
         driver.start()
         theirs.settimeout(10)

@@ -45,6 +45,7 @@ from arraywire._drivers.rules import (
     readable,
     receive_wait,
 )
+from arraywire._wire import hello
 from arraywire._wire.engine import (
     Message,
     ReadAhead as Buffered,
@@ -98,6 +99,11 @@ class Channel:
     def closed(self) -> bool:
         """Whether the Channel is closed."""
         return self._sock.fileno() == -1
+
+    @property
+    def same_host(self) -> bool:
+        """Whether same-host copies are on: never yet on an asyncio Channel."""
+        return bool(self._capabilities & hello.SAME_HOST)
 
     @property
     def local_address(self) -> Any:

@@ -38,6 +38,7 @@ from arraywire._drivers.sockets import (
 from arraywire._wire import hello
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
+from arraywire._wire.opening import check_same_host
 
 # Failed authentications waiting for accept() to raise them, at most.
 MAX_QUEUED_FAILURES = 16
@@ -139,11 +140,14 @@ async def connect(
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
     streams: int = 1,
+    same_host: bool | None = None,
 ) -> Channel:
     """``arraywire.connect`` for asyncio: with a timeout, a refused connection
     is tried again until it passes, and the timeout bounds the opening too;
     ``authkey``, ``ssl``, ``server_hostname`` and ``streams`` as there
     (parallel streams over TLS need the blocking ``arraywire.connect``).
+    ``same_host`` is taken and checked, and this release's asyncio
+    connections make no same-host copies (``channel.same_host`` is False).
 
     Returns
     -------
@@ -172,6 +176,7 @@ async def connect(
     """
     check_options(authkey, ssl)
     check_streams(streams)
+    check_same_host(same_host)
     if streams > 1 and ssl is not None:
         raise ValueError(
             "arraywire.aio has no parallel streams over TLS: connect with streams=1, or "
@@ -292,11 +297,13 @@ async def listen(
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    same_host: bool | None = None,
 ) -> Listener:
     """``arraywire.listen`` for asyncio: ``await listener.accept()``;
     ``authkey``, ``ssl`` and ``max_streams`` as there (with ``ssl``, a peer's
-    parallel streams are refused). Call it in the event loop that will use
-    the Listener: its accepting runs as a task of that loop.
+    parallel streams are refused; ``same_host`` as for ``connect``). Call it
+    in the event loop that will use the Listener: its accepting runs as a
+    task of that loop.
 
     Returns
     -------
@@ -313,6 +320,7 @@ async def listen(
         The address cannot be bound or its host not resolved.
     """
     check_options(authkey, ssl)
+    check_same_host(same_host)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
     return Listener(sock, handshake_timeout, path, authkey=authkey, ssl=ssl, groups=groups)

@@ -44,7 +44,7 @@ from arraywire._drivers.rules import (
     receive_wait,
 )
 from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
-from arraywire._wire import control
+from arraywire._wire import control, hello
 from arraywire._wire.engine import (
     Message,
     Receive,
@@ -143,6 +143,11 @@ class Channel:
         """Whether the Channel is closed (by ``close()``, or by a failure that
         left it out of step with the peer)."""
         return self._sock.fileno() == -1
+
+    @property
+    def same_host(self) -> bool:
+        """Whether same-host copies are on (docs/PROTOCOL.md, "Same host")."""
+        return bool(self._capabilities & hello.SAME_HOST)
 
     @property
     def local_address(self) -> Any:

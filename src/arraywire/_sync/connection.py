@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from arraywire._core.tls import sigpipe_blocked
+from arraywire._drivers.samehost import announces, answer_probe
 from arraywire._drivers.sockets import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -49,6 +50,7 @@ from arraywire._sync.channel import Channel
 from arraywire._wire import hello, peers
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
+from arraywire._wire.opening import Opening, check_same_host
 
 
 def listen(
@@ -59,6 +61,7 @@ def listen(
     authkey: bytes | None = None,
     ssl: SSLContext | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    same_host: bool | None = None,
 ) -> Listener:
     """Listen for connections at address; ``accept()`` gives a Channel each.
 
@@ -74,6 +77,8 @@ def listen(
     connections, once all have come within handshake_timeout of the first;
     one asking for more than ``max_streams`` is refused (its ``connect``
     raises ConnectionRefusedError saying so).
+
+    ``same_host`` allows same-host copies, as for ``connect``.
 
     Returns
     -------
@@ -92,15 +97,11 @@ def listen(
         (``OSError`` EADDRINUSE, ``socket.gaierror``, ...).
     """
     check_options(authkey, ssl)
+    check_same_host(same_host)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, unix_name=path, authkey=authkey, ssl=ssl, groups=groups)
-
-
-
-
-
-
+    return Listener(sock, handshake_timeout, unix_name=path, authkey=authkey, ssl=ssl,
+                    groups=groups, same_host=same_host)
 
 
 def connect(
@@ -111,6 +112,7 @@ def connect(
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
     streams: int = 1,
+    same_host: bool | None = None,
 ) -> Channel:
     """Connect to a Listener at address; return the Channel once the opening
     is done.
@@ -129,6 +131,8 @@ def connect(
     over them, each part moved by a thread of its own (docs/PROTOCOL.md,
     "Parallel streams"). A Listener that takes fewer streams per Channel
     (its ``max_streams``) refuses with ConnectionRefusedError saying so.
+
+    ``same_host`` allows same-host copies on AF_UNIX (None: unless under TLS; False: never).
 
     Returns
     -------
@@ -167,7 +171,7 @@ def connect(
     """
     return open_channel(
         address, timeout=timeout, authkey=authkey, ssl=ssl, server_hostname=server_hostname,
-        streams=streams,
+        streams=streams, same_host=same_host,
     )
 
 
@@ -183,6 +187,7 @@ def open_channel(
     wait_for_listener: bool = False,
     on_refused: Callable[[], None] | None = None,
     handshake_timeout: float | None = None,
+    same_host: bool | None = None,
 ) -> Channel:
     """``connect``, and what the command line adds: ``opening`` is one of
     OPENINGS, as for a Listener: a ``"hello or message"`` end speaks only when
@@ -193,6 +198,7 @@ def open_channel(
     connection's TLS handshake and opening from when it is connected."""
     check_options(authkey, ssl)
     check_streams(streams)
+    check_same_host(same_host)
     if opening not in OPENINGS:
         raise ValueError(f"opening is one of {OPENINGS}, got {opening!r}")
     if opening != "hello" and (authkey is not None or streams > 1):
@@ -203,19 +209,19 @@ def open_channel(
         server_hostname = where[0]
     refusals = _Refusals(wait_for_listener, on_refused)
     if streams == 1:
-        sock, peer, early = _open(
+        sock, peer, capabilities, early = _open(
             family, where, deadline, handshake_timeout, authkey, ssl, server_hostname, None,
-            opening, refusals,
+            opening, refusals, same_host,
         )
         return Channel(sock, peer_reads=peer.reads_messages, read_ahead=early,
-                       capabilities=hello.capabilities_on(peer))
+                       capabilities=capabilities)
     ident = os.urandom(hello.GROUP_ID_BYTES)
     options = (family, where, deadline, handshake_timeout, authkey, ssl, server_hostname)
     # The first stream alone finds out whether the Listener takes the group
     # (key, TLS, max_streams); the others then open side by side, since one
     # after another a long round trip times N could outlast the Listener's
     # wait for the whole group.
-    first, peer, _ = _open(*options, hello.Group(ident, 0, streams), "hello", refusals)
+    first, peer, capabilities, _ = _open(*options, hello.Group(ident, 0, streams), "hello", refusals)
     # the Listener took stream 0: later refusals are not waited out
     with ThreadPoolExecutor(streams - 1, thread_name_prefix="arraywire connect") as pool:
         others = [
@@ -231,7 +237,7 @@ def open_channel(
             sock.close()
         raise failed[0]  # type: ignore[misc]
     return Channel(first, peer_reads=peer.reads_messages, more_streams=opened,
-                   capabilities=hello.capabilities_on(peer))
+                   capabilities=capabilities)
 
 
 class _Refusals:
@@ -264,10 +270,11 @@ def _open(
     group: hello.Group | None,
     opening: str,
     refusals: _Refusals,
-) -> tuple[socket.socket, hello.Hello, bytes]:
+    same_host: bool | None = False,
+) -> tuple[socket.socket, hello.Hello, int, bytes]:
     """One connection with its opening done, the peer's hello (a bare one's:
-    what a Channel assumes of a peer without one) and the first bytes of a
-    message that came in its place."""
+    what a Channel assumes of a peer without one), the capabilities on and
+    the first bytes of a message that came in its place."""
     while True:
         try:
             sock = _connect_once(family, where, remaining(deadline))
@@ -285,22 +292,20 @@ def _open(
         if ssl is not None:
             sock = secure(ssl, sock, server_hostname)
         early = b""
+        capabilities = 0
         if opening == "none":
             peer = hello.BARE_PEER
         else:
             bare = opening == "hello or message"
-            steps = hello.Opening(authkey, connecting=True, group=group, bare=bare)
+            steps = Opening(authkey, connecting=True, group=group, bare=bare,
+                            capabilities=announces(same_host, sock, ssl is not None, bool(group)))
             peer = run_opening(sock, steps, deadline)
-            early = steps.early
+            early, capabilities = steps.early, steps.capabilities
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
-    return sock, peer, early
-
-
-
-
+    return sock, peer, capabilities, early
 
 
 def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None) -> SSLSocket:
@@ -316,12 +321,11 @@ def secure(context: SSLContext, sock: socket.socket, server_hostname: str | None
         raise reset_in_opening(tls=True) from None
 
 
-
-
-def run_opening(sock: socket.socket, opening: hello.Opening, deadline: float | None) -> hello.Hello:
+def run_opening(sock: socket.socket, opening: Opening, deadline: float | None) -> hello.Hello:
     """Drive an opening over a blocking socket (plain or TLS) to its end."""
     try:
         while True:
+            answer_probe(opening, sock)
             data = opening.outgoing()
             if data:
                 sock.settimeout(remaining(deadline))
@@ -337,10 +341,6 @@ def run_opening(sock: socket.socket, opening: hello.Opening, deadline: float | N
             with contextlib.suppress(OSError), sigpipe_blocked():
                 sock.sendall(refusal)
         raise
-
-
-
-
 
 
 def _connect_once(family: socket.AddressFamily, where: Any, timeout: float | None) -> socket.socket:
@@ -388,7 +388,7 @@ class _Pending:
     )
 
     def __init__(
-        self, sock: socket.socket, peer: Any, deadline: float, opening: hello.Opening | None,
+        self, sock: socket.socket, peer: Any, deadline: float, opening: Opening | None,
         tls: bool,
     ) -> None:
         self.sock = sock
@@ -446,6 +446,7 @@ class Listener:
         groups: Groups[socket.socket] | None = None,
         opening: str = "hello",
         on_drop: OnDrop | None = None,
+        same_host: bool | None = None,
     ) -> None:
         if opening not in OPENINGS:
             raise ValueError(f"opening is one of {OPENINGS}, got {opening!r}")
@@ -459,6 +460,7 @@ class Listener:
         self._ssl = ssl
         self._opening = opening
         self._on_drop = on_drop
+        self._same_host = same_host
         self._pending: dict[socket.socket, _Pending] = {}
         self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
         self._selector = selectors.DefaultSelector()
@@ -552,7 +554,8 @@ class Listener:
             opening = None
             if self._opening != "none":
                 bare = self._opening == "hello or message"
-                opening = hello.Opening(self._authkey, connecting=False, bare=bare)
+                announced = announces(self._same_host, conn, self._ssl is not None, False)
+                opening = Opening(self._authkey, connecting=False, bare=bare, capabilities=announced)
             try:
                 conn.setblocking(False)
                 tune(conn)
@@ -593,6 +596,7 @@ class Listener:
                 sock.do_handshake()  # type: ignore[attr-defined]
                 pending.handshaking = False
             while opening is not None:
+                answer_probe(opening, sock)
                 pending.send()
                 wanted = opening.wanted
                 if not wanted:

@@ -52,7 +52,7 @@ KNOWN_FEATURES = AUTH | STREAMS
 # Capability bit 0: control records (docs/PROTOCOL.md, "Control records").
 CONTROL = 0x00000001
 # Capability bit 1: same-host copies (docs/PROTOCOL.md, "Same host"); not in
-# ANNOUNCED: no Channel of this release makes them yet.
+# ANNOUNCED: the blocking drivers add it where opening.announced allows it.
 SAME_HOST = 0x00000002
 # What an opening announces by default: what this release's Channels handle.
 ANNOUNCED = CONTROL
