@@ -61,13 +61,15 @@ The wire format (messages, the connection hello, authentication, the command
 line's exchange) is specified in docs/PROTOCOL.md of the source distribution.
 """
 
+import logging as _logging
 from types import FunctionType as _FunctionType
 
 from arraywire._core.transport import BACKEND, recv_into, recvmsg_into, send_from, sendmsg_from
 from arraywire._drivers.rules import ChannelItem
 from arraywire._sync.channel import Channel
-from arraywire._sync.connection import Listener, connect, listen
+from arraywire._sync.connection import connect, listen
 from arraywire._sync.framing import recv_array, recv_arrays, recv_message, send_array, send_arrays
+from arraywire._sync.listener import Listener
 from arraywire._wire.engine import STRIPE_BYTES, Message
 from arraywire._wire.errors import (
     AuthenticationError,
@@ -78,6 +80,10 @@ from arraywire._wire.errors import (
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 
 __version__ = "0.1.0"
+
+# A library logs and the application decides where it goes: without a
+# handler of the application's, no warning of a dropped peer reaches stderr.
+_logging.getLogger("arraywire").addHandler(_logging.NullHandler())
 
 # help(), tracebacks and pickles name the classes where users import them from
 for _public_class in (
@@ -94,7 +100,7 @@ for _public_class in (
     for _member in vars(_public_class).values():
         if isinstance(_member, _FunctionType):
             _member.__module__ = __name__
-del _public_class, _member, _FunctionType
+del _public_class, _member, _FunctionType, _logging
 
 __all__ = [
     "BACKEND",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 import time
@@ -16,6 +17,18 @@ from typing import Any
 
 from arraywire._aio.channel import Channel
 from arraywire._aio.tls import TLSChannel, TLSSession
+from arraywire._drivers.listening import (
+    ACCEPT_PAUSE,
+    DEFAULT_MAX_OPENINGS,
+    LOGGER,
+    Handover,
+    check_max_openings,
+    group_late,
+    log_accept_failed,
+    log_dropped,
+    opening_late,
+    peer_of,
+)
 from arraywire._drivers.rules import check_wait
 from arraywire._drivers.sockets import (
     DEFAULT_BACKLOG,
@@ -39,9 +52,6 @@ from arraywire._wire import hello
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
 from arraywire._wire.opening import check_same_host
-
-# Failed authentications waiting for accept() to raise them, at most.
-MAX_QUEUED_FAILURES = 16
 
 
 class _SocketPipe:
@@ -298,12 +308,14 @@ async def listen(
     ssl: SSLContext | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
     same_host: bool | None = None,
+    max_openings: int = DEFAULT_MAX_OPENINGS,
 ) -> Listener:
     """``arraywire.listen`` for asyncio: ``await listener.accept()``;
-    ``authkey``, ``ssl`` and ``max_streams`` as there (with ``ssl``, a peer's
-    parallel streams are refused; ``same_host`` as for ``connect``). Call it
-    in the event loop that will use the Listener: its accepting runs as a
-    task of that loop.
+    ``authkey``, ``ssl``, ``max_streams`` and ``max_openings`` as there
+    (with ``ssl``, a peer's parallel streams are refused; ``same_host`` as
+    for ``connect``). Call it in the event loop that will use the Listener:
+    its accepting and each opening run as tasks of that loop, as connections
+    arrive.
 
     Returns
     -------
@@ -314,24 +326,32 @@ async def listen(
     Raises
     ------
     TypeError, ValueError
-        An address, ``authkey``, ``ssl`` or ``max_streams`` of the wrong kind
-        or out of range.
+        An address, ``authkey``, ``ssl``, ``max_streams`` or ``max_openings``
+        of the wrong kind or out of range.
     OSError
         The address cannot be bound or its host not resolved.
     """
     check_options(authkey, ssl)
     check_same_host(same_host)
+    check_max_openings(max_openings)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
-    return Listener(sock, handshake_timeout, path, authkey=authkey, ssl=ssl, groups=groups)
+    return Listener(
+        sock, handshake_timeout, path, authkey=authkey, ssl=ssl, groups=groups,
+        max_openings=max_openings,
+    )
 
 
 class Listener:
     """Accepts connections in a task of its own; each opening (TLS handshake,
-    hello, authentication) runs in a task too, so a silent peer never holds
-    up another. ``accept()`` gives the next Channel whose opening is done
-    (for parallel streams, once the last stream joined), and raises
-    AuthenticationError for a peer whose key does not match."""
+    hello, authentication) runs in a task too, as connections arrive, so a
+    silent peer never holds up another. ``accept()`` gives the next Channel
+    whose opening is done (for parallel streams, once the last stream
+    joined), and raises AuthenticationError for a peer whose key does not
+    match. At most ``max_openings`` connections are held (openings under way
+    and Channels waiting for ``accept()``); more wait in the kernel's
+    backlog. Each peer dropped during its opening is logged as a warning on
+    ``logger``."""
 
     def __init__(
         self,
@@ -342,36 +362,47 @@ class Listener:
         authkey: bytes | None = None,
         ssl: SSLContext | None = None,
         groups: Groups[socket.socket] | None = None,
+        max_openings: int = DEFAULT_MAX_OPENINGS,
+        logger: logging.Logger = LOGGER,
     ) -> None:
+        self._handover: Handover[Channel] = Handover(max_openings)
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
         self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
         self._expiry: asyncio.TimerHandle | None = None
         self._unix_name = unix_name
+        self._where = bound_address(sock, unix_name)
         self._authkey = authkey
         self._ssl = ssl
-        self._ready: asyncio.Queue[Channel | BaseException] = asyncio.Queue()
+        self._logger = logger
+        self._changed = asyncio.Event()  # something was handed over, or the Listener closed
+        self._room = asyncio.Event()  # an opening ended, or accept() took a Channel
         self._handshakes: set[asyncio.Task[None]] = set()
-        self._failures = 0  # AuthenticationErrors waiting in _ready
         self._acceptor = asyncio.get_running_loop().create_task(self._accept_all())
 
     @property
     def address(self) -> Any:
         """The bound address: (host, port) with the real port, or the AF_UNIX
         path or abstract name as given."""
-        return bound_address(self._sock, self._unix_name)
+        return self._where
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
         return self._sock.fileno()
 
+    @property
+    def openings(self) -> int:
+        """Connections taken whose opening is still under way."""
+        return len(self._handshakes)
+
     async def accept(self, *, timeout: float | None = None) -> Channel:
         """Wait for the next connection whose opening is done, up to
-        ``timeout`` seconds (None: for ever).
+        ``timeout`` seconds (None: for ever); connections are handed over in
+        the order their openings ended.
 
         A peer whose opening fails or is not done within
-        ``handshake_timeout`` is dropped without raising.
+        ``handshake_timeout`` is dropped without raising (and logged).
 
         Returns
         -------
@@ -393,58 +424,73 @@ class Listener:
             out of descriptors, ...).
         """
         seconds = check_wait(timeout, zero=True)
-        if self._sock.fileno() == -1:
-            raise closed_listener()
         try:
-            item = await asyncio.wait_for(self._ready.get(), seconds)
+            item = await asyncio.wait_for(self._next(), seconds)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
             raise TimeoutError("no connection completed its opening in time") from None
-        if isinstance(item, AuthenticationError):
-            self._failures -= 1
         if isinstance(item, BaseException):
             raise item
+        return item
+
+    async def _next(self) -> Channel | BaseException:
+        while (item := self._handover.take()) is None:
+            if self._handover.closed:
+                raise closed_listener()
+            self._changed.clear()
+            await self._changed.wait()
+        self._room.set()
         return item
 
     async def _accept_all(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            while not self._handover.room(len(self._handshakes)):
+                self._room.clear()
+                await self._room.wait()
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, peer = await loop.sock_accept(self._sock)
             except OSError as exc:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 # out of descriptors, say: accept() raises it; try again later
-                self._ready.put_nowait(exc)
-                await asyncio.sleep(RETRY_INTERVAL)
+                log_accept_failed(self._logger, self._where, exc)
+                self._fail(exc)
+                await asyncio.sleep(ACCEPT_PAUSE)
                 continue
-            task = loop.create_task(self._handshake(conn))
+            task = loop.create_task(self._handshake(conn, peer))
             self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(self._ended)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(task)
+        self._room.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._handover.fail(exc)
+        self._changed.set()
+
+    async def _handshake(self, conn: socket.socket, peer: Any) -> None:
         try:
             conn.setblocking(False)
             tune(conn)
-            opened = await _timed(self._open(conn), self._handshake_timeout, "opening")
+            late = str(opening_late(self._handshake_timeout))
+            opened = await _timed(self._open(conn), self._handshake_timeout, late)
         except AuthenticationError as exc:
             conn.close()
-            # for accept() to raise; a flood of failed peers keeps a few
-            if self._failures < MAX_QUEUED_FAILURES:
-                self._failures += 1
-                self._ready.put_nowait(exc)
+            log_dropped(self._logger, self._where, peer, exc)
+            self._fail(exc)  # for accept() to raise
             return
-        except (OSError, ProtocolError):
+        except (OSError, ProtocolError) as exc:
             conn.close()
+            log_dropped(self._logger, self._where, peer, exc)
             return
         except BaseException:
             conn.close()
             raise
-        if self._sock.fileno() == -1:  # closed meanwhile: close() has cleared the rest
-            for sock in [conn] if opened is None else opened.sockets:
-                sock.close()
+        if opened is not None and not self._handover.put(opened):
+            opened.close()  # closed meanwhile: close() has cleared the rest
             return
-        if opened is not None:
-            self._ready.put_nowait(opened)
+        self._changed.set()
         self._schedule_expiry()
 
     async def _open(self, conn: socket.socket) -> Channel | None:
@@ -461,7 +507,7 @@ class Listener:
             opening.answer_join(status, self._groups.max_streams)
             await pipe.send(opening.outgoing())
             if status != hello.JOINED:
-                raise ConnectionRefusedError(errno.ECONNREFUSED, "stream group refused")
+                raise hello.join_refused(status, opening.group, self._groups.max_streams)
             if members is None:
                 return None
             reads = peer.reads_messages
@@ -473,7 +519,7 @@ class Listener:
         if opening.group is not None:
             opening.answer_join(hello.NO_STREAMS, self._groups.max_streams)
             await tls_pipe.send(opening.outgoing())
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "no parallel streams over TLS")
+            raise hello.join_refused(hello.NO_STREAMS, opening.group, self._groups.max_streams)
         return TLSChannel(session, peer_reads=peer.reads_messages,
                           capabilities=opening.capabilities)
 
@@ -492,18 +538,19 @@ class Listener:
     def _expire(self) -> None:
         self._expiry = None
         for sock in self._groups.expired(time.monotonic()):
+            why = group_late(self._handshake_timeout)
+            log_dropped(self._logger, self._where, peer_of(sock), why)
             sock.close()
         self._schedule_expiry()
 
     def close(self) -> None:
-        """Stop listening; drop connections not yet accepted."""
+        """Stop listening; drop connections not yet accepted. An ``accept()``
+        waiting in another task raises OSError (EBADF)."""
         self._acceptor.cancel()
         for task in self._handshakes:
             task.cancel()
-        while not self._ready.empty():
-            item = self._ready.get_nowait()
-            if isinstance(item, Channel):
-                item.close()
+        for channel in self._handover.close():
+            channel.close()
         if self._expiry is not None:
             self._expiry.cancel()
         for sock in self._groups.clear():
@@ -515,7 +562,7 @@ class Listener:
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             remove_socket_file(self._unix_name)
-        self._ready.put_nowait(closed_listener())  # wakes an accept() waiting now
+        self._changed.set()  # wakes an accept() waiting now
 
     async def aclose(self) -> None:
         """close(), after its tasks have stopped using the sockets."""

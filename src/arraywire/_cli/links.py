@@ -10,6 +10,7 @@ import argparse
 import errno
 import math
 import os
+import select
 import socket
 import ssl
 import sys
@@ -34,7 +35,8 @@ from arraywire._cli.common import (
 )
 from arraywire._drivers import sockets
 from arraywire._sync.channel import Channel
-from arraywire._sync.connection import Listener, open_channel
+from arraywire._sync.connection import open_channel
+from arraywire._sync.listener import Listener
 from arraywire._wire import hello
 from arraywire._wire.errors import AuthenticationError, ProtocolError, StreamsRefused
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
@@ -78,7 +80,9 @@ def listening(args: argparse.Namespace, ends: Ends) -> Iterator[Listener]:
     )
     with listener:
         # Printed even with --quiet: the peer needs the port (which may be 0 here).
-        print(f"arraywire {ends.me_command}: listening on {_listening_on(server)}", file=sys.stderr, flush=True)
+        # One write per line (end=""): the Listener's thread may print a dropped peer meanwhile.
+        print(f"arraywire {ends.me_command}: listening on {_listening_on(server)}\n", end="",
+              file=sys.stderr, flush=True)
         yield listener
 
 
@@ -100,7 +104,9 @@ def accept(listener: Listener, args: argparse.Namespace, deadline: float | None)
                 raise TimeoutError
             channel = listener.accept(timeout=wait)
         except TimeoutError:
-            if listener.openings:  # a peer came in time: its opening decides
+            # a peer came in time (its opening is under way, or the Listener's
+            # thread has yet to take it from the backlog): its opening decides
+            if listener.openings or select.select([listener], [], [], 0)[0]:
                 deadline = time.monotonic() + RETRY_SECONDS
                 continue
             raise Failure(f"nobody connected within {args.timeout:g} s") from None
@@ -113,7 +119,9 @@ def accept(listener: Listener, args: argparse.Namespace, deadline: float | None)
 
 def dropped(peer: Any, text: str) -> None:
     """One line on a peer this receiver dropped, also under --quiet."""
-    print(f"arraywire recv: dropped {_peer_name(peer)}: {text}", file=sys.stderr, flush=True)
+    # one write (end=""), as the Listener's thread prints it beside the main thread's lines
+    print(f"arraywire recv: dropped {_peer_name(peer)}: {text}\n", end="", file=sys.stderr,
+          flush=True)
 
 
 def _peer_name(peer: Any) -> str:

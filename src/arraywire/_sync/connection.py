@@ -1,6 +1,6 @@
-"""Opening connections: ``listen``, ``connect`` and the ``Listener``, with the
-opening of ``hello`` (the hello, and with a key the authentication)
-exchanged before the first message, over TLS when given an SSLContext.
+"""Opening connections: ``listen`` (its ``Listener`` is in ``listener.py``)
+and ``connect``, with the opening of ``hello`` (the hello, and with a key the
+authentication) exchanged before the first message, over TLS when given an SSLContext.
 
 Addresses take the forms of ``multiprocessing.connection``: a ``(host, port)``
 tuple is TCP (IPv4 or IPv6 by the host; ``""`` all IPv4 interfaces, ``"::"``
@@ -12,43 +12,37 @@ with NUL is an abstract AF_UNIX name (Linux).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import selectors
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from ssl import SSLContext, SSLError, SSLSocket, SSLWantReadError, SSLWantWriteError
-from types import TracebackType
-from typing import Any, TypeAlias
+from ssl import SSLContext, SSLError, SSLSocket
+from typing import Any
 
 from arraywire._core.tls import sigpipe_blocked
+from arraywire._drivers.listening import DEFAULT_MAX_OPENINGS, check_max_openings
 from arraywire._drivers.samehost import announces, answer_probe
 from arraywire._drivers.sockets import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
     RETRY_INTERVAL,
     Address,
-    bound_address,
     check_options,
     check_streams,
     closed_in_opening,
-    closed_listener,
     family_of,
     no_socket_file,
-    not_a_tls_client,
     not_tls,
     remaining,
-    remove_socket_file,
     reset_in_opening,
     server_socket,
     tune,
 )
 from arraywire._sync.channel import Channel
-from arraywire._wire import hello, peers
-from arraywire._wire.errors import AuthenticationError, ProtocolError
+from arraywire._sync.listener import OPENINGS, Listener
+from arraywire._wire import hello
+from arraywire._wire.errors import AuthenticationError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
 from arraywire._wire.opening import Opening, check_same_host
 
@@ -62,12 +56,19 @@ def listen(
     ssl: SSLContext | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
     same_host: bool | None = None,
+    max_openings: int = DEFAULT_MAX_OPENINGS,
 ) -> Listener:
     """Listen for connections at address; ``accept()`` gives a Channel each.
 
-    A peer whose opening (TLS handshake, hello, authentication) has not
-    completed handshake_timeout seconds after it was accepted is dropped; it
-    never holds up the others. With ``authkey`` only peers that hold the same
+    The Listener runs the openings (TLS handshake, hello, authentication) of
+    connections as they arrive, in a thread of its own, so ``connect``
+    returns before ``accept()`` is called. A peer whose opening has not
+    completed handshake_timeout seconds after the Listener took its
+    connection is dropped; it never holds up the others. At most
+    ``max_openings`` connections are held at once (openings under way and
+    Channels waiting for ``accept()``); more wait in the kernel's backlog.
+    Each dropped peer is logged as a warning on the ``arraywire.listener``
+    logger. With ``authkey`` only peers that hold the same
     key are accepted; ``accept()`` raises AuthenticationError for a peer
     whose key differs or is missing (and, without ``authkey``, for a peer
     that has one), and the Listener goes on. With ``ssl`` (a server-side
@@ -90,18 +91,20 @@ def listen(
     Raises
     ------
     TypeError, ValueError
-        An address, ``authkey``, ``ssl`` or ``max_streams`` of the wrong kind
-        or out of range (an empty key, a port outside 0..65535, ...).
+        An address, ``authkey``, ``ssl``, ``max_streams`` or ``max_openings``
+        of the wrong kind or out of range (an empty key, a port outside
+        0..65535, ...).
     OSError
         The address cannot be bound or its host not resolved
         (``OSError`` EADDRINUSE, ``socket.gaierror``, ...).
     """
     check_options(authkey, ssl)
     check_same_host(same_host)
+    check_max_openings(max_openings)
     groups: Groups[socket.socket] = Groups(max_streams, handshake_timeout)
     sock, path = server_socket(address, backlog)
     return Listener(sock, handshake_timeout, unix_name=path, authkey=authkey, ssl=ssl,
-                    groups=groups, same_host=same_host)
+                    groups=groups, same_host=same_host, max_openings=max_openings)
 
 
 def connect(
@@ -377,324 +380,3 @@ def _read_exactly(sock: socket.socket, size: int, part: str, deadline: float | N
             raise closed_in_opening(filled, size, part)
         filled += count
     return bytes(data)
-
-
-class _Pending:
-    """An accepted connection whose opening is still going on."""
-
-    __slots__ = (
-        "data", "deadline", "filled", "handshaking", "joined", "opening", "peeking", "peer",
-        "sock", "unsent",
-    )
-
-    def __init__(
-        self, sock: socket.socket, peer: Any, deadline: float, opening: Opening | None,
-        tls: bool,
-    ) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.deadline = deadline
-        self.opening = opening
-        self.peeking = tls  # TLS: a look at the first bytes, then the handshake
-        self.handshaking = False
-        self.data = bytearray(64)  # the largest part of an opening read at once is 33 bytes
-        self.filled = 0
-        self.unsent = b""
-        # a stream of a group: its status and, if it made the group whole, the
-        # group's streams, once it asked to join
-        self.joined: tuple[int, list[socket.socket] | None] | None = None
-
-    def send(self) -> None:
-        """Send what the opening has to say; BlockingIOError (or SSLWantWriteError)
-        keeps the rest for later."""
-        if self.opening is not None:
-            self.unsent += self.opening.outgoing()
-        while self.unsent:
-            with sigpipe_blocked():
-                self.unsent = self.unsent[self.sock.send(self.unsent) :]
-
-
-# What a Listener's peers open with: a hello (listen()), a hello or a bare
-# message (the command line's receiver without a key), nothing (its sender).
-OPENINGS = ("hello", "hello or message", "none")
-
-# A peer dropped during its opening, told to on_drop: its address, why, and
-# its socket, still open for a last word (the plain socket before TLS).
-OnDrop: TypeAlias = "Callable[[Any, BaseException, socket.socket], None]"
-
-
-class Listener:
-    """Accepts connections; each becomes a Channel once its opening is done.
-
-    Openings (TLS handshakes, hellos, authentication) go on side by side: a
-    peer that connects and stays silent, or sends something else, never
-    holds up ``accept()`` for others. It is dropped after
-    ``handshake_timeout`` seconds, or as soon as its bytes are wrong. The
-    parallel streams of one peer become one Channel once all have joined.
-
-    ``opening`` is one of OPENINGS; ``on_drop`` hears of every peer dropped
-    (and may raise, ending ``accept()``).
-    """
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        handshake_timeout: float,
-        unix_name: str | bytes | None = None,
-        authkey: bytes | None = None,
-        ssl: SSLContext | None = None,
-        groups: Groups[socket.socket] | None = None,
-        opening: str = "hello",
-        on_drop: OnDrop | None = None,
-        same_host: bool | None = None,
-    ) -> None:
-        if opening not in OPENINGS:
-            raise ValueError(f"opening is one of {OPENINGS}, got {opening!r}")
-        if opening != "hello" and authkey is not None:
-            raise ValueError("with a key every peer opens with a hello")
-        sock.setblocking(False)
-        self._sock = sock
-        self._handshake_timeout = handshake_timeout
-        self._unix_name = unix_name
-        self._authkey = authkey
-        self._ssl = ssl
-        self._opening = opening
-        self._on_drop = on_drop
-        self._same_host = same_host
-        self._pending: dict[socket.socket, _Pending] = {}
-        self._groups = Groups(DEFAULT_MAX_STREAMS, handshake_timeout) if groups is None else groups
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(sock, selectors.EVENT_READ)
-        self._accepting = threading.Lock()
-
-    @property
-    def address(self) -> Any:
-        """The bound address: (host, port) with the real port, or the AF_UNIX
-        path or abstract name as given."""
-        return bound_address(self._sock, self._unix_name)
-
-    def fileno(self) -> int:
-        """The listening socket's descriptor."""
-        return self._sock.fileno()
-
-    @property
-    def openings(self) -> int:
-        """Connections taken whose opening is still under way."""
-        return len(self._pending)
-
-    def accept(self, *, timeout: float | None = None) -> Channel:
-        """Wait for the next connection whose opening is done.
-
-        Openings go on side by side while this waits. A peer whose opening
-        fails (wrong bytes, TLS handshake failure, reset) or is not done
-        within ``handshake_timeout`` is dropped without raising. The parallel
-        streams of one peer become one Channel once the last has joined.
-
-        Returns
-        -------
-        Channel
-            The connection, its opening done, its socket blocking with no
-            timeout.
-
-        Raises
-        ------
-        TimeoutError
-            With a ``timeout``: no opening was done within it.
-        AuthenticationError
-            A peer's key differs from the Listener's, or one of them has no
-            key. That peer's connection is closed; the next call goes on with
-            the others.
-        OSError
-            The Listener is closed (EBADF), or accepting failed for another
-            reason than the peer (EMFILE: out of descriptors, ...).
-
-        A second thread calling accept() waits until the first returns.
-        """
-        with self._accepting:
-            if self._sock.fileno() == -1:
-                raise closed_listener()
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                now = time.monotonic()
-                self._drop_late(now)
-                deadlines = [p.deadline for p in self._pending.values()]
-                group_deadline = self._groups.next_deadline()
-                if group_deadline is not None:
-                    deadlines.append(group_deadline)
-                wait = min(deadlines, default=None)
-                if deadline is not None:
-                    if now >= deadline:
-                        raise TimeoutError("no connection completed its opening in time")
-                    wait = deadline if wait is None else min(wait, deadline)
-                events = self._selector.select(None if wait is None else max(wait - now, 0))
-                for key, _ in events:
-                    if key.fileobj is self._sock:
-                        self._take_connections()
-                        continue
-                    pending = self._pending.get(key.fileobj)  # type: ignore[call-overload]
-                    if pending is None:  # dropped by an earlier event of this round
-                        continue
-                    channel = self._advance(pending)
-                    if channel is not None:
-                        return channel
-
-    def _take_connections(self) -> None:
-        deadline = time.monotonic() + self._handshake_timeout
-        while True:
-            try:
-                conn, peer = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # A connection reset before accept, or out of descriptors: the
-                # listener itself is fine; EMFILE must reach the caller.
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
-            opening = None
-            if self._opening != "none":
-                bare = self._opening == "hello or message"
-                announced = announces(self._same_host, conn, self._ssl is not None, False)
-                opening = Opening(self._authkey, connecting=False, bare=bare, capabilities=announced)
-            try:
-                conn.setblocking(False)
-                tune(conn)
-            except OSError:
-                conn.close()
-                continue
-            pending = _Pending(conn, peer, deadline, opening, self._ssl is not None)
-            self._pending[conn] = pending
-            # plain: the hello goes out once the socket is writable, at once
-            events = selectors.EVENT_READ if pending.peeking else selectors.EVENT_WRITE
-            self._selector.register(conn, events)
-
-    def _start_tls(self, pending: _Pending) -> None:
-        """A look at the peer's first bytes, then the TLS server's socket."""
-        assert self._ssl is not None
-        sock = pending.sock
-        first = sock.recv(hello.SIZE, socket.MSG_PEEK)
-        if not first:
-            raise ConnectionError("the peer closed the connection before the TLS handshake")
-        if not peers.starts_tls(first):
-            raise not_a_tls_client(first)
-        self._selector.unregister(sock)
-        del self._pending[sock]
-        # the plain socket is detached into the SSLSocket
-        pending.sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        self._pending[pending.sock] = pending
-        self._selector.register(pending.sock, selectors.EVENT_READ)
-        pending.peeking = False
-        pending.handshaking = True
-
-    def _advance(self, pending: _Pending) -> Channel | None:
-        opening = pending.opening
-        try:
-            if pending.peeking:
-                self._start_tls(pending)
-            sock = pending.sock
-            if pending.handshaking:
-                sock.do_handshake()  # type: ignore[attr-defined]
-                pending.handshaking = False
-            while opening is not None:
-                answer_probe(opening, sock)
-                pending.send()
-                wanted = opening.wanted
-                if not wanted:
-                    if opening.group is None or pending.joined is not None:
-                        break
-                    pending.joined = self._groups.join(opening.group, sock, time.monotonic())
-                    opening.answer_join(pending.joined[0], self._groups.max_streams)
-                    continue
-                count = sock.recv_into(memoryview(pending.data)[pending.filled : wanted])
-                if not count:
-                    raise ConnectionError("the peer closed the connection during the opening")
-                pending.filled += count
-                if pending.filled == wanted:
-                    pending.filled = 0
-                    opening.received(bytes(pending.data[:wanted]))
-        except (BlockingIOError, InterruptedError, SSLWantReadError, SSLWantWriteError) as exc:
-            # wait for what the step that could not go on needs
-            writing = isinstance(exc, SSLWantWriteError) or (
-                bool(pending.unsent) and not isinstance(exc, SSLWantReadError)
-            )
-            events = selectors.EVENT_WRITE if writing else selectors.EVENT_READ
-            self._selector.modify(pending.sock, events)
-            return None
-        except AuthenticationError as exc:
-            with contextlib.suppress(OSError):
-                pending.send()  # the verdict the peer waits for
-            self._drop(pending, exc)
-            raise
-        except (OSError, ProtocolError) as exc:
-            self._drop(pending, exc)
-            return None
-        self._selector.unregister(sock)
-        del self._pending[sock]
-        if opening is None:
-            sock.setblocking(True)
-            return Channel(sock)
-        assert opening.peer is not None
-        reads = opening.peer.reads_messages
-        if opening.group is None:
-            sock.setblocking(True)
-            return Channel(sock, peer_reads=reads, read_ahead=opening.early,
-                           capabilities=opening.capabilities)
-        # a stream of a group: the Channel once its last stream joined
-        assert pending.joined is not None
-        status, members = pending.joined
-        if status != hello.JOINED:
-            # refused: the peer has read why
-            with contextlib.closing(sock):
-                refused = hello.join_refused(status, opening.group, self._groups.max_streams)
-                self._dropped(pending.peer, sock, refused)
-        if members is None:
-            return None
-        for member in members:
-            member.setblocking(True)
-        return Channel(members[0], peer_reads=reads, more_streams=members[1:],
-                       capabilities=opening.capabilities)
-
-    def _drop_late(self, now: float) -> None:
-        seconds = f"{self._handshake_timeout:g} s"
-        for pending in [p for p in self._pending.values() if p.deadline <= now]:
-            late = TimeoutError(f"the peer did not complete the connection opening within {seconds}")
-            self._drop(pending, late)
-        for sock in self._groups.expired(now):
-            with contextlib.suppress(OSError), contextlib.closing(sock):
-                peer = sock.getpeername()
-                self._dropped(peer, sock, TimeoutError(
-                    f"the peer did not connect every stream of its group within {seconds}"
-                ))
-
-    def _drop(self, pending: _Pending, why: BaseException) -> None:
-        self._selector.unregister(pending.sock)
-        del self._pending[pending.sock]
-        with contextlib.closing(pending.sock):
-            self._dropped(pending.peer, pending.sock, why)
-
-    def _dropped(self, peer: Any, sock: socket.socket, why: BaseException) -> None:
-        if self._on_drop is not None:
-            self._on_drop(peer, why, sock)
-
-    def close(self) -> None:
-        """Stop listening; drop connections whose opening was not done."""
-        for pending in list(self._pending.values()):
-            pending.sock.close()
-        self._pending.clear()
-        for sock in self._groups.clear():
-            sock.close()
-        if self._sock.fileno() != -1:
-            self._selector.close()
-            self._sock.close()
-            remove_socket_file(self._unix_name)
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
