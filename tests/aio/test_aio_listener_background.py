@@ -282,3 +282,46 @@ def test_close_wakes_an_accept_waiting_in_another_task(backend: Backend) -> None
             assert await closes(stuck)
 
     run(main())
+
+
+def test_async_for_skips_failed_openings_and_ends_when_another_task_closes(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="arraywire")
+
+    async def main() -> None:
+        listener = await aio.listen(("127.0.0.1", 0), authkey=KEY)
+        got: list[Any] = []
+
+        async def serve() -> str:
+            async for channel in listener:
+                async with channel:
+                    got.append(await channel.recv())
+            return "ended"
+
+        server = asyncio.create_task(serve())
+        async with await aio.connect(listener.address, timeout=LIMIT, authkey=KEY) as client:
+            await client.send(np.arange(1))
+        with pytest.raises(AuthenticationError):
+            await aio.connect(listener.address, timeout=LIMIT, authkey=b"other key")
+        with await raw_connect(listener.address) as junk:
+            await asyncio.get_running_loop().sock_sendall(junk, b"GET / HTTP/1.1\r\n\r\n")
+            assert await closes(junk)
+        async with await aio.connect(listener.address, timeout=LIMIT, authkey=KEY) as client:
+            await client.send(np.arange(2))
+        assert await eventually(lambda: len(got) == 2)
+        listener.close()
+        assert await server == "ended"
+        assert [array.tolist() for array in got] == [[0], [0, 1]]
+        assert len(warnings_of(caplog)) == 2  # the wrong key, the garbage
+
+    run(main())
+
+
+def test_async_for_over_a_closed_listener_ends_at_once(backend: Backend) -> None:
+    async def main() -> None:
+        listener = await aio.listen(("127.0.0.1", 0))
+        await listener.aclose()
+        assert [channel async for channel in listener] == []
+
+    run(main())

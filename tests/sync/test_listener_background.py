@@ -253,3 +253,39 @@ def test_close_wakes_an_accept_waiting_in_another_thread(backend: Backend) -> No
             waiting.result(LIMIT)
         assert caught.value.errno == errno.EBADF
         assert closes(stuck)
+
+
+def test_for_skips_failed_openings_and_ends_when_another_thread_closes(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="arraywire")
+    listener = arraywire.listen(("127.0.0.1", 0), authkey=KEY)
+    got: list[Any] = []
+
+    def serve() -> str:
+        for channel in listener:
+            with channel:
+                got.append(channel.recv())
+        return "ended"
+
+    server = Peer(serve)
+    with arraywire.connect(listener.address, timeout=LIMIT, authkey=KEY) as client:
+        client.send(np.arange(1))
+    with pytest.raises(AuthenticationError):
+        arraywire.connect(listener.address, timeout=LIMIT, authkey=b"other key")
+    with raw_connect(listener.address) as junk:
+        junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert closes(junk)
+    with arraywire.connect(listener.address, timeout=LIMIT, authkey=KEY) as client:
+        client.send(np.arange(2))
+    assert eventually(lambda: len(got) == 2)
+    listener.close()
+    assert server.result(LIMIT) == "ended"
+    assert [array.tolist() for array in got] == [[0], [0, 1]]
+    assert len(warnings_of(caplog)) == 2  # the wrong key, the garbage
+
+
+def test_for_over_a_closed_listener_ends_at_once(backend: Backend) -> None:
+    listener = arraywire.listen(("127.0.0.1", 0))
+    listener.close()
+    assert list(listener) == []

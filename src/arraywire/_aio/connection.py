@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from ssl import SSLContext, SSLError
 from types import TracebackType
 from typing import Any
@@ -310,10 +311,10 @@ async def listen(
     same_host: bool | None = None,
     max_openings: int = DEFAULT_MAX_OPENINGS,
 ) -> Listener:
-    """``arraywire.listen`` for asyncio: ``await listener.accept()``;
-    ``authkey``, ``ssl``, ``max_streams`` and ``max_openings`` as there
-    (with ``ssl``, a peer's parallel streams are refused; ``same_host`` as
-    for ``connect``). Call it in the event loop that will use the Listener:
+    """``arraywire.listen`` for asyncio: ``await listener.accept()`` or
+    ``async for channel in listener``; ``authkey``, ``ssl``, ``max_streams``
+    and ``max_openings`` as there (with ``ssl``, a peer's parallel streams
+    are refused; ``same_host`` as for ``connect``). Call it in the event loop that will use the Listener:
     its accepting and each opening run as tasks of that loop, as connections
     arrive.
 
@@ -440,6 +441,19 @@ class Listener:
             await self._changed.wait()
         self._room.set()
         return item
+
+    async def __aiter__(self) -> AsyncIterator[Channel]:
+        """Each connection whose opening is done, until the Listener is
+        closed (from another task); a failed opening is skipped (it was
+        logged), as is a failed accept."""
+        while True:
+            try:
+                channel = await self.accept()
+            except (AuthenticationError, OSError):
+                if self._handover.closed:
+                    return
+                continue
+            yield channel
 
     async def _accept_all(self) -> None:
         loop = asyncio.get_running_loop()

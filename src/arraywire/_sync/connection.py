@@ -58,7 +58,8 @@ def listen(
     same_host: bool | None = None,
     max_openings: int = DEFAULT_MAX_OPENINGS,
 ) -> Listener:
-    """Listen for connections at address; ``accept()`` gives a Channel each.
+    """Listen for connections at address; ``accept()`` gives a Channel each,
+    and ``for channel in listener`` each in turn until the Listener is closed.
 
     The Listener runs the openings (TLS handshake, hello, authentication) of
     connections as they arrive, in a thread of its own, so ``connect``

@@ -11,7 +11,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ssl import SSLContext, SSLWantReadError, SSLWantWriteError
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -220,6 +220,19 @@ class Listener:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def __iter__(self) -> Iterator[Channel]:
+        """Each connection whose opening is done, until the Listener is
+        closed (from another thread); a failed opening is skipped (it was
+        logged), as is a failed accept."""
+        while True:
+            try:
+                channel = self.accept()
+            except (AuthenticationError, OSError):
+                if self._handover.closed:
+                    return
+                continue
+            yield channel
 
     def _wake_up(self) -> None:
         with contextlib.suppress(OSError):  # closed, or a wake-up already waits
