@@ -34,12 +34,15 @@ from distributed.comm.tcp import BaseTCPBackend, set_tcp_timeout
 from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 
 from arraywire import aio
+from arraywire._aio.connection import Listener as AioListener
 from arraywire._aio.tls import TLSChannel
 from arraywire._core import transport
+from arraywire._drivers.sockets import DEFAULT_HANDSHAKE_TIMEOUT, server_socket
 from arraywire._wire import dask_frames
-from arraywire._wire.errors import AuthenticationError, ProtocolError
+from arraywire._wire.errors import ProtocolError
 
-logger = logging.getLogger(__name__)
+# Where Dask's comms log: distributed.comm.tcp for tcp://, this for aw://.
+logger = logging.getLogger("distributed.comm.aw")
 T = TypeVar("T")
 
 PREFIX = "aw://"
@@ -402,7 +405,11 @@ class ArraywireListener(BaseListener):
 
     async def start(self) -> None:
         backlog = int(dask.config.get("distributed.comm.socket-backlog"))
-        self._listener = await aio.listen((self.ip, self.port), backlog=backlog, ssl=self._ssl)
+        sock, _ = server_socket((self.ip, self.port), backlog)
+        # each peer dropped during its opening is one warning under Dask's comm loggers
+        self._listener = AioListener(
+            sock, DEFAULT_HANDSHAKE_TIMEOUT, None, ssl=self._ssl, logger=logger
+        )
         self._spawn(self._accept_all(self._listener))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -411,17 +418,8 @@ class ArraywireListener(BaseListener):
         task.add_done_callback(self._tasks.discard)
 
     async def _accept_all(self, listener: aio.Listener) -> None:
-        while True:
-            try:
-                channel = await listener.accept()
-            except AuthenticationError as exc:  # a peer with a key: aw:// has none
-                logger.warning("aw:// listener on %s: %s", self.listen_address, exc)
-                continue
-            except OSError as exc:
-                if listener.fileno() == -1:  # stopped
-                    return
-                logger.warning("aw:// listener on %s: accept failed: %s", self.listen_address, exc)
-                continue
+        # until stop(); the Listener has logged the peers it dropped
+        async for channel in listener:
             self._spawn(self._handle(channel))
 
     async def _handle(self, channel: aio.Channel) -> None:

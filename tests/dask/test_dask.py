@@ -5,6 +5,7 @@ transport backends, plain and with TLS from Dask's Security."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -626,3 +627,37 @@ def test_a_corrupt_head_gives_protocol_error_or_frames_that_add_up(noise, extra_
 def test_what_is_not_a_dask_message_is_named(arrays, reason) -> None:
     with pytest.raises(ProtocolError, match=reason):
         dask_frames.to_frames(arrays)
+
+
+class Records(logging.Handler):
+    """The records of one logger, whatever Dask's logging setup propagates."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@gen_test()
+async def test_garbage_sent_to_a_listener_is_one_warning_under_distributed_comm_aw(
+    backend,
+) -> None:
+    aw, heard = logging.getLogger("distributed.comm.aw"), Records()
+    aw.addHandler(heard)
+    try:
+        async with listen("aw://127.0.0.1:0", echo) as listener:
+            reader, writer = await asyncio.open_connection(*listener.get_host_port())
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                await reader.read()  # until dropped
+            except ConnectionResetError:  # dropped with bytes unread
+                pass
+            here = writer.get_extra_info("sockname")
+            writer.close()
+    finally:
+        aw.removeHandler(heard)
+    [warning] = [r.getMessage() for r in heard.records if r.levelno == logging.WARNING]
+    assert f"dropped {here[0]}:{here[1]}" in warning
+    assert "the peer is not arraywire: its hello begins with b'GET '" in warning
