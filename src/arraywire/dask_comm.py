@@ -326,7 +326,6 @@ class ArraywireComm(Comm):
         if not self._transfers:
             self._channel.close()
 
-
     def closed(self) -> bool:
         return self._closed
 

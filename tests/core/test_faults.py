@@ -33,8 +33,6 @@ import arraywire
 MB = 1 << 20
 
 
-
-
 def _payload_code(nbytes: int, seed: int) -> str:
     # the child builds the same bytes as faultkit.payload
     return f"np.random.default_rng({seed}).integers(0, 251, {nbytes}, dtype=np.uint8)"
@@ -417,7 +415,6 @@ def test_more_than_2_gib_in_one_call(backend: Backend, pairs: Pairs, huge: np.nd
     assert backend.module.send_from(huge, a) == HUGE
     assert receiver.result(300) == HUGE
     assert np.array_equal(target, huge)
-
 
 
 @pytest.mark.slow

@@ -416,7 +416,7 @@ def test_silent_and_garbage_peers_do_not_stall_accept(backend: Backend) -> None:
         silent.setblocking(False)
         with pytest.raises(BlockingIOError):
             silent.recv(1)
-        # a Listener handles hellos while someone is in accept()
+        # a Listener handles hellos while someone waits in accept()
         started = time.monotonic()
         waiting = Peer(lambda: listener.accept(timeout=6))
         assert ends(garbage)  # dropped at once

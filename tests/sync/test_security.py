@@ -532,7 +532,7 @@ def test_aio_garbage_and_silence_do_not_hold_up_a_good_client(backend: Backend, 
 def test_a_plain_client_of_a_tls_listener_gets_a_clear_error(backend: Backend, tls) -> None:
     server, _ = tls
     with arraywire.listen(("127.0.0.1", 0), ssl=server) as listener:
-        accepting = Peer(lambda: listener.accept(timeout=3.0))  # the Listener works inside accept()
+        accepting = Peer(lambda: listener.accept(timeout=3.0))
         started = time.monotonic()
         with pytest.raises((ProtocolError, ConnectionResetError), match="TLS"):
             arraywire.connect(listener.address, timeout=LIMIT)

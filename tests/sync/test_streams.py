@@ -591,8 +591,8 @@ def test_aio_a_late_stream_of_a_given_up_group_is_refused(backend: Backend) -> N
 
 
 def _raw_stream_after_accepting(listener: arraywire.Listener) -> socket.socket:
-    """Stream 0 of a group of 2 whose stream 1 never comes; its opening runs
-    inside accept(), which does not return it."""
+    """Stream 0 of a group of 2 whose stream 1 never comes; the Listener runs
+    its opening and does not hand it to accept()."""
     result: list[socket.socket] = []
     peer = Peer(lambda: result.append(_raw_stream(listener.address, os.urandom(16), 0, 2)))
     with pytest.raises(TimeoutError):

@@ -21,8 +21,6 @@ MB = 1 << 20
 DTYPES = ["<f8", ">i4", "|u1", "<c16", "<f2", "|b1", "<M8[ms]", "|S7", "<i2,<f4"]
 
 
-
-
 def _digest(array: np.ndarray) -> str:
     description = f"{array.dtype.str}{array.dtype.descr}{array.shape}".encode()
     return hashlib.blake2b(description + np.ascontiguousarray(array).tobytes()).hexdigest()

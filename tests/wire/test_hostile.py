@@ -27,8 +27,6 @@ MB = 1 << 20
 ALLOCATION_LIMIT = 2 * MB
 
 
-
-
 def _descriptor(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
     text = dtype.encode()
     return (

@@ -411,7 +411,6 @@ def check_only_engine_errors(message: bytes) -> None:
     assert results[0] == results[1]
 
 
-
 def test_repeated_names_are_refused(backend: Backend, receive) -> None:
     descriptor = ARRAY_FIXED.pack(8, 1, b"C", 3) + DIM.pack(1) + b"<f8" + NAME_LENGTH.pack(1) + b"x"
     block = descriptor * 2

@@ -89,14 +89,6 @@ def send_array(
     return send_arrays((array,), sock, metadata=metadata, progress=progress)
 
 
-
-
-
-
-
-
-
-
 def recv_arrays(
     sock: Any,
     *,

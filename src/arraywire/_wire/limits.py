@@ -31,10 +31,6 @@ CLEAN_END = "the peer closed the connection (cleanly, between messages)"
 IOV_MAX = 1024
 
 
-
-
-
-
 def repeatable_dtype(dtype: np.dtype) -> bool:
     """Whether messages of this dtype may reuse a learned header: its buffer
     exports (not datetime64/timedelta64) and it has no fields (a structured
