@@ -17,13 +17,11 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 from backends import Backend
+from listening import KEY, LIMIT, options, peer_text, warnings_of
 
 import arraywire
 from arraywire import AuthenticationError, ProtocolError, aio
 
-LIMIT = 30.0
-KEY = b"k" * 32
-LOGGER = "arraywire.listener"
 T = TypeVar("T")
 
 
@@ -41,16 +39,6 @@ def address(request: pytest.FixtureRequest) -> Iterator[Any]:
         return
     with tempfile.TemporaryDirectory() as directory:
         yield os.path.join(directory, "listener")
-
-
-def options(kind: str, tls: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The listen() and connect() keywords of a kind of connection."""
-    server, client = tls
-    return {
-        "plain": ({}, {}),
-        "key": ({"authkey": KEY}, {"authkey": KEY}),
-        "tls": ({"ssl": server}, {"ssl": client, "server_hostname": "localhost"}),
-    }[kind]
 
 
 async def raw_connect(address: Any) -> socket.socket:
@@ -81,17 +69,6 @@ async def eventually(condition: Callable[[], bool]) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == LOGGER and r.levelno == logging.WARNING]
-
-
-def peer_text(sock: socket.socket) -> str:
-    """How the Listener's log names this end of a connection."""
-    name = sock.getsockname()
-    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "an unnamed AF_UNIX peer"
 
 
 @pytest.mark.parametrize("kind", ["plain", "key", "tls"])
