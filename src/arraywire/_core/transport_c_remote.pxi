@@ -138,6 +138,7 @@ def copy_from_process(pid, ranges, obj, *, progress=None):
     cdef Py_buffer view
     cdef RemoteCopy c
     cdef Py_ssize_t index
+    cdef double now
     acquire(obj, &view, True)
     try:
         memset(&c, 0, sizeof(c))
@@ -155,8 +156,9 @@ def copy_from_process(pid, ranges, obj, *, progress=None):
         c.reporting = progress is not None
         c.chunk = progress_chunk if c.reporting else max_chunk
         c.in_main_thread = PyThread_get_thread_ident() == main_thread_ident
-        c.next_report = arraywire_monotonic() + progress_interval
-        c.next_signal_check = c.next_report - progress_interval + signal_check_interval
+        now = arraywire_monotonic()
+        c.next_report = now + progress_interval
+        c.next_signal_check = now + signal_check_interval
         try:
             drive_copy(&c, progress)
         except BaseException as exc:
