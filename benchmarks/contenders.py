@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 from harness import Contender
 
-from arraywire._cli.bench import recv_line, send_line
+from arraywire._cli.bench import pattern, recv_line, send_line
 
 LENGTH = struct.Struct("!Q")
 
@@ -212,3 +212,20 @@ class AioChannel(Aio):
     def close(self) -> None:
         self.channel.close()
         super().close()
+
+
+class Memcpy(Contender):
+    """The limit for one copy: ``np.copyto`` from an array of the measuring
+    process into its reused receive buffer (faulted in by the warm-up
+    repetition). Nothing crosses the socket; the peer only waits."""
+
+    def __init__(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str):
+        super().__init__(sock, ctl, job, role)
+        self.source = pattern(max(job["sizes"])) if role == "measure" else None
+
+    def send(self, array: np.ndarray) -> None:
+        pass
+
+    def recv(self, out: np.ndarray) -> np.ndarray:
+        np.copyto(out, self.source[: out.size])
+        return out

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -181,34 +183,50 @@ def spin_seconds(size: int) -> float:
     return 1.0 + size / (100 * MB)
 
 
-def cluster(scheme: str, repeats: int) -> list[dict[str, Any]]:
-    """Rows of worker-to-worker bandwidth (bytes/s) for every size, with and
-    without a GIL-holding task on the receiving worker; one cluster."""
+@contextmanager
+def two_workers(scheme: str) -> Iterator[tuple[Any, str, str]]:
+    """A Client of a ``LocalCluster`` of two worker processes whose comms are
+    scheme, and the two workers' addresses."""
     from distributed import Client, LocalCluster
 
-    rows = []
     with LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, protocol=f"{scheme}://",
         dashboard_address=None, memory_limit=0,
     ) as local, Client(local) as client:
         first, second = sorted(client.scheduler_info()["workers"])
+        yield client, first, second
+
+
+def transfers(client: Any, first: str, second: str, size: int, busy: bool, repeats: int) -> list[float]:
+    """Bandwidths (bytes/s) of repeats transfers of a size-byte array made on
+    first to a task on second, after a warm-up; with busy, a GIL-holding task
+    runs on second meanwhile."""
+    bandwidths = []
+    for tag in range(repeats + 1):  # the first is a warm-up
+        made = client.submit(make_array, size, tag, workers=[first], pure=False)
+        made.result()
+        spinner = (client.submit(hold_gil, spin_seconds(size), workers=[second], pure=False)
+                   if busy else None)
+        if spinner is not None:
+            time.sleep(0.5)  # the spinner is running before the transfer starts
+        total = client.submit(np.sum, made, workers=[second], pure=False)
+        assert total.result() == tag * (size // 8)
+        if tag:
+            bandwidths.append(client.run(last_incoming_bandwidth, workers=[second])[second])
+        if spinner is not None:
+            spinner.result()
+        del made, total
+    return bandwidths
+
+
+def cluster(scheme: str, repeats: int) -> list[dict[str, Any]]:
+    """Rows of worker-to-worker bandwidth for every size, with and without a
+    GIL-holding task on the receiving worker; one cluster."""
+    rows = []
+    with two_workers(scheme) as (client, first, second):
         for busy in (False, True):
             for size in SIZES:
-                bandwidths = []
-                for tag in range(repeats + 1):  # the first is a warm-up
-                    made = client.submit(make_array, size, tag, workers=[first], pure=False)
-                    made.result()
-                    spinner = (client.submit(hold_gil, spin_seconds(size), workers=[second], pure=False)
-                               if busy else None)
-                    if spinner is not None:
-                        time.sleep(0.5)  # the spinner is running before the transfer starts
-                    total = client.submit(np.sum, made, workers=[second], pure=False)
-                    assert total.result() == tag * (size // 8)
-                    if tag:
-                        bandwidths.append(client.run(last_incoming_bandwidth, workers=[second])[second])
-                    if spinner is not None:
-                        spinner.result()
-                    del made, total
+                bandwidths = transfers(client, first, second, size, busy, repeats)
                 rows.append({"scheme": scheme, "busy": busy, "size": size,
                              "gbps": statistics.median(bandwidths) / 1e9})
     return rows

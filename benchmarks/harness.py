@@ -19,6 +19,7 @@ import resource
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -121,33 +122,49 @@ class ChannelMessages(Contender):
 class Connected(ChannelMessages):
     """A Channel from arraywire.listen / connect, as users open one (hello
     included), over TLS when job["certs"] names the PEM files, over
-    job["streams"] parallel connections when it is above 1. The measuring side
-    listens on job["host"] (loopback by default) and passes its port over the
-    control socket."""
+    job["streams"] parallel connections when it is above 1, with
+    ``same_host=job["same_host"]`` at both ends (the default when absent).
+    The measuring side listens on job["host"] (loopback by default), or on a
+    path in a temporary directory when job["family"] is "unix", and passes
+    its port or path over the control socket."""
 
     def open(self, sock: socket.socket, ctl: socket.socket, job: dict[str, Any], role: str) -> arraywire.Channel:
         sock.close()
         certs = job.get("certs")
         host = job.get("host", "127.0.0.1")
-        streams = job.get("streams", 1)
+        unix = job["family"] == "unix"
+        options = {"streams": job.get("streams", 1), "same_host": job.get("same_host")}
         if role != "measure":
             context = ssl.create_default_context(cafile=certs["ca"]) if certs else None
-            return arraywire.connect((host, int(recv_line(ctl))), ssl=context, streams=streams)
+            where = recv_line(ctl)
+            return arraywire.connect(where if unix else (host, int(where)), ssl=context, **options)
         context = None
         if certs:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(certs["cert"])
-        with arraywire.listen((host, 0), ssl=context, max_streams=MAX_STREAMS) as listener:
-            send_line(ctl, str(listener.address[1]))
-            return listener.accept()
+        with tempfile.TemporaryDirectory() as directory:
+            address = os.path.join(directory, "listener") if unix else (host, 0)
+            with arraywire.listen(address, ssl=context, max_streams=MAX_STREAMS,
+                                  same_host=options["same_host"]) as listener:
+                send_line(ctl, address if unix else str(listener.address[1]))
+                return listener.accept()
 
     def details(self) -> dict[str, Any]:
-        # The connections the receiver joined: a streams= that was ignored shows here.
-        details: dict[str, Any] = {"sockets": len(self.channel.sockets)}
+        # The connections the receiver joined: a streams= that was ignored shows here;
+        # likewise whether the opening turned same-host copies on.
+        details: dict[str, Any] = {"sockets": len(self.channel.sockets), "same_host": self.channel.same_host}
         tls = self.channel.socket
         if isinstance(tls, ssl.SSLSocket):
             details["tls"] = f"{tls.version()}, {tls.cipher()[0]}, {ssl.OPENSSL_VERSION}"
         return details
+
+
+class ConnectedInto(Connected):
+    """Connected, receiving with ``recv(out=)`` into the reused buffer (the
+    warm-up repetition has faulted its pages in)."""
+
+    def recv(self, out: np.ndarray) -> np.ndarray:
+        return self.channel.recv(out=out, max_bytes=None)
 
 
 class ChannelBatched(ChannelMessages):

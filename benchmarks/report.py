@@ -122,6 +122,8 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
         dask_targets(data["dask"], add)
     if "streams" in data:
         streams_targets(data["streams"], add, checks)
+    if "same-host" in data:
+        same_host_targets(data["same-host"], add, checks)
     if "memory" in data:
         for r in data["memory"]["rows"]:
             if r["contender"] in (COMPILED, CHANNEL):
@@ -129,6 +131,47 @@ def targets(data: dict[str, dict[str, Any]]) -> list[list[str]]:
                 add(f"peak RSS added by {how} of 400 MB, {FAMILY_NAMES[r['family']]} <= 1.05x payload",
                     r["added_bytes"] / r["payload"], lambda x: x <= 1.05)
     return checks
+
+
+def same_host_targets(same: dict[str, Any], add: Callable[..., None], checks: list[list[str]]) -> None:
+    """The targets of the same-host issue. A row that asked for copies on a
+    Channel whose opening left them off (``channel.same_host`` false) misses
+    the targets that need copies."""
+    rows = same["rows"]
+
+    def versus(target: str, on: dict[str, Any] | None, base: dict[str, Any] | None, least: float) -> None:
+        if on and not on["copies"]:
+            checks.append([target, "copies off (channel.same_host false)", "**missed**"])
+        else:
+            add(target, on["gbps"] / base["gbps"] if on and base else None, lambda x: x >= least)
+
+    for family in FAMILIES:
+        name = FAMILY_NAMES[family]
+
+        def row(destination: str, size: int, on: bool, family: str = family) -> dict[str, Any] | None:
+            return pick(rows, family=family, destination=destination, size=size, same_host=on)
+
+        versus(f"400 MB fresh, {name}: same_host on / off >= 2.5",
+               row("fresh", 400_000_000, True), row("fresh", 400_000_000, False), 2.5)
+        versus(f"400 MB recv(out=), {name}: same_host on / memcpy >= 0.8",
+               row("out=", 400_000_000, True), pick(same["memcpy"], size=400_000_000), 0.8)
+        for destination in ("fresh", "out="):
+            versus(f"1 MiB {destination}, {name}: same_host on / off >= 1.3",
+                   row(destination, 1 << 20, True), row(destination, 1 << 20, False), 1.3)
+        for destination in ("fresh", "out="):
+            target = f"every size {destination}, {name}: same_host on / off >= 0.95"
+            ratios = {r["size"]: r["gbps"] / off["gbps"]
+                      for r in rows if r["family"] == family and r["destination"] == destination and r["same_host"]
+                      for off in [row(destination, r["size"], False)] if off}
+            if not ratios:
+                add(target, None, lambda x: x >= 0.95)
+                continue
+            worst = min(ratios, key=ratios.__getitem__)
+            checks.append([target, f"{ratios[worst]:.2f}x at {size_label(worst)} (the lowest)",
+                           "met" if ratios[worst] >= 0.95 else "**missed**"])
+    aw, tcp = pick(same["cluster"], scheme="aw"), pick(same["cluster"], scheme="tcp")
+    add("Dask cluster 400 MB worker to worker, idle: aw:// / tcp:// >= 2",
+        aw["gbps"] / tcp["gbps"] if aw and tcp else None, lambda x: x >= 2)
 
 
 def streams_targets(streams: dict[str, Any], add: Callable[..., None], checks: list[list[str]]) -> None:
@@ -267,6 +310,8 @@ def sections(data: dict[str, dict[str, Any]]) -> list[str]:
         out.append(tls_section(data["tls"]))
     if "streams" in data:
         out.append(streams_section(data["streams"]))
+    if "same-host" in data:
+        out.append(same_host_section(data["same-host"]))
     return out
 
 
@@ -335,6 +380,43 @@ def streams_section(streams: dict[str, Any]) -> str:
                    f"through the shaped link, {cli['bytes'] / 1e9:.2f} GB, timed from starting the sender to its "
                    f"exit (after the receiver's confirmation): {cli['seconds']:.1f} s, {cli['mbps']:.0f} Mbit/s; "
                    f"received file {'byte-identical' if cli['identical'] else '**differs**'}.")
+    return "\n\n".join(out)
+
+
+def same_host_section(same: dict[str, Any]) -> str:
+    rows = same["rows"]
+    onoff = {True: "on", False: "off"}
+    columns, table = _grid(rows, ("family", "destination", "same_host", "copies"), "size",
+                           lambda r: f"{r['gbps']:.3g}")
+    table = [[family, destination, onoff[asked], str(copies).lower(), *cells]
+             for family, destination, asked, copies, *cells in table]
+    memcpy = {r["size"]: r["gbps"] for r in same["memcpy"]}
+    table.append(["one process", "memcpy (`np.copyto`, prefaulted)", "", "",
+                  *(f"{memcpy[c]:.3g}" if c in memcpy else "" for c in columns)])
+    ratios = []
+    for family in FAMILIES:
+        for destination in ("fresh", "out="):
+            cells = []
+            for size in columns:
+                on, off = (pick(rows, family=family, destination=destination, size=size, same_host=x)
+                           for x in (True, False))
+                cells.append(f"{on['gbps'] / off['gbps']:.2f}" if on and off else "")
+            ratios.append([FAMILY_NAMES[family], destination, *cells])
+    out = ["### 10. Same host: `same_host` on and off (GB/s)",
+           "A Channel from `arraywire.listen` / `connect` with `same_host=True` or `False` at both "
+           "ends, compiled backend, one way, timed by the receiver; *fresh*: `channel.recv()`, "
+           "*out=*: `channel.recv(out=)` into a reused array; `channel.same_host` is what the "
+           "receiver's Channel said (whether the opening turned copies on):\n\n"
+           + markdown_table(["socket", "destination", "same_host", "channel.same_host",
+                             *map(size_label, columns)], table),
+           "on / off:\n\n" + markdown_table(["socket", "destination", *map(size_label, columns)], ratios)]
+    if same["cluster"]:
+        out.append("`LocalCluster(n_workers=2, processes=True)`, 400 MB from one worker to the other, "
+                   "receiving worker idle (its `transfer_incoming_log`, GB/s):\n\n"
+                   + markdown_table(["scheme", "GB/s"],
+                                    [[f"{r['scheme']}://", f"{r['gbps']:.3g}"] for r in same["cluster"]]))
+    else:
+        out.append(f"Dask cluster not measured: {same['cluster_skipped']}.")
     return "\n\n".join(out)
 
 

@@ -1,6 +1,6 @@
 """Run arraywire's benchmark suite (issue 4); see benchmarks/README.md.
 
-    python benchmarks/run.py                 # everything, ~17 minutes on 2 cores
+    python benchmarks/run.py                 # everything, ~20 minutes on 2 cores
     python benchmarks/run.py --only latency  # one scenario, report rebuilt
     python benchmarks/run.py --quick         # a short check, in results/quick/
 

@@ -44,11 +44,12 @@ class Settings:
     repeats: int = 3
     sizes: tuple[int, ...] = (64, KiB, 16 * KiB, 256 * KiB, 4 * MiB, 64 * MiB, ARRAY_400MB, GiB)
     thread_bytes: int = 200 * MB
+    same_host_sizes: tuple[int, ...] = (64 * KiB, MiB, 16 * MiB, ARRAY_400MB, GiB)
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(rounds=1, repeats=2, sizes=(64, 64 * KiB, 4 * MiB, ARRAY_400MB),
-                   thread_bytes=100 * MB)
+                   thread_bytes=100 * MB, same_host_sizes=(64 * KiB, MiB, 16 * MiB, ARRAY_400MB))
 
 
 # label -> (contender, backend, extra job keys)
@@ -96,6 +97,12 @@ CONNECTED = {
     "arraywire Channel compiled": ("harness:Connected", "c", {}),
     "arraywire Channel pure": ("harness:Connected", "python", {}),
 }
+# destination -> contender: fresh arrays from recv(), or recv(out=) into a reused one
+SAME_HOST = {
+    "fresh": ("harness:Connected", "c", {}),
+    "out=": ("harness:ConnectedInto", "c", {}),
+}
+MEMCPY = ("contenders:Memcpy", "c", {})
 STREAM_COUNTS = (1, 2, 4)
 # Per stream through the shaped link: about 2.7 s at its 100 Mbit/s.
 LINK_BYTES_PER_STREAM = 32 * MB
@@ -428,6 +435,49 @@ def cli_transfer(link: netlink.ShapedLink, nbytes: int, options: list[str]) -> d
                 "identical": filecmp.cmp(sent, received, shallow=False)}
 
 
+def same_host(settings: Settings) -> dict[str, Any]:
+    """10. Same-host copies: Channels from arraywire.listen / connect with
+    ``same_host`` on and off at both ends, AF_UNIX and loopback TCP, into
+    fresh arrays and with ``recv(out=)``; a memcpy of each size in one
+    process, in the same rounds; aw:// against tcp:// between the two workers
+    of a LocalCluster."""
+    sizes = list(settings.same_host_sizes)
+    cases: dict[Any, dict[str, Any]] = {
+        (family, destination, on): job(contender, family=family, sizes=sizes, same_host=on)
+        for family in FAMILIES
+        for destination, contender in SAME_HOST.items()
+        for on in (True, False)
+    }
+    cases["memcpy"] = job(MEMCPY, family="unix", sizes=sizes)
+    results = run_rounds(cases, settings)
+    memcpy = results.pop("memcpy")
+    rows = [
+        {"family": family, "destination": destination, "same_host": on, "copies": result["same_host"],
+         "size": size, "gbps": median_gbps(result, size)}
+        for (family, destination, on), result in results.items()
+        for size in sizes
+    ]
+    return {"rows": rows, "memcpy": [{"size": size, "gbps": median_gbps(memcpy, size)} for size in sizes],
+            **worker_to_worker(settings)}
+
+
+def worker_to_worker(settings: Settings) -> dict[str, Any]:
+    """400 MB from one worker of a two-process LocalCluster to the other,
+    aw:// and tcp://, a new cluster of each per round (dask_comms.py)."""
+    if importlib.util.find_spec("distributed") is None:
+        return {"cluster": [], "cluster_skipped": "distributed is not installed (pip install '.[dask]')"}
+    import dask_comms as dask_benchmark
+
+    bandwidths: dict[str, list[float]] = {scheme: [] for scheme in dask_benchmark.SCHEMES}
+    for _ in range(settings.rounds):
+        for scheme, pooled in bandwidths.items():
+            with dask_benchmark.two_workers(scheme) as (client, first, second):
+                pooled += dask_benchmark.transfers(client, first, second, ARRAY_400MB, busy=False,
+                                                 repeats=settings.repeats)
+    return {"cluster": [{"scheme": scheme, "size": ARRAY_400MB, "gbps": statistics.median(pooled) / 1e9}
+                        for scheme, pooled in bandwidths.items()]}
+
+
 SCENARIOS = {
     "throughput": throughput,
     "contention": contention,
@@ -438,4 +488,5 @@ SCENARIOS = {
     "dask": dask_comms,
     "tls": tls,
     "streams": streams,
+    "same-host": same_host,
 }
