@@ -171,17 +171,28 @@ def test_inactivity_timeout(backend: Backend, pair) -> None:
 
 
 def test_slow_but_steady_peer_never_times_out(backend: Backend, pair) -> None:
+    """The timeout bounds each wait for bytes, not the whole call: 1 s against
+    pauses of 20 ms (a feeder kept off the CPU for most of a second still
+    passes), in a call that lasts at least twice the timeout."""
     a, b = pair
-    b.settimeout(0.5)
+    b.settimeout(1.0)
+    chunk, chunks = 10_000, 101
+    target = bytearray(chunk * chunks)
 
     def trickle() -> None:
-        for _ in range(8):
-            a.sendall(b"q" * 10_000)
-            time.sleep(0.15)
+        for end in range(chunk, len(target) + 1, chunk):
+            a.sendall(b"q" * chunk)
+            # pause only once the receiver holds it: its call cannot finish
+            # sooner than 100 pauses, however late it started
+            deadline = time.monotonic() + 10
+            while target[end - 1] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.02)
 
     feeder = Peer(trickle)
-    target = bytearray(80_000)
-    assert backend.module.recv_into(target, b) == 80_000  # takes > 1 s in total
+    started = time.monotonic()
+    assert backend.module.recv_into(target, b) == len(target)
+    assert time.monotonic() - started >= 2.0
     feeder.result()
 
 
