@@ -326,20 +326,3 @@ def test_aio_peer_of_a_blocking_end(backend: Backend, directory: str) -> None:
             np.testing.assert_array_equal(channel.recv(), np.arange(3))
         assert peer.result() is False
 
-
-def test_described_message_not_taken_yet(backend: Backend, directory: str) -> None:
-    """Copies on, a ranges record from the peer: this release's receive
-    refuses it (docs/PROTOCOL.md: a peer must not describe messages to it)."""
-    path = os.path.join(directory, "sock")
-    memory = np.frombuffer(b"p" * samehost.PROBE_BYTES, np.uint8).copy()
-    ranges = samehost.encode_ranges(((samehost.Range(memory.ctypes.data, 32),),))
-    peer = serve_raw(path, [
-        hello.SIZE, hello.encode(capabilities=BOTH), PROBE_RECORD,
-        samehost.encode_probe(memory.ctypes.data, memory.tobytes()), ANSWER_RECORD,
-        samehost.encode_answer(samehost.EQUAL), ranges,
-    ])
-    with arraywire.connect(path, timeout=LIMIT) as channel:
-        assert channel.same_host is True
-        with pytest.raises(ProtocolError, match="ranges record"):
-            channel.recv(timeout=LIMIT)
-    peer.result()

@@ -207,15 +207,52 @@ def test_a_ranges_record_is_the_documented_bytes() -> None:
     assert samehost.decode_ranges(record[16:]) == description
 
 
-def test_a_same_host_record_where_a_message_starts_is_no_message() -> None:
-    """Until a Channel makes same-host copies, the engine takes only a
-    refusal where a message starts."""
+@pytest.mark.parametrize("kind", [control.PROBE, control.PROBE_ANSWER, control.CONFIRM])
+def test_records_a_message_start_does_not_take(kind: int) -> None:
+    """Where a message starts the engine takes a refusal, a ranges record
+    (a described message follows) or a copied record (the driver's); any
+    other record is refused from its first 16 bytes."""
     message = Receive(None, capabilities=ON)
     reads = message.reads()
     preamble = next(reads)[0]
-    preamble[:] = samehost.encode_confirm()
-    with pytest.raises(ProtocolError, match="a confirm record where a message starts; this end takes only a refusal"):
+    preamble[:] = control.RECORD.pack(control.MAGIC, kind, 0, control.TYPES[kind][1], 0)
+    with pytest.raises(ProtocolError, match=f"a {control.NAMES[kind]} record where a message starts"):
         next(reads)
+
+
+def test_a_described_message_read_by_the_engine() -> None:
+    """A copied record the driver gets as an Answer, a ranges record, then
+    the header; a Copy of the described arrays, then the confirm: the
+    message's bytes count the header and the payload, never a record's."""
+    array = np.arange(1000, dtype=np.float64)
+    header = plan_send((array,)).header
+    message = Receive(None, capabilities=ON)
+    reads = message.reads()
+    description = ((samehost.Range(0x10000, array.nbytes),),)
+    ranges = samehost.encode_ranges(description)
+    copied = samehost.encode_copied(8)
+    request = next(reads)
+    for data in (copied[:16], copied[16:]):
+        request[0][:] = data
+        request = next(reads)
+    assert request == samehost.Answer(copied[16:], True)
+    request = next(reads)
+    for data in (ranges[:16], ranges[16:]):
+        request[0][:] = data
+        request = next(reads)
+    request[0][:] = header[:16]
+    request = next(reads)
+    request[0][:] = header[16:]
+    message.moved(len(header))
+    copy = next(reads)
+    assert isinstance(copy, samehost.Copy) and copy.description == description
+    assert copy.arrays is not None and copy.arrays[0].shape == (1000,)
+    message.moved(array.nbytes)
+    request = next(reads)
+    request[0][:] = samehost.encode_confirm()
+    with pytest.raises(StopIteration):
+        next(reads)
+    assert message.offset == message.total == len(header) + array.nbytes
 
 
 def test_a_sender_s_last_word_is_a_refusal_only() -> None:

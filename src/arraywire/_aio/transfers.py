@@ -442,6 +442,7 @@ async def _receive(
                 elif isinstance(request, Stripes):
                     await _receive_stripes(claim, request, inbox, streams, message)
                 else:
+                    assert isinstance(request, list)  # aio never turns same-host copies on
                     await move(claim, request, False, message.reporter)
         except IncompleteTransferError as exc:
             end = message.end_of_stream(exc)

@@ -11,13 +11,14 @@ import select
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from arraywire._core.protocol import ReadAhead as Inbox
+from arraywire._core.protocol import Core, ReadAhead as Inbox
 from arraywire._drivers.rules import ChannelRules
-from arraywire._wire import control, hello, peers
+from arraywire._wire import control, hello
 from arraywire._wire.engine import ReadAhead
 
 # A send fails with these when the receiver closed; its last word may say why.
@@ -29,6 +30,7 @@ DRAIN_READ_BYTES = 1 << 16
 # send costs no system call for it.
 CHECK_BYTES = 1 << 20
 PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+REFUSAL_START = struct.Struct("<4sH")  # a record's magic and type
 
 
 def may_write_record(rules: ChannelRules) -> bool:
@@ -46,14 +48,17 @@ def release_record(rules: ChannelRules) -> None:
         send.release()
 
 
-def refuse(rules: ChannelRules, socks: Sequence[socket.socket], write: Callable[[], None]) -> bool:
-    """A blocking receive's refusal: ``write`` the record (unless a send
-    holds the socket), then ``drain``. False when no record went: the
-    caller shuts the connection down as for any broken stream."""
+def refuse(rules: ChannelRules, socks: Sequence[socket.socket], core: Core, record: bytes) -> bool:
+    """A blocking receive's refusal: write the record on the first stream
+    (unless a send holds it) within DRAIN_SECONDS (the socket's buffer takes
+    it at once unless the peer stopped reading), then ``drain``. False when
+    no record went: the caller shuts the connection down as for any broken
+    stream."""
     if not may_write_record(rules):
         return False
     try:
-        write()
+        socks[0].settimeout(control.DRAIN_SECONDS)
+        core.send_from(record, socks[0])
         drain(socks)
     except OSError:  # the sender is gone: it hears nothing
         return False
@@ -119,7 +124,7 @@ def readable(sock: socket.socket) -> bool:
 
 def readable_record(sock: socket.socket, inbox: Inbox) -> bool:
     """Whether the peer's next bytes, waiting with nothing in the read-ahead
-    buffer, begin a control record: a poll, and a look only when the socket
+    buffer, begin a refusal record: a poll, and a look only when the socket
     is readable (MSG_PEEK; over TLS, what has come decrypted into the buffer
     without waiting, left there for the next receive). Bytes already in the
     buffer belong to messages the next receive takes, records after them too."""
@@ -129,10 +134,10 @@ def readable_record(sock: socket.socket, inbox: Inbox) -> bool:
         if not readable(sock):
             return False
         try:
-            first = sock.recv(4, PEEK)
+            first = sock.recv(REFUSAL_START.size, PEEK)
         except OSError:
             return False
-        return peers.identify(first) == "control"
+        return is_refusal(first)
     if not sock.pending():
         try:  # the encrypted bytes: a peer's close is left for the send to meet
             if not (readable(sock) and socket.socket.recv(sock, 1, PEEK)):
@@ -150,7 +155,13 @@ def readable_record(sock: socket.socket, inbox: Inbox) -> bool:
     buffered = bytearray(inbox.buffered)  # the core's buffer has no look: take it, put it back
     inbox.take(buffered)
     inbox.preload(bytes(buffered))
-    return peers.identify(bytes(buffered[:4])) == "control"
+    return is_refusal(bytes(buffered[: REFUSAL_START.size]))
+
+
+def is_refusal(first: bytes) -> bool:
+    """Whether a message's first bytes begin a refusal record (the records
+    of same-host copies are the receive's to read)."""
+    return first == REFUSAL_START.pack(control.MAGIC, control.REFUSAL)
 
 
 def last_word(

@@ -9,7 +9,7 @@ import math
 import selectors
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -128,6 +128,14 @@ def end_addresses(sock: socket.socket) -> tuple[Any, Any]:
     return ends[0], ends[1]
 
 
+def cut_short(exc: BaseException, tls: bool) -> bool:
+    """Whether a failed send left the peer a part of a message. Over TLS
+    any failed write does: OpenSSL may have sent part of a record, and a
+    write cut short counts none of its bytes."""
+    done = getattr(exc, "bytes_done", None)
+    return bool(done) or (tls and done is not None)
+
+
 def check_wait(timeout: Any, *, zero: bool) -> float | None:
     """A receive's or poll's timeout in seconds: a real number, at least 0
     for poll (``zero``), above 0 for a receive; None waits for ever."""
@@ -232,12 +240,18 @@ class ChannelRules:
         """The directions claimed now."""
         return frozenset(direction for direction, lane in self.lanes.items() if lane.locked())
 
-    def claim(self, direction: Direction, what: str | None = None) -> None:
+    def claim(
+        self,
+        direction: Direction,
+        what: str | None = None,
+        wait: Callable[[threading.Lock], bool] | None = None,
+    ) -> None:
         """Take the direction for one transfer (``what``, the direction's
         own name by default, is what a refusal names). RuntimeError when it
-        is taken; BrokenStreamError, and nothing taken, once broken."""
+        is taken, unless ``wait(lane)`` took it after all; BrokenStreamError,
+        and nothing taken, once broken."""
         lane = self.lanes[direction]
-        if not lane.acquire(False):
+        if not lane.acquire(False) and not (wait is not None and wait(lane)):
             raise self.busy_error(direction)
         if self.broken is not None:
             lane.release()

@@ -1,6 +1,7 @@
 """Same-host copies, what the drivers share: the peer the kernel names for a
-socket (SO_PEERCRED) and the answer to its probe in the opening
-(docs/PROTOCOL.md, "Same host")."""
+socket (SO_PEERCRED), the answer to its probe in the opening, and the copy
+of a described payload with what its failure says (docs/PROTOCOL.md, "Same
+host")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import struct
 
 from arraywire._core import transport
 from arraywire._wire import samehost
+from arraywire._wire.engine import Receive
+from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.limits import numpy_bytes
 from arraywire._wire.opening import Opening, announced
 
 CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -51,3 +55,44 @@ def answer_probe(opening: Opening, sock: socket.socket) -> None:
     """Answer the peer's probe once the opening has one to answer."""
     if opening.probe is not None:
         opening.answer_probe(probe_answer(sock, opening.probe))
+
+
+def copy_payload(pid: int, request: samehost.Copy, message: Receive) -> None:
+    """Copy a described payload from the peer process into the receive's
+    arrays, one core call per array, counting each with ``message.moved``;
+    an error carries ``bytes_done`` of the array it stopped in."""
+    assert request.arrays is not None
+    reporter = message.reporter
+    for array, ranges in zip(request.arrays, request.description, strict=True):
+        if not ranges:
+            continue
+        part = None if reporter is None else reporter.part(message.offset)
+        moved = transport.impl.copy_from_process(
+            pid, ranges, numpy_bytes(array, True), progress=part
+        )
+        message.moved(moved)
+
+
+def copy_failed(exc: BaseException, request: samehost.Copy, message: Receive) -> tuple[bytes, BaseException]:
+    """For a copy that failed with exc: the copied record that says so (the
+    payload bytes copied, and the kernel's errno, or 0 for a stop of this
+    end's own) and what the receive raises: for a sender that is gone
+    (ESRCH), IncompleteTransferError, as for one gone inside a message."""
+    assert request.arrays is not None and message.total is not None
+    payload = sum(array.nbytes for array in request.arrays)
+    copied = message.offset + (getattr(exc, "bytes_done", None) or 0) - (message.total - payload)
+    number = (exc.errno or 0) if isinstance(exc, OSError) else 0
+    record = samehost.encode_copied(max(0, copied), samehost.FAILED, number)
+    if isinstance(exc, ProcessLookupError):
+        gone = IncompleteTransferError(getattr(exc, "bytes_done", None) or 0, 0)
+        return record, gone
+    return record, exc
+
+
+def refused_copy(answer: samehost.Copied, payload: int) -> ConnectionAbortedError:
+    """What a described send raises when the receiver's copy failed."""
+    why = os.strerror(answer.errno) if answer.errno else "it stopped of its own accord"
+    return ConnectionAbortedError(
+        f"the receiver's copy of the message failed after {answer.copied:,} of its "
+        f"{payload:,} payload bytes ({why}); it closed the connection"
+    )

@@ -15,9 +15,11 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 from ssl import SSLContext, SSLError
 from typing import Any, TypeAlias
 
+from arraywire._drivers.rules import receive_wait
 from arraywire._wire import hello, peers
 from arraywire._wire.errors import ProtocolError, unexpected_peer
 
@@ -218,3 +220,23 @@ def reset_in_opening(tls: bool) -> ConnectionResetError:
     return ConnectionResetError(
         errno.ECONNRESET, f"the peer reset the connection during the opening: {causes}"
     )
+
+
+def receive_timeout(sock: socket.socket, timeout: float | None) -> Callable[[], None]:
+    """Set a receive's ``timeout=`` (None: keep the socket's) on sock;
+    return what restores the socket's own."""
+    if timeout is None:
+        return _keep
+    seconds = receive_wait(timeout)
+    previous = sock.gettimeout()
+    sock.settimeout(seconds)
+
+    def restore() -> None:
+        if sock.fileno() != -1:
+            sock.settimeout(previous)
+
+    return restore
+
+
+def _keep() -> None:
+    """A receive without its own timeout leaves the socket's."""

@@ -101,6 +101,16 @@ def move_parts(
     return sum(moved)
 
 
+def move_timed_parts(
+    jobs: Sequence[Job], socks: Sequence[socket.socket], reporter: Reporter | None, offset: int
+) -> int:
+    """``move_parts``, with the first stream's timeout bounding every stream."""
+    timeout = socks[0].gettimeout()
+    for sock in socks[1:]:
+        sock.settimeout(timeout)
+    return move_parts(jobs, socks, reporter, offset)
+
+
 def send_jobs(core: Core, parts: Sequence[list[Any]], socks: Sequence[socket.socket]) -> list[Job]:
     """The jobs of a striped payload's send: parts[i] over socks[i]."""
     return [_part_job(core.sendmsg_from, part, sock) for part, sock in zip(parts, socks, strict=True)]

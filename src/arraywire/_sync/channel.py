@@ -35,16 +35,19 @@ from arraywire._drivers.rules import (
     Sockets,
     check_wait,
     coalesce,
+    cut_short,
     end_addresses,
     learn_layout,
     learn_message,
     learned_limit,
     learned_send,
     readable,
-    receive_wait,
 )
-from arraywire._drivers.striping import Job, move_parts, receive_jobs, send_jobs, shut_down
-from arraywire._wire import control, hello
+from arraywire._drivers.samehost import peer_pid
+from arraywire._drivers.sockets import receive_timeout
+from arraywire._drivers.striping import move_timed_parts, receive_jobs, send_jobs, shut_down
+from arraywire._sync.samehost import Copies
+from arraywire._wire import hello, samehost
 from arraywire._wire.engine import (
     Message,
     Receive,
@@ -54,9 +57,10 @@ from arraywire._wire.engine import (
     buffered_reads,
     plan_send,
 )
-from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.errors import IncompleteTransferError, ProtocolError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
 from arraywire._wire.limits import DIRECT_BYTES, Progress
+from arraywire._wire.samehost import SAME_HOST_BYTES
 
 
 class Channel:
@@ -127,6 +131,8 @@ class Channel:
         self._local, self._peer = end_addresses(sock)
         self._capabilities = capabilities
         self._unchecked = 0  # bytes of learned sends since the last look for a refusal
+        pid = peer_pid(sock) if capabilities & hello.SAME_HOST else None
+        self._copies = None if pid is None else Copies(pid, sock, core, self._rules, capabilities)
 
     @property
     def socket(self) -> socket.socket:
@@ -206,7 +212,10 @@ class Channel:
         try:
             if rules.broken is not None:
                 raise rules.broken_error("send")
-            if metadata is None and progress is None and learned_send(array, len(self._streams)):
+            if (
+                metadata is None and progress is None and learned_send(array, len(self._streams))
+                and (self._copies is None or getattr(array, "nbytes", 0) < SAME_HOST_BYTES)
+            ):
                 sent: int | None = self._outbox.send(array)
                 if sent is not None:
                     if self._capabilities:  # a look every CHECK_BYTES
@@ -221,7 +230,7 @@ class Channel:
             return plan.complete()
         except BaseException as exc:
             self._sent_refused("send", exc)
-            if self._cut_short(exc):
+            if cut_short(exc, self._tls):
                 self._break("send", exc)
             raise
         finally:
@@ -301,10 +310,10 @@ class Channel:
                     self._write(piece[1], "send_many")
                     sent += piece[1].total
         except BaseException as exc:
-            cut_short = self._cut_short(exc)
+            partial = cut_short(exc, self._tls)
             exc.bytes_done = sent + (getattr(exc, "bytes_done", None) or 0)  # type: ignore[attr-defined]
             self._sent_refused("send_many", exc)
-            if cut_short:
+            if partial:
                 self._break("send_many", exc)
             raise
         finally:
@@ -315,12 +324,23 @@ class Channel:
         self._rules.check_peer_reads(plan.header[4])
         parts = plan.stripes(len(self._streams))
         self._check_refused(what, 0)
+        copies = self._copies
+        if copies is not None and parts is None and copies.lend(plan):  # a described message
+            try:
+                copies.send(plan, self._read)
+            except BaseException as exc:
+                plan.fail(exc)
+                self._break(what, exc, plan)
+                raise
+            finally:
+                copies.give_back()
+            return
         try:
             if parts is None:
                 write_plan(plan, self._sock, plan.reporter, self._core)
             else:
                 jobs = send_jobs(self._core, parts, self._streams)
-                plan.moved(self._run_parts(jobs, plan.reporter, 0))
+                plan.moved(move_timed_parts(jobs, self._streams, plan.reporter, 0))
         except BaseException as exc:
             # over TLS, any failed write (see _cut_short); striped, any failure
             # (the streams were shut down)
@@ -358,20 +378,6 @@ class Channel:
         if refused is not None:
             self._break(what, refused)
             raise refused from exc
-
-    def _run_parts(self, jobs: list[Job], reporter: Any, offset: int) -> int:
-        """Each stream's part at once; the first stream's timeout bounds all."""
-        timeout = self._sock.gettimeout()
-        for sock in self._streams[1:]:
-            sock.settimeout(timeout)
-        return move_parts(jobs, self._streams, reporter, offset)
-
-    def _cut_short(self, exc: BaseException) -> bool:
-        """Whether a failed send left the peer a part of a message. Over TLS
-        any failed write does: OpenSSL may have sent part of a record, and a
-        write cut short counts none of its bytes."""
-        done = getattr(exc, "bytes_done", None)
-        return bool(done) or (self._tls and done is not None)
 
     # --- receiving ----------------------------------------------------------------
 
@@ -433,12 +439,14 @@ class Channel:
         """
         rules = self._rules
         lane = rules.lanes["receive"]
-        if not lane.acquire(False):
+        if not lane.acquire(False) and not self._wait_lent(lane):
             raise rules.busy_error("receive")
-        restore = self._wait(timeout)
+        restore = receive_timeout(self._sock, timeout)
         try:
             if rules.broken is not None:
                 raise rules.broken_error("receive")
+            if self._copies is not None and self._copies.stash:
+                return self._copies.take(True, out).arrays[0]  # type: ignore[index]
             if out is None and progress is None:
                 array: np.ndarray | None = self._inbox.take_array(
                     learned_limit(max_bytes, len(self._streams))
@@ -459,19 +467,8 @@ class Channel:
             restore()
             lane.release()
 
-    def _wait(self, timeout: float | None) -> Callable[[], None]:
-        """Set a receive's timeout on the sockets; return what restores theirs."""
-        if timeout is None:
-            return _keep
-        seconds = receive_wait(timeout)
-        previous = self._sock.gettimeout()
-        self._sock.settimeout(seconds)
-
-        def restore() -> None:
-            if self._sock.fileno() != -1:
-                self._sock.settimeout(previous)
-
-        return restore
+    def _wait_lent(self, lane: Any) -> bool:
+        return self._copies is not None and self._copies.wait_lent(lane)
 
     def poll(self, timeout: float | None = 0) -> bool:
         """Whether a message can be received: its bytes are buffered or
@@ -550,9 +547,11 @@ class Channel:
         EOFError, IncompleteTransferError, RuntimeError, BrokenStreamError, OSError
             As ``Channel.recv`` raises them.
         """
-        self._rules.claim("receive")
-        restore = self._wait(timeout)
+        self._rules.claim("receive", wait=self._wait_lent)
+        restore = receive_timeout(self._sock, timeout)
         try:
+            if self._copies is not None and self._copies.stash:
+                return self._copies.take()
             message = Receive(
                 max_bytes, max_metadata=max_metadata, progress=progress,
                 streams=len(self._streams), capabilities=self._capabilities,
@@ -592,21 +591,24 @@ class Channel:
     def _next(self) -> ChannelItem:
         rules = self._rules
         lane = rules.lanes["receive"]
-        if not lane.acquire(False):
+        if not lane.acquire(False) and not self._wait_lent(lane):
             raise rules.busy_error("receive")
         try:
             if rules.broken is not None:
                 raise rules.broken_error("receive")
-            array: np.ndarray | None = self._inbox.take_array(
-                learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
-            )
-            if array is not None:
-                return array
-            message = Receive(
-                DEFAULT_MAX_BYTES, streams=len(self._streams), capabilities=self._capabilities
-            )
-            self._read(message)
-            arrays = message.message().arrays
+            if self._copies is not None and self._copies.stash:
+                arrays = self._copies.take().arrays
+            else:
+                array: np.ndarray | None = self._inbox.take_array(
+                    learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
+                )
+                if array is not None:
+                    return array
+                message = Receive(
+                    DEFAULT_MAX_BYTES, streams=len(self._streams), capabilities=self._capabilities
+                )
+                self._read(message)
+                arrays = message.message().arrays
             if type(arrays) is list and len(arrays) == 1:
                 return arrays[0]
             return arrays
@@ -617,22 +619,32 @@ class Channel:
         finally:
             lane.release()
 
-    def _read(self, message: Receive) -> None:
+    def _read(self, message: Receive) -> bool:
+        """Receive one message; False when the read stopped, between
+        messages, at the answer a described send of this end awaited."""
         inbox = self._inbox
         recvmsg_into = self._core.recvmsg_into
-        striped = False
+        striped = described = False
         try:
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
                     if not inbox.fill():
                         raise IncompleteTransferError(0, request)
-                elif isinstance(request, Stripes):
-                    striped = True
-                    message.moved(self._receive_stripes(request, message))
-                else:
+                elif isinstance(request, list):
                     reporter = message.reporter
                     part = None if reporter is None else reporter.part(message.offset)
                     message.moved(recvmsg_into(request, self._sock, progress=part))
+                elif isinstance(request, Stripes):
+                    striped = True
+                    jobs = receive_jobs(self._core, request, self._streams, self._inbox)
+                    reporter = None if request.parts is None else message.reporter
+                    message.moved(move_timed_parts(jobs, self._streams, reporter, message.offset))
+                elif isinstance(request, samehost.Copy):
+                    assert self._copies is not None  # the capability is on
+                    described = True
+                    self._copies.copy(request, message)
+                elif self._copies is not None and self._copies.answered(request):
+                    return False
         except BaseException as exc:
             out_of_step = message.fail(exc)
             end = message.end_of_stream(exc)
@@ -641,29 +653,20 @@ class Channel:
             record = message.refusal_record()
             if record is not None:
                 self._refuse(record, exc, message)
-            elif out_of_step or striped:  # striped: the streams were shut down
+            # striped: the streams were shut down; a ProtocolError leaves the
+            # stream where this end cannot follow it
+            elif out_of_step or striped or described or isinstance(exc, ProtocolError):
                 self._break("receive", exc, message)
             raise
         learn_message(inbox, message)
-
-    def _receive_stripes(self, stripes: Stripes, message: Receive) -> int:
-        """Receive (or drain) a striped payload; stream 0's part takes the
-        read-ahead buffer's bytes first."""
-        jobs = receive_jobs(self._core, stripes, self._streams, self._inbox)
-        reporter = None if stripes.parts is None else message.reporter
-        return self._run_parts(jobs, reporter, message.offset)
+        return True
 
     def _refuse(self, record: bytes, exc: BaseException, message: Receive) -> None:
         """Tell the sender why its message was refused, then close: the record
         within DRAIN_SECONDS (the socket's buffer takes it at once unless the
         peer stopped reading), the drain in its own thread."""
         self._rules.break_("receive", exc, message)
-
-        def write() -> None:
-            self._sock.settimeout(control.DRAIN_SECONDS)
-            self._core.send_from(record, self._sock)
-
-        if not refusals.refuse(self._rules, self._streams, write):
+        if not refusals.refuse(self._rules, self._streams, self._core, record):
             shut_down(self._streams)
         self.close()
 
@@ -694,6 +697,3 @@ class Channel:
     ) -> None:
         self.close()
 
-
-def _keep() -> None:
-    """A receive without its own timeout leaves the socket's."""

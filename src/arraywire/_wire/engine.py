@@ -26,12 +26,12 @@ asyncio's BufferedProtocol:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from arraywire._wire import control, hello
+from arraywire._wire import control, hello, samehost
 from arraywire._wire.errors import IncompleteTransferError, ProtocolError
 from arraywire._wire.header import (
     DEFAULT_MAX_METADATA,
@@ -157,6 +157,8 @@ class Transfer:
         """Count exc's bytes from the start of the transfer; return True when
         some but not all of its bytes moved (the stream is out of step)."""
         done = self.offset + (getattr(exc, "bytes_done", None) or 0)
+        if self.total is not None:  # a record read after the message is no message byte
+            done = min(done, self.total)
         try:
             exc.bytes_done = done  # type: ignore[attr-defined]
         except AttributeError:  # an exception type with __slots__
@@ -184,17 +186,23 @@ Segment = Any | Packed
 class SendPlan(Transfer):
     """A message to send: its header and the segments carrying its payload."""
 
-    __slots__ = ("header", "reporter", "segments")
+    __slots__ = ("arrays", "header", "reporter", "segments")
     total: int  # known from the start
 
     def __init__(
-        self, header: bytes, segments: list[Segment], total: int, progress: Progress | None
+        self,
+        header: bytes,
+        segments: list[Segment],
+        total: int,
+        progress: Progress | None,
+        arrays: list[np.ndarray],
     ) -> None:
         # the fields of Transfer, set here: small messages pay for a super() call
         self.offset = 0
         self.total = total
         self.header = header
         self.segments = segments
+        self.arrays = arrays
         self.reporter = None if progress is None else MessageProgress(progress, total)
 
     def batches(self) -> Iterable[list[Any]]:
@@ -256,15 +264,18 @@ def plan_send(
     specs = []
     segments: list[Segment] = []
     payload = 0
+    arrays = []
     for item in items:
-        spec, parts = describe(as_array(item))
+        array = as_array(item)
+        arrays.append(array)
+        spec, parts = describe(array)
         specs.append(spec)
         segments.extend(parts)
         payload += spec.nbytes
     if metadata is not None:
         metadata = bytes(memoryview(metadata))
     header = encode_header(specs, names, metadata)
-    return SendPlan(header, segments, len(header) + payload, progress)
+    return SendPlan(header, segments, len(header) + payload, progress, arrays)
 
 
 def as_array(item: Any) -> np.ndarray:
@@ -421,7 +432,7 @@ class Receive(Transfer):
         # of that layout itself.
         self.simple_header: bytes | None = None
 
-    def reads(self) -> Iterator[list[Any] | Stripes]:
+    def reads(self) -> Iterator[list[Any] | Stripes | samehost.Copy | samehost.Answer]:
         """The preamble, the descriptor block, then the message's arrays, or
         scratch space while a payload that does not fit is drained (or, when
         the payload is striped, one ``Stripes``)."""
@@ -430,19 +441,23 @@ class Receive(Transfer):
         preamble = bytearray(PREAMBLE.size)
         yield [preamble]
         preamble_bytes = bytes(preamble)
+        description = None
         try:
             declared = decode_preamble(preamble_bytes)
         except ProtocolError as exc:
             if not control.is_record(preamble_bytes):
                 self.refusal = str(exc)
                 raise
-            yield from self._record(preamble_bytes)
+            preamble_bytes, description = yield from self._records(preamble)
+            declared = decode_preamble(preamble_bytes)
         version, _, block_len, count = declared
         block = bytearray(block_len)
         yield [block]
         block_bytes = bytes(block)
         try:
             total = self._decode(block_bytes, declared)
+            if description is not None:  # before anything is allocated or copied
+                samehost.check_ranges(description, self.specs)
         except ProtocolError as exc:
             self.refusal = str(exc)
             raise
@@ -461,6 +476,9 @@ class Receive(Transfer):
         sizes = None
         if self._streams > 1 and payload >= STRIPE_BYTES:
             sizes = stripe_sizes(payload, self._streams)
+        if description is not None:
+            yield from self._copied(description, out, total)
+            return
         if self.problem:
             if sizes is not None:
                 yield Stripes(sizes, None)
@@ -483,19 +501,84 @@ class Receive(Transfer):
         elif payload:
             yield self.arrays
 
-    def _record(self, first: bytes) -> Iterator[list[Any]]:
-        """A control record in place of the message: its body, then what
-        it says raised (ProtocolError for one this end refuses)."""
-        record = control.decode(first, self._capabilities)
-        if record.kind != control.REFUSAL:
-            raise ProtocolError(
-                f"the peer sent a {control.NAMES[record.kind]} record where a message "
-                "starts; this end takes only a refusal there"
-            )
-        body = bytearray(record.length)
-        if body:
-            yield [body]
-        raise control.refused(control.refusal_reason(bytes(body)))
+    def _records(
+        self, preamble: bytearray
+    ) -> Generator[list[Any] | samehost.Answer, None, tuple[bytes, samehost.Description | None]]:
+        """Control records where the message starts, each read and acted on:
+        a refusal raises what it says (``control.refused``), a ranges record
+        describes the message that follows, a copied record goes to the
+        driver as an ``Answer``; anything else is a ProtocolError. Returns
+        the message's preamble bytes and its description, if any."""
+        description = None
+        first = bytes(preamble)
+        while control.is_record(first):
+            record = control.decode(first, self._capabilities)
+            kind = record.kind
+            if description is not None:
+                raise ProtocolError(
+                    f"the peer sent a {control.NAMES[kind]} record after a ranges record; "
+                    "the message's preamble follows a ranges record"
+                )
+            if kind not in (control.REFUSAL, control.RANGES, control.COPIED):
+                raise ProtocolError(
+                    f"the peer sent a {control.NAMES[kind]} record where a message "
+                    "starts; this end takes a refusal, ranges or copied record there"
+                )
+            body = bytearray(record.length)
+            if body:
+                yield [body]
+            if kind == control.REFUSAL:
+                raise control.refused(control.refusal_reason(bytes(body)))
+            self.offset = 0  # records are no message bytes
+            if kind == control.RANGES:
+                description = samehost.decode_ranges(bytes(body))
+            else:
+                yield samehost.Answer(bytes(body), True)
+            yield [preamble]
+            first = bytes(preamble)
+        return first, description
+
+    def _copied(
+        self, description: samehost.Description, out: np.ndarray | None, total: int
+    ) -> Iterator[list[Any] | samehost.Copy | samehost.Answer]:
+        """A described payload: one ``Copy`` for the driver to make and
+        answer (its arrays None when the message does not fit the receive),
+        then the sender's confirm, taking the peer's answers to this end's
+        own described message first."""
+        if self.problem:
+            yield samehost.Copy(description, None)
+        else:
+            if out is not None:
+                self.arrays = [out]
+            else:
+                self.arrays = [
+                    np.empty(spec.shape, spec.dtype, spec.order)  # type: ignore[call-overload]
+                    for spec in self.specs
+                ]
+            if self._progress is not None:
+                self.reporter = MessageProgress(self._progress, total)
+            yield samehost.Copy(description, self.arrays)
+        first = bytearray(control.SIZE)
+        while True:
+            start = self.offset
+            yield [first]
+            if not control.is_record(bytes(first)):
+                raise ProtocolError(
+                    "the peer sent a message where the confirm of its copied message belongs"
+                )
+            record = control.decode(bytes(first), self._capabilities)
+            body = bytearray(record.length)
+            if body:
+                yield [body]
+            self.offset = start
+            if record.kind == control.CONFIRM:
+                return
+            if record.kind != control.COPIED:
+                raise ProtocolError(
+                    f"the peer sent a {control.NAMES[record.kind]} record where the confirm "
+                    "of its copied message belongs"
+                )
+            yield samehost.Answer(bytes(body), False)
 
     def refusal_record(self) -> bytes | None:
         """The refusal record a driver sends the peer before it closes, when
@@ -548,7 +631,7 @@ class ReadAhead(Protocol):
 
 def buffered_reads(
     message: Receive, inbox: ReadAhead, direct_bytes: int
-) -> Iterator[int | list[Any] | Stripes]:
+) -> Iterator[int | list[Any] | Stripes | samehost.Copy | samehost.Answer]:
     """Serve a message's reads from a read-ahead buffer first.
 
     Yields an int n when the buffer is empty and the current read still
@@ -560,7 +643,7 @@ def buffered_reads(
     as it is: stream 0's part takes what the buffer holds first.
     """
     for buffers in message.reads():
-        if isinstance(buffers, Stripes):
+        if type(buffers) is not list:  # Stripes, or a same-host Copy or Answer
             yield buffers
             continue
         for buffer in buffers:

@@ -79,6 +79,25 @@ class Copied(NamedTuple):
 Description = tuple[tuple[Range, ...], ...]
 
 
+class Copy(NamedTuple):
+    """What a receive of a described message asks its driver: copy each
+    array's ranges from the peer into it, in order, then send the copied
+    record; ``arrays`` is None when the message does not fit the receive
+    (send status DISCARDED, copy nothing)."""
+
+    description: Description
+    arrays: list[np.ndarray] | None
+
+
+class Answer(NamedTuple):
+    """A copied record a receive read (``decode_copied`` checks its body
+    against the described message it answers). ``between``: it came where a
+    message starts, so a driver awaiting only it may stop reading there."""
+
+    body: bytes
+    between: bool
+
+
 def new_probe() -> tuple[np.ndarray, bytes]:
     """Fresh random probe bytes in this process's memory, and the probe
     record naming them: keep the array alive and unchanged until the
