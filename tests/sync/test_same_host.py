@@ -109,6 +109,13 @@ def test_under_tls(
             assert (channel.same_host, other.same_host) == (on, on)
             other.send(np.arange(5))
             np.testing.assert_array_equal(channel.recv(), np.arange(5))
+            large = np.arange(1 << 18, dtype=np.float64)  # 2 MiB: described when on
+            sending = Peer(lambda: other.send(large))
+            np.testing.assert_array_equal(channel.recv(timeout=LIMIT), large)
+            sending.result()
+            replying = Peer(lambda: channel.send(large * 2))
+            np.testing.assert_array_equal(other.recv(timeout=LIMIT), large * 2)
+            replying.result()
 
 
 def test_off_with_parallel_streams(backend: Backend, directory: str) -> None:

@@ -217,6 +217,23 @@ def test_both_send_before_they_receive(
     assert copied.bytes == 2 * (base(1 << 18).nbytes + base(1 << 19).nbytes)
 
 
+def test_a_message_received_while_a_send_waits(
+    copied: Copied, channels: tuple[arraywire.Channel, arraywire.Channel]
+) -> None:
+    """The peer's message that came before the answer is kept: poll says
+    so, and the next receive returns it (into out= too)."""
+    left, right = channels
+    right.send(np.arange(3))
+    answering = Peer(lambda: right.recv(timeout=LIMIT))
+    left.send(base(1 << 18))
+    np.testing.assert_array_equal(answering.result(), base(1 << 18))
+    assert left.poll()
+    out = np.empty(3, np.int64)
+    assert left.recv(out=out, timeout=LIMIT) is out
+    np.testing.assert_array_equal(out, np.arange(3))
+    assert not left.poll()
+
+
 def test_a_receiving_thread_meanwhile(
     copied: Copied, channels: tuple[arraywire.Channel, arraywire.Channel]
 ) -> None:

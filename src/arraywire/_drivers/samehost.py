@@ -1,18 +1,24 @@
 """Same-host copies, what the drivers share: the peer the kernel names for a
-socket (SO_PEERCRED), the answer to its probe in the opening, and the copy
-of a described payload with what its failure says (docs/PROTOCOL.md, "Same
-host")."""
+socket (SO_PEERCRED), the answer to its probe in the opening, a Channel's
+rendezvous state, and the copy of a described payload with what its failure
+says (docs/PROTOCOL.md, "Same host")."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
 
 from arraywire._core import transport
 from arraywire._wire import samehost
-from arraywire._wire.engine import Receive
-from arraywire._wire.errors import IncompleteTransferError
+from arraywire._wire.engine import Message, Receive, Reporter, SendPlan, mismatch
+from arraywire._wire.errors import IncompleteTransferError, ProtocolError
+from arraywire._wire.header import DEFAULT_MAX_BYTES, ArraySpec
 from arraywire._wire.limits import numpy_bytes
 from arraywire._wire.opening import Opening, announced
 
@@ -57,12 +63,14 @@ def answer_probe(opening: Opening, sock: socket.socket) -> None:
         opening.answer_probe(probe_answer(sock, opening.probe))
 
 
-def copy_payload(pid: int, request: samehost.Copy, message: Receive) -> None:
+def copy_payload(
+    pid: int, request: samehost.Copy, message: Receive, reporter: Reporter | None
+) -> None:
     """Copy a described payload from the peer process into the receive's
-    arrays, one core call per array, counting each with ``message.moved``;
-    an error carries ``bytes_done`` of the array it stopped in."""
+    arrays, one core call per array, counting each with ``message.moved``
+    (progress through ``reporter``); an error carries ``bytes_done`` of the
+    array it stopped in."""
     assert request.arrays is not None
-    reporter = message.reporter
     for array, ranges in zip(request.arrays, request.description, strict=True):
         if not ranges:
             continue
@@ -96,3 +104,109 @@ def refused_copy(answer: samehost.Copied, payload: int) -> ConnectionAbortedErro
         f"the receiver's copy of the message failed after {answer.copied:,} of its "
         f"{payload:,} payload bytes ({why}); it closed the connection"
     )
+
+
+class Rendezvous:
+    """What a Channel of either driver keeps for same-host copies with the
+    peer process ``pid``: the described send that awaits its answer, and the
+    peer's messages received meanwhile (``stash``, for the next receives).
+
+    A described send reads its answer itself, so a driver describes a
+    message only while its send may hold the receive direction too
+    (``lending``); a receive that finds the direction lent waits for it."""
+
+    def __init__(self, pid: int, capabilities: int) -> None:
+        self.pid = pid
+        self.capabilities = capabilities
+        self.stash: deque[Receive] = deque()
+        self.lending = False
+        self.awaited: SendPlan | None = None
+        self.description: samehost.Description | None = None
+
+    def describes(self, plan: SendPlan) -> bool:
+        """Whether this sender describes the plan (its description kept)."""
+        if plan.total - len(plan.header) < samehost.SAME_HOST_BYTES:
+            return False
+        self.description = samehost.describe_ranges(plan.arrays)
+        return self.description is not None
+
+    def first_bytes(self) -> bytes:
+        """What a described send writes: the ranges record (its bytes count
+        for no message byte: ``header_failed``) and the header follow."""
+        assert self.description is not None
+        return samehost.encode_ranges(self.description)
+
+    def header_sent(self, plan: SendPlan) -> None:
+        plan.moved(len(plan.header))
+        if plan.reporter is not None:
+            plan.reporter.report(0)
+        self.awaited = plan
+
+    def next_receive(self) -> Receive:
+        """A receive of what comes while the send waits: the peer's message
+        (kept, read under the default limits) or the answer."""
+        return Receive(DEFAULT_MAX_BYTES, capabilities=self.capabilities)
+
+    def answer(self, answer: samehost.Answer) -> bool:
+        """Take a copied record as the answer to the send that awaits it (the
+        driver then writes the confirm); True when the read stops there."""
+        plan = self.awaited
+        if plan is None:
+            raise ProtocolError(
+                "the peer sent a copied record, and no message of this end awaits one"
+            )
+        payload = plan.total - len(plan.header)
+        copied = samehost.decode_copied(answer.body, payload)
+        self.awaited = None
+        if copied.status == samehost.FAILED:
+            plan.moved(copied.copied)
+            raise refused_copy(copied, payload)
+        plan.moved(payload)
+        return answer.between
+
+    def take(
+        self, one_array: bool = False, out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None
+    ) -> Message:
+        """The first kept message, as a receive asking for it takes it
+        (``one_array`` and ``out`` as ``Receive``'s): a misfit raises
+        ValueError, as on the socket path."""
+        message = self.stash.popleft()
+        if not one_array:
+            return message.message()
+        arrays = message.result()
+        target = out(message.specs[0]) if callable(out) and len(arrays) == 1 else out
+        assert not callable(target)
+        problem = mismatch(message.specs, target)
+        if problem:
+            raise ValueError(problem)
+        if target is not None:
+            np.copyto(target, arrays[0])
+            arrays = [target]
+        return Message(arrays, message.metadata)
+
+
+def copied_record(request: samehost.Copy) -> bytes:
+    """The copied record of a copy that went whole, or was not made (a misfit)."""
+    if request.arrays is None:
+        return samehost.encode_copied(0, samehost.DISCARDED)
+    return samehost.encode_copied(sum(array.nbytes for array in request.arrays))
+
+
+def header_failed(exc: BaseException, record: bytes) -> None:
+    """A described send's write failed: count only its header's bytes."""
+    done = getattr(exc, "bytes_done", None) or 0
+    exc.bytes_done = max(0, done - len(record))  # type: ignore[attr-defined]
+
+
+def wait_failed(exc: BaseException) -> BaseException:
+    """What a described send raises when its wait for the answer failed
+    with exc: for the receiver's close, what a socket's send to a closed
+    peer raises; ``bytes_done`` is left to the plan (its header and the
+    payload bytes acknowledged)."""
+    if isinstance(exc, EOFError):
+        exc = BrokenPipeError(
+            errno.EPIPE,
+            "the receiver closed the connection before it answered the described message",
+        )
+    exc.bytes_done = 0  # type: ignore[attr-defined]
+    return exc

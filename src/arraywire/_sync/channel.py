@@ -489,7 +489,8 @@ class Channel:
         if self._rules.broken is not None:
             raise self._rules.broken_error("poll")
         pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-        return readable(self._sock, self._inbox.buffered + pending, seconds)
+        kept = 0 if self._copies is None else len(self._copies.stash)  # received during a send
+        return readable(self._sock, self._inbox.buffered + pending + kept, seconds)
 
     def recv_arrays(
         self,
