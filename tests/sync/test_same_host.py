@@ -295,41 +295,48 @@ def test_same_host_keyword_checked(directory: str) -> None:
     asyncio.run(asyncio.wait_for(aio_checks(), LIMIT))
 
 
-def test_aio_never_announces(backend: Backend, directory: str) -> None:
-    """The asyncio ends take same_host= and make no same-host copies yet."""
+@pytest.mark.parametrize(("flag", "on"), [(None, True), (True, True), (False, False)])
+def test_aio_ends(backend: Backend, directory: str, flag: bool | None, on: bool) -> None:
+    """The asyncio ends probe as the blocking ones do, and a large message
+    between them arrives either way."""
     path = os.path.join(directory, "sock")
+    large = np.arange(1 << 18, dtype=np.float64)
 
     async def pair() -> tuple[bool, bool]:
-        listener = await aio.listen(path, same_host=True)
+        listener = await aio.listen(path, same_host=flag)
         try:
-            other = await aio.connect(path, timeout=LIMIT, same_host=True)
+            other = await aio.connect(path, timeout=LIMIT, same_host=flag)
             channel = await listener.accept()
             flags = (channel.same_host, other.same_host)
-            await other.send(np.arange(3))
-            np.testing.assert_array_equal(await channel.recv(), np.arange(3))
+            sending = asyncio.create_task(other.send(large))
+            np.testing.assert_array_equal(await channel.recv(), large)
+            await sending
             other.close()
             channel.close()
             return flags
         finally:
             await listener.aclose()
 
-    assert asyncio.run(asyncio.wait_for(pair(), LIMIT)) == (False, False)
+    assert asyncio.run(asyncio.wait_for(pair(), LIMIT)) == (on, on)
 
 
 def test_aio_peer_of_a_blocking_end(backend: Backend, directory: str) -> None:
-    """A blocking end that announces meets an asyncio one that does not: off."""
+    """A blocking end and an asyncio one turn the copies on together, and
+    copy each other's large messages."""
     path = os.path.join(directory, "sock")
+    large = np.arange(1 << 18, dtype=np.float64)
     with arraywire.listen(path) as listener:
 
         async def connecting() -> bool:
             other = await aio.connect(path, timeout=LIMIT)
-            await other.send(np.arange(3))
+            await other.send(large)
+            np.testing.assert_array_equal(await other.recv(), large * 2)
             other.close()
             return other.same_host
 
         peer = Peer(lambda: asyncio.run(asyncio.wait_for(connecting(), LIMIT)))
         with listener.accept(timeout=LIMIT) as channel:
-            assert channel.same_host is False
-            np.testing.assert_array_equal(channel.recv(), np.arange(3))
-        assert peer.result() is False
-
+            assert channel.same_host is True
+            np.testing.assert_array_equal(channel.recv(timeout=LIMIT), large)
+            channel.send(large * 2)
+        assert peer.result() is True

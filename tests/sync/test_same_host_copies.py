@@ -20,32 +20,16 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend, backend_env
+from copies import BOTH, Copied, base, described, ranges_of, read_record, record
 from sockets import Peer, receive_exactly
 
 import arraywire
 from arraywire import IncompleteTransferError, ProtocolError
-from arraywire._core import transport
-from arraywire._wire import control, hello, samehost
+from arraywire._wire import control, samehost
 from arraywire._wire.engine import plan_send
 
 LIMIT = 30.0
-BOTH = hello.CONTROL | hello.SAME_HOST
 THRESHOLD = samehost.SAME_HOST_BYTES
-
-
-class Copied:
-    """Counts the payload bytes this process's receives copy in place."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.bytes = 0
-        copy = transport.impl.copy_from_process
-
-        def counting(pid: int, ranges: Any, out: Any, **keywords: Any) -> int:
-            moved: int = copy(pid, ranges, out, **keywords)
-            self.bytes += moved
-            return moved
-
-        monkeypatch.setattr(transport.impl, "copy_from_process", counting)
 
 
 @pytest.fixture
@@ -68,10 +52,6 @@ def channels() -> Iterator[tuple[arraywire.Channel, arraywire.Channel]]:
 def payload_of(arrays: Any) -> int:
     values = arrays.values() if isinstance(arrays, dict) else arrays
     return sum(np.asarray(a).nbytes for a in values)
-
-
-def base(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.float64)
 
 
 STRUCTURED = np.dtype([("x", "<f8"), ("n", "<i4"), ("tag", "S4")])
@@ -278,26 +258,6 @@ def raw() -> Iterator[tuple[arraywire.Channel, socket.socket]]:
         yield channel, b
 
 
-def described(array: np.ndarray, description: Any = None) -> bytes:
-    """A ranges record naming array's memory (or the description given), then its header."""
-    if description is None:
-        description = ((samehost.Range(array.ctypes.data, array.nbytes),),)
-    body = b"".join(
-        samehost.COUNT.pack(len(ranges)) + b"".join(samehost.RANGE.pack(*r) for r in ranges)
-        for ranges in description
-    )
-    return record(control.RANGES, body) + plan_send((array,)).header
-
-
-def record(kind: int, body: bytes) -> bytes:
-    return control.RECORD.pack(control.MAGIC, kind, 0, len(body), 0) + body
-
-
-def read_record(sock: socket.socket) -> tuple[int, bytes]:
-    kind, length = control.decode(receive_exactly(sock, control.SIZE), BOTH)
-    return kind, receive_exactly(sock, length)
-
-
 def test_the_records_on_the_wire(backend: Backend, raw: tuple[arraywire.Channel, socket.socket]) -> None:
     """The receiver copies, answers copied (status 0, every payload byte) and
     returns the arrays only after the confirm."""
@@ -348,10 +308,6 @@ def test_an_unmapped_range(backend: Backend, raw: tuple[arraywire.Channel, socke
     assert kind == control.COPIED
     assert samehost.decode_copied(body, array.nbytes) == (half, samehost.FAILED, errno.EFAULT)
     assert channel.closed
-
-
-def ranges_of(*pairs: tuple[int, int]) -> tuple[tuple[samehost.Range, ...], ...]:
-    return (tuple(samehost.Range(*pair) for pair in pairs),)
 
 
 HOSTILE_ARRAY = np.zeros(1 << 17)

@@ -21,12 +21,15 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from arraywire._aio import transfers
+from arraywire._aio.moving import Claim
+from arraywire._aio.samehost import AioCopies
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
 from arraywire._drivers import refusals
@@ -45,6 +48,7 @@ from arraywire._drivers.rules import (
     readable,
     receive_wait,
 )
+from arraywire._drivers.samehost import peer_pid
 from arraywire._wire import hello
 from arraywire._wire.engine import (
     Message,
@@ -56,6 +60,7 @@ from arraywire._wire.engine import (
 from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA
 from arraywire._wire.limits import Progress
+from arraywire._wire.samehost import SAME_HOST_BYTES
 
 
 class Channel:
@@ -84,6 +89,8 @@ class Channel:
         self._local, self._peer = end_addresses(sock)
         self._capabilities = capabilities
         self._unchecked = 0  # bytes of learned sends since the last look for a refusal
+        pid = peer_pid(sock) if capabilities & hello.SAME_HOST else None
+        self._copies = None if pid is None else AioCopies(pid, sock, self._rules, capabilities)
 
     @property
     def socket(self) -> socket.socket:
@@ -132,9 +139,12 @@ class Channel:
             The Channel is closed (EBADF).
         """
         seconds = check_wait(timeout, zero=True)
+        if self._copies is not None:
+            await self._copies.wait_lent()
         self._rules.claim("receive", "poll")
         try:
-            now = readable(self._sock, self._buffered(), 0)
+            kept = 0 if self._copies is None else len(self._copies.stash)  # received during a send
+            now = readable(self._sock, self._buffered() + kept, 0)
             if now or seconds == 0:
                 return now
             loop = asyncio.get_running_loop()
@@ -198,7 +208,10 @@ class Channel:
             rules.check_peer_reads(2)
         rules.claim("send")
         try:
-            if metadata is None and progress is None and learned_send(array, len(self._streams)):
+            if (
+                metadata is None and progress is None and learned_send(array, len(self._streams))
+                and (self._copies is None or getattr(array, "nbytes", 0) < SAME_HOST_BYTES)
+            ):
                 sent = await self._send_learned(array)
                 if sent is not None:
                     if self._capabilities:  # a look every CHECK_BYTES
@@ -383,8 +396,13 @@ class Channel:
         summed over the streams.
         """
         seconds = receive_wait(timeout)
+        copies = self._copies
+        if copies is not None:
+            await copies.wait_lent()
         self._rules.claim("receive", "recv")
         try:
+            if copies is not None and copies.stash:
+                return copies.take(True, out).arrays[0]  # type: ignore[index]
             if out is None and progress is None:
                 limit = learned_limit(max_bytes, len(self._streams))
                 array = await self._take_learned(limit, seconds)
@@ -457,8 +475,13 @@ class Channel:
             max_bytes, max_metadata=max_metadata, progress=progress,
             streams=len(self._streams), capabilities=self._capabilities,
         )
+        copies = self._copies
+        if copies is not None:
+            await copies.wait_lent()
         self._rules.claim("receive", "recv_message")
         try:
+            if copies is not None and copies.stash:
+                return copies.take()
             await self._read("recv_message", message, seconds)
         finally:
             self._rules.release("receive")
@@ -468,6 +491,14 @@ class Channel:
 
     async def _write(self, name: str, plan: SendPlan) -> int:
         await self._check_refused(name, 0)
+        copies = self._copies
+        if copies is not None and len(self._streams) == 1 and copies.lend(plan):
+            try:
+                async with Claim(self._sock, name, True, plan, self._rules) as claim:
+                    await copies.send(claim, plan, partial(self._read, name, timeout=None))
+            finally:
+                copies.give_back()
+            return plan.complete()
         sent = await self._send_plan(name, plan)
         if sent >= refusals.CHECK_BYTES:  # refused while it went out, most likely
             await self._check_refused(name, sent)
@@ -512,6 +543,8 @@ class Channel:
         return self._inbox, refusals.receive_now(self._sock)
 
     def _write_now(self, name: str, plan: SendPlan) -> int | Coroutine[Any, Any, int]:
+        if self._copies is not None and plan.total - len(plan.header) >= SAME_HOST_BYTES:
+            return self._write(name, plan)  # perhaps described: a rendezvous, never at once
         return transfers.send_now(self._sock, name, plan, self._streams, self._rules)
 
     async def _write_bytes(self, data: bytearray) -> int:
@@ -520,11 +553,13 @@ class Channel:
     async def _send_learned(self, array: Any) -> int | None:
         return await transfers.send_learned(self._sock, self._outbox, array, self._rules)
 
-    async def _read(self, name: str, message: Receive, timeout: float | None) -> None:
-        await transfers.receive_buffered(
-            self._sock, name, message, self._inbox, self._streams, self._rules, timeout
+    async def _read(self, name: str, message: Receive, timeout: float | None) -> bool:
+        whole = await transfers.receive_buffered(
+            self._sock, name, message, self._inbox, self._streams, self._rules, timeout,
+            self._copies,
         )
         self._learned = learn_message(self._inbox, message) or self._learned
+        return whole
 
     async def _take_learned(self, max_bytes: int | None, timeout: float | None) -> np.ndarray | None:
         if not self._learned:
@@ -563,8 +598,14 @@ class Channel:
             yield item
 
     async def _next(self) -> ChannelItem:
+        copies = self._copies
+        if copies is not None:
+            await copies.wait_lent()
         self._rules.claim("receive", "recv_message")
         try:
+            if copies is not None and copies.stash:
+                kept = copies.take().arrays
+                return kept[0] if type(kept) is list and len(kept) == 1 else kept
             limit = learned_limit(DEFAULT_MAX_BYTES, len(self._streams))
             array = await self._take_learned(limit, None)
             if array is not None:

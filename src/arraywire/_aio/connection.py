@@ -31,6 +31,7 @@ from arraywire._drivers.listening import (
     peer_of,
 )
 from arraywire._drivers.rules import check_wait
+from arraywire._drivers.samehost import announces, answer_probe
 from arraywire._drivers.sockets import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -52,7 +53,7 @@ from arraywire._drivers.sockets import (
 from arraywire._wire import hello
 from arraywire._wire.errors import AuthenticationError, ProtocolError
 from arraywire._wire.groups import DEFAULT_MAX_STREAMS, Groups
-from arraywire._wire.opening import check_same_host
+from arraywire._wire.opening import Opening, check_same_host
 
 
 class _SocketPipe:
@@ -101,9 +102,14 @@ class _SessionPipe:
         return bytes(data)
 
 
-async def _run_opening(pipe: _SocketPipe | _SessionPipe, opening: hello.Opening) -> hello.Hello:
+async def _run_opening(
+    pipe: _SocketPipe | _SessionPipe, opening: hello.Opening | Opening, sock: socket.socket | None = None
+) -> hello.Hello:
+    """Drive an opening to its end; over a plain ``sock``, with its same-host probe."""
     try:
         while True:
+            if sock is not None and isinstance(opening, Opening):
+                answer_probe(opening, sock)
             data = opening.outgoing()
             if data:
                 await pipe.send(data)
@@ -155,10 +161,10 @@ async def connect(
 ) -> Channel:
     """``arraywire.connect`` for asyncio: with a timeout, a refused connection
     is tried again until it passes, and the timeout bounds the opening too;
-    ``authkey``, ``ssl``, ``server_hostname`` and ``streams`` as there
-    (parallel streams over TLS need the blocking ``arraywire.connect``).
-    ``same_host`` is taken and checked, and this release's asyncio
-    connections make no same-host copies (``channel.same_host`` is False).
+    ``authkey``, ``ssl``, ``server_hostname``, ``streams`` and
+    ``same_host`` as there (parallel streams over TLS need the blocking
+    ``arraywire.connect``; asyncio connections under TLS make no same-host
+    copies, whatever ``same_host`` says).
 
     Returns
     -------
@@ -193,7 +199,9 @@ async def connect(
             "arraywire.aio has no parallel streams over TLS: connect with streams=1, or "
             "use the blocking arraywire.connect"
         )
-    connecting = _connect_all(address, authkey, ssl, server_hostname, streams, timeout is not None)
+    connecting = _connect_all(
+        address, authkey, ssl, server_hostname, streams, timeout is not None, same_host
+    )
     if timeout is None:
         return await connecting
     return await _timed(  # type: ignore[no-any-return]
@@ -208,10 +216,10 @@ async def _connect_all(
     server_hostname: str | None,
     streams: int,
     retry: bool,
+    same_host: bool | None,
 ) -> Channel:
     if streams == 1:
-        opening = hello.Opening(authkey, connecting=True)
-        return await _connect(address, opening, context, server_hostname, retry=retry)
+        return await _connect(address, authkey, context, server_hostname, same_host, retry=retry)
     ident = os.urandom(hello.GROUP_ID_BYTES)
     # the first stream alone, then the others side by side, as the blocking
     # connect opens them
@@ -261,17 +269,19 @@ async def _connect_retrying(address: Address, retry: bool) -> socket.socket:
 
 async def _connect(
     address: Address,
-    opening: hello.Opening,
+    authkey: bytes | None,
     context: SSLContext | None,
     server_hostname: str | None,
+    same_host: bool | None,
     *,
     retry: bool,
 ) -> Channel:
     sock = await _connect_retrying(address, retry)
     try:
         tune(sock)
+        opening = Opening(authkey, connecting=True, capabilities=_announces(same_host, sock, context))
         if context is None:
-            peer = await _run_opening(_SocketPipe(sock), opening)
+            peer = await _run_opening(_SocketPipe(sock), opening, sock)
             return Channel(sock, peer_reads=peer.reads_messages,
                            capabilities=opening.capabilities)
         if server_hostname is None and isinstance(address, tuple):
@@ -283,6 +293,12 @@ async def _connect(
     except BaseException:
         sock.close()
         raise
+
+
+def _announces(same_host: bool | None, sock: socket.socket, context: SSLContext | None) -> int:
+    """What an asyncio opening announces: same-host copies only without TLS
+    (an asyncio TLS Channel copies nothing in place)."""
+    return announces(False if context is not None else same_host, sock, False, False)
 
 
 async def _connect_once(address: Address) -> socket.socket:
@@ -339,7 +355,7 @@ async def listen(
     sock, path = server_socket(address, backlog)
     return Listener(
         sock, handshake_timeout, path, authkey=authkey, ssl=ssl, groups=groups,
-        max_openings=max_openings,
+        max_openings=max_openings, same_host=same_host,
     )
 
 
@@ -365,8 +381,10 @@ class Listener:
         groups: Groups[socket.socket] | None = None,
         max_openings: int = DEFAULT_MAX_OPENINGS,
         logger: logging.Logger = LOGGER,
+        same_host: bool | None = False,
     ) -> None:
         self._handover: Handover[Channel] = Handover(max_openings)
+        self._same_host = same_host
         sock.setblocking(False)
         self._sock = sock
         self._handshake_timeout = handshake_timeout
@@ -510,10 +528,12 @@ class Listener:
     async def _open(self, conn: socket.socket) -> Channel | None:
         """The opening: a Channel, or None for a stream of a group that is
         not whole yet (the last stream to join makes the group's Channel)."""
-        opening = hello.Opening(self._authkey, connecting=False)
+        opening = Opening(
+            self._authkey, connecting=False, capabilities=_announces(self._same_host, conn, self._ssl)
+        )
         if self._ssl is None:
             pipe = _SocketPipe(conn)
-            peer = await _run_opening(pipe, opening)
+            peer = await _run_opening(pipe, opening, conn)
             if opening.group is None:
                 return Channel(conn, peer_reads=peer.reads_messages,
                                capabilities=opening.capabilities)

@@ -228,6 +228,7 @@ class TLSChannel(Channel):
         self._outbox: LayoutSender = transport.impl.Outbox(session.sock)  # packs send_many's small messages; never sends
         self._rules = ChannelRules(AIO, peer_reads=peer_reads)
         self._local, self._peer = end_addresses(session.sock)
+        self._copies = None  # aio announces no same-host copies under TLS
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -298,7 +299,8 @@ class TLSChannel(Channel):
             raise
         return len(data)
 
-    async def _read(self, name: str, message: Receive, timeout: float | None) -> None:
+    async def _read(self, name: str, message: Receive, timeout: float | None) -> bool:
+        # aio announces no same-host copies under TLS: every read is the socket's
         inbox = self._inbox_tls
         session = self._session
         try:
@@ -325,6 +327,7 @@ class TLSChannel(Channel):
                 await self._refuse(record)
             self._fail(name, message, exc)
             raise
+        return True
 
     async def _refuse(self, record: bytes) -> None:
         """Tell the sender why its message was refused, then close, as the

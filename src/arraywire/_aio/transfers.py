@@ -22,6 +22,7 @@ from arraywire._aio.moving import (
     ready,
     steps,
 )
+from arraywire._aio.samehost import AioCopies
 from arraywire._core import transport
 from arraywire._core.protocol import LayoutSender, ReadAhead
 from arraywire._core.step import PendingViews, byte_view
@@ -29,7 +30,7 @@ from arraywire._drivers import refusals
 from arraywire._drivers.blocking import one_stream, write_plan
 from arraywire._drivers.rules import ChannelRules
 from arraywire._drivers.striping import receive_jobs, send_jobs
-from arraywire._wire import control
+from arraywire._wire import control, samehost
 from arraywire._wire.engine import (
     Message,
     MessageProgress,
@@ -425,25 +426,41 @@ async def _receive(
     streams: Sequence[socket.socket] = (),
     rules: ChannelRules | None = None,
     timeout: float | None = None,
-) -> None:
+    copies: AioCopies | None = None,
+) -> bool:
     """Fill every read of the message, through the read-ahead buffer when
     given (and over the parallel streams when the message is striped), each
-    wait for bytes up to ``timeout``; its result is then the caller's."""
+    wait for bytes up to ``timeout``; its result is then the caller's. With
+    same-host ``copies``, False when the read stopped, between messages, at
+    the answer a described send of this end awaited."""
     async with Claim(sock, name, False, message, rules, timeout) as claim:
+        described = False
         try:
-            if inbox is None:
-                for buffers in one_stream(message):
-                    await move(claim, buffers, False, message.reporter)
-                return
-            for request in buffered_reads(message, inbox, DIRECT_BYTES):
-                if isinstance(request, int):
-                    if not await _fill(sock, inbox, timeout):
-                        raise IncompleteTransferError(0, request)
-                elif isinstance(request, Stripes):
-                    await _receive_stripes(claim, request, inbox, streams, message)
-                else:
-                    assert isinstance(request, list)  # aio never turns same-host copies on
-                    await move(claim, request, False, message.reporter)
+            try:
+                if inbox is None:
+                    for buffers in one_stream(message):
+                        await move(claim, buffers, False, message.reporter)
+                    return True
+                for request in buffered_reads(message, inbox, DIRECT_BYTES):
+                    if isinstance(request, int):
+                        if not await _fill(sock, inbox, timeout):
+                            raise IncompleteTransferError(0, request)
+                    elif isinstance(request, list):
+                        await move(claim, request, False, message.reporter)
+                    elif isinstance(request, Stripes):
+                        await _receive_stripes(claim, request, inbox, streams, message)
+                    elif copies is None:  # the capability is on only with copies
+                        raise AssertionError("a same-host request without copies")
+                    elif isinstance(request, samehost.Copy):
+                        described = True
+                        await copies.copy(claim, request, message)
+                    elif await copies.answered(request):
+                        return False
+                return True
+            except BaseException:
+                if described:  # every failure of a described message loses the stream
+                    claim.shutdown()
+                raise
         except IncompleteTransferError as exc:
             end = message.end_of_stream(exc)
             if end is not None:
@@ -499,12 +516,14 @@ async def receive_buffered(
     streams: Sequence[socket.socket],
     rules: ChannelRules,
     timeout: float | None,
-) -> None:
+    copies: AioCopies | None = None,
+) -> bool:
     """A receive through a connection's read-ahead buffer (the aio Channel's):
     a small message costs one receive, a large payload still goes straight
-    into its array, over the Channel's parallel streams when it is striped.
-    ``timeout`` bounds each wait for bytes."""
-    await _receive(sock, name, message, inbox, streams, rules, timeout)
+    into its array, over the Channel's parallel streams when it is striped,
+    or is copied in place (``copies``, as ``_receive`` says). ``timeout``
+    bounds each wait for bytes."""
+    return await _receive(sock, name, message, inbox, streams, rules, timeout, copies)
 
 
 async def send_staged(sock: Any, data: bytearray, rules: ChannelRules) -> int:
