@@ -5,6 +5,7 @@ directions over AF_UNIX between real processes, and where it stays off
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import socket
 import ssl
@@ -12,7 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from arraywire._wire import control, hello, samehost
 
 LIMIT = 30.0
 BOTH = hello.CONTROL | hello.SAME_HOST
+PR_SET_DUMPABLE = 4
 
 # A child process that connects, says whether same-host copies are on, and sends.
 CHILD = """
@@ -150,6 +152,63 @@ def test_peer_of_another_uid(backend: Backend, directory: str) -> None:
         finally:
             _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def forked(run: Callable[[], bool]) -> int:
+    """A child process of uid 65534 that runs run() and exits 0 when it says True."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setuid(65534)
+            code = 0 if run() else 3
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run peers of another uid")
+@pytest.mark.parametrize(("dumpable", "on"), [(1, True), (0, False)])
+def test_a_sender_the_kernel_will_not_let_be_read(
+    backend: Backend, directory: str, dumpable: int, on: bool
+) -> None:
+    """Two processes of one uid (not root, which may read anything): when
+    the connecting one is not dumpable, the kernel refuses the listening
+    one's read of it, so the copies stay off at both ends and its large
+    message takes the socket path, arriving the same."""
+    path = os.path.join(directory, "sock")
+    large = np.arange(1 << 18, dtype=np.float64)
+    ready = os.pipe()
+
+    def listening() -> bool:
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1)  # setuid cleared it
+        with arraywire.listen(path) as listener:
+            os.write(ready[1], b"1")
+            with listener.accept(timeout=LIMIT) as channel:
+                equal = bool((channel.recv(timeout=LIMIT) == large).all())
+                channel.send(np.zeros(1))
+                return channel.same_host is on and equal
+
+    def connecting() -> bool:
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, dumpable)
+        with arraywire.connect(path, timeout=LIMIT) as channel:
+            channel.send(large)
+            channel.recv(timeout=LIMIT)
+            return channel.same_host is on
+
+    listener = forked(listening)
+    os.close(ready[1])  # a child that fails before listening ends the read
+    try:
+        assert os.read(ready[0], 1) == b"1"
+    finally:
+        os.close(ready[0])
+    sender = forked(connecting)
+    assert (exit_code(sender), exit_code(listener)) == (0, 0)
 
 
 def serve_raw(path: str, script: list[bytes | int]) -> Peer:
