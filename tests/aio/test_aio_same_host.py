@@ -21,7 +21,7 @@ from backends import Backend, backend_env
 from copies import BOTH, Copied, base, described, ranges_of, read_record
 from sockets import receive_exactly
 
-from arraywire import IncompleteTransferError, ProtocolError, aio
+from arraywire import BrokenStreamError, IncompleteTransferError, ProtocolError, aio
 from arraywire._wire import control, samehost
 from arraywire._wire.engine import plan_send
 
@@ -166,7 +166,7 @@ def test_a_receiving_task_meanwhile(copied: Copied) -> None:
 
 
 def test_iteration_and_send_many(copied: Copied) -> None:
-    arrays = [np.arange(5), base(1 << 18), np.arange(7), base(1 << 17) + 1]
+    arrays = [np.arange(5), base(1 << 18), np.arange(7), base(1 << 18) + 1]
 
     async def main() -> list[Any]:
         left, right = pair()
@@ -184,7 +184,7 @@ def test_iteration_and_send_many(copied: Copied) -> None:
     got = run(main())
     for received, array in zip(got, arrays, strict=True):
         np.testing.assert_array_equal(received, array)
-    assert copied.bytes == base(1 << 18).nbytes + base(1 << 17).nbytes
+    assert copied.bytes == 2 * base(1 << 18).nbytes
 
 
 # --- hand-made peers ------------------------------------------------------------
@@ -349,3 +349,56 @@ def test_from_another_process_and_killed_mid_copy(backend: Backend, path: str) -
             await listener.aclose()
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    ("sent", "words"),
+    [
+        (samehost.encode_copied(0), "no message of this end awaits"),
+        (samehost.encode_confirm(), "confirm record where a message starts"),
+    ],
+    ids=["copied", "confirm"],
+)
+def test_records_out_of_place_close_the_channel(backend: Backend, sent: bytes, words: str) -> None:
+    async def test(channel: aio.Channel, peer: socket.socket) -> None:
+        peer.sendall(sent + plan_send((np.arange(3),)).header + np.arange(3).tobytes())
+        with pytest.raises(ProtocolError, match=words):
+            await channel.recv()
+        with pytest.raises(BrokenStreamError):
+            await channel.recv()
+
+    with_raw(test)
+
+
+def test_a_receive_s_timeout_while_a_send_waits(backend: Backend) -> None:
+    array = base(1 << 18)
+    plan = plan_send((array,))
+
+    async def test(channel: aio.Channel, peer: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sending = asyncio.create_task(channel.send(array))
+        await loop.run_in_executor(None, read_record, peer)
+        receive_exactly(peer, len(plan.header))
+        with pytest.raises(TimeoutError):
+            await channel.recv(timeout=0.3)
+        assert not await channel.poll()
+        peer.sendall(samehost.encode_copied(array.nbytes))
+        assert await sending == plan.total
+        peer.sendall(plan_send((np.arange(3),)).header + np.arange(3).tobytes())
+        np.testing.assert_array_equal(await channel.recv(timeout=LIMIT), np.arange(3))
+
+    with_raw(test)
+
+
+def test_sender_gone_before_the_answer(backend: Backend) -> None:
+    array = base(1 << 18)
+    total = plan_send((array,)).total
+
+    async def test(channel: aio.Channel, peer: socket.socket) -> None:
+        peer.sendall(described(array))
+        peer.close()
+        with pytest.raises(IncompleteTransferError) as caught:
+            await channel.recv()
+        assert (caught.value.bytes_done, caught.value.bytes_expected) == (total, total)
+
+    with_raw(test)

@@ -81,7 +81,7 @@ def test_each_type_has_the_documented_number_limit_and_capability() -> None:
     }
     assert (samehost.PROBE.size, samehost.ANSWER.size, samehost.COPIED.size) == (44, 1, 13)
     assert control.MAX_BODY == 81_920 == 20 * MAX_RANGES
-    assert (SAME_HOST_BYTES, MAX_RANGES, MIN_RUN_BYTES) == (1 << 20, 4096, 4096)
+    assert (SAME_HOST_BYTES, MAX_RANGES, MIN_RUN_BYTES) == (2 << 20, 4096, 4096)
 
 
 @pytest.mark.parametrize("kind", [2, 3, 4, 5, 6])
@@ -338,7 +338,7 @@ def test_adjacent_ranges_do_not_overlap() -> None:
 
 # --- what a sender describes ---------------------------------------------------------
 
-BIG = 1 << 20  # a payload at the threshold
+BIG = SAME_HOST_BYTES  # a payload at the threshold
 
 
 def test_a_contiguous_array_at_the_threshold_is_one_range_and_under_it_none() -> None:
@@ -392,7 +392,7 @@ def test_structured_0d_and_empty_arrays_with_the_rest_of_a_message() -> None:
 
 
 def test_runs_under_min_run_bytes_or_over_max_ranges_are_not_described() -> None:
-    rows = np.zeros((300, 1024), np.float64)
+    rows = np.zeros((600, 1024), np.float64)
     assert samehost.describe_ranges([rows[:, :512]]) is not None  # runs of 4,096 bytes
     assert samehost.describe_ranges([rows[:, :511]], 0) is None  # 4,088 bytes each
     assert samehost.describe_ranges([rows[:, ::2]], 0) is None  # 8-byte runs
@@ -507,7 +507,7 @@ linux = pytest.mark.skipif(sys.platform != "linux", reason="process_vm_readv is 
 def test_the_described_ranges_copied_from_the_process_are_the_arrays(backend: Backend) -> None:
     """The receiver's copy, on both backends, in one process: each array's
     ranges fill an array of its header's spec."""
-    base = np.arange(80 * 4096, dtype=np.int32).reshape(80, 4096)
+    base = np.arange(160 * 4096, dtype=np.int32).reshape(160, 4096)
     arrays = [base[::3, 1024:3072], base.copy().T, np.array(3.5), np.empty(0, np.int8)]
     description = samehost.describe_ranges(arrays)
     assert description is not None

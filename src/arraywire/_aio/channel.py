@@ -139,11 +139,12 @@ class Channel:
             The Channel is closed (EBADF).
         """
         seconds = check_wait(timeout, zero=True)
-        if self._copies is not None:
-            await self._copies.wait_lent()
+        copies = self._copies
+        if copies is not None and copies.lending:  # the send's read takes what comes
+            return bool(copies.stash)
         self._rules.claim("receive", "poll")
         try:
-            kept = 0 if self._copies is None else len(self._copies.stash)  # received during a send
+            kept = 0 if copies is None else len(copies.stash)  # received during a send
             now = readable(self._sock, self._buffered() + kept, 0)
             if now or seconds == 0:
                 return now
@@ -328,7 +329,7 @@ class Channel:
         self._rules.claim("send", "send_many")
         sent = 0
         try:
-            for piece in coalesce(arrays, self._outbox, len(self._streams)):
+            for piece in coalesce(arrays, self._outbox):
                 if isinstance(piece, bytearray):
                     sent += await self._write_bytes(piece)
                 else:
@@ -398,7 +399,7 @@ class Channel:
         seconds = receive_wait(timeout)
         copies = self._copies
         if copies is not None:
-            await copies.wait_lent()
+            await copies.wait_lent(seconds)
         self._rules.claim("receive", "recv")
         try:
             if copies is not None and copies.stash:
@@ -477,7 +478,7 @@ class Channel:
         )
         copies = self._copies
         if copies is not None:
-            await copies.wait_lent()
+            await copies.wait_lent(seconds)
         self._rules.claim("receive", "recv_message")
         try:
             if copies is not None and copies.stash:
@@ -600,7 +601,7 @@ class Channel:
     async def _next(self) -> ChannelItem:
         copies = self._copies
         if copies is not None:
-            await copies.wait_lent()
+            await copies.wait_lent(None)
         self._rules.claim("receive", "recv_message")
         try:
             if copies is not None and copies.stash:

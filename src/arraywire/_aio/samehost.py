@@ -18,6 +18,7 @@ from arraywire._drivers.samehost import (
     copy_failed,
     copy_payload,
     header_failed,
+    unanswerable,
     wait_failed,
 )
 from arraywire._wire import samehost
@@ -55,8 +56,19 @@ class AioCopies(Rendezvous):
         self._rules.lanes["receive"].release()
         self._given_back.set()
 
-    async def wait_lent(self) -> None:
-        """For a receive: wait until no send's rendezvous holds the direction."""
+    async def wait_lent(self, timeout: float | None) -> None:
+        """For a receive: wait until no send's rendezvous holds the
+        direction, up to ``timeout`` (TimeoutError after it)."""
+        if not self.lending:
+            return
+        try:
+            await asyncio.wait_for(self._returned(), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+            error = TimeoutError("timed out")
+            error.bytes_done = 0  # type: ignore[attr-defined]
+            raise error from None
+
+    async def _returned(self) -> None:
         while self.lending:
             await self._given_back.wait()
 
@@ -79,7 +91,7 @@ class AioCopies(Rendezvous):
             while self.awaited is not None:
                 message = self.next_receive()
                 if await read(message):  # the peer's own message came first
-                    self.stash.append(message)
+                    self.keep(message)
         except BaseException as exc:
             claim.shutdown()
             failure = wait_failed(exc)
@@ -119,7 +131,10 @@ class AioCopies(Rendezvous):
                 if raised is exc:
                     raise
                 raise raised from exc
-        await self._write(copied_record(request))
+        try:
+            await self._write(copied_record(request))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise unanswerable() from exc
 
     async def _write(self, record: bytes) -> None:
         """A record of the receive direction: at once from a send's
@@ -132,7 +147,15 @@ class AioCopies(Rendezvous):
         send = self._rules.lanes["send"]
         while not send.acquire(False):
             await asyncio.sleep(SEND_POLL_SECONDS)
+        try:  # at once when the socket takes it: a send claimed meanwhile would find it taken
+            sent = self._sock.send(record)
+        except BlockingIOError:
+            sent = 0
+        except BaseException:
+            send.release()
+            raise
         try:
-            await loop.sock_sendall(self._sock, record)
+            if sent < len(record):
+                await loop.sock_sendall(self._sock, record[sent:])
         finally:
             send.release()

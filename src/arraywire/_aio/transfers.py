@@ -470,6 +470,7 @@ async def _receive(
             record = message.refusal_record()
             if record is not None and rules is not None:
                 await _refuse(sock, record, streams or (sock,), rules)
+            claim.shutdown()  # a record out of place counts no message byte
             raise
 
 

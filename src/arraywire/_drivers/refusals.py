@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from arraywire._core.protocol import Core, ReadAhead as Inbox
 from arraywire._drivers.rules import ChannelRules
 from arraywire._wire import control, hello
-from arraywire._wire.engine import ReadAhead
+from arraywire._wire.engine import ReadAhead, Receive
 
 # A send fails with these when the receiver closed; its last word may say why.
 CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError)
@@ -120,6 +120,28 @@ def readable(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def read_refusal(
+    rules: ChannelRules,
+    sock: socket.socket,
+    inbox: Inbox,
+    read: Callable[[Receive], object],
+    capabilities: int,
+) -> None:
+    """A blocking send's look for a refusal of an earlier message: when one
+    is readable, ``read`` it (which raises it), unless a receive in progress
+    holds the direction (it reads the refusal itself)."""
+    receive = rules.lanes["receive"]
+    own = receive is rules.lanes["send"]  # over TLS this send holds the one turn
+    if not own and not receive.acquire(False):
+        return
+    try:
+        if readable_record(sock, inbox):
+            read(Receive(None, capabilities=capabilities))
+    finally:
+        if not own:
+            receive.release()
 
 
 def readable_record(sock: socket.socket, inbox: Inbox) -> bool:

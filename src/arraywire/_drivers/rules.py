@@ -43,17 +43,15 @@ def learn_layout(outbox: LayoutSender, array: Any, plan: SendPlan) -> None:
         outbox.learn(plan.header, array.dtype, array.shape, "F")
 
 
-def coalesce(
-    arrays: Iterable[Any], outbox: LayoutSender, streams: int = 1
-) -> Iterator[bytearray | tuple[Any, SendPlan]]:
+def coalesce(arrays: Iterable[Any], outbox: LayoutSender) -> Iterator[bytearray | tuple[Any, SendPlan]]:
     """The pieces of send_many: staging buffers holding runs of small
     messages, and (array, plan) for a message to send on its own. An array
     that cannot be sent raises once the staged messages before it were given.
-    On parallel streams (``streams`` > 1) an array of STRIPE_BYTES or more is
-    never packed: it is striped."""
+    An array of STRIPE_BYTES or more is never packed: it goes on its own
+    (striped over parallel streams, described between processes of one host)."""
     staging = bytearray()
     for array in arrays:
-        fits = streams == 1 or (type(array) is np.ndarray and array.nbytes < STRIPE_BYTES)
+        fits = getattr(array, "nbytes", 0) < STRIPE_BYTES
         if not (fits and outbox.pack(array, staging)):
             try:
                 plan = plan_send((array,))

@@ -29,6 +29,9 @@ CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # destination in on that CPU); from this size on an array is copied as two
 # halves at once, which reached memcpy speed on 2 cores (benchmarks, same-host).
 SPLIT_BYTES = 16 << 20
+# What a described send keeps of the peer's messages while it waits for its
+# answer, in all: one message of the default max_bytes.
+STASH_BYTES = DEFAULT_MAX_BYTES
 
 
 def announces(same_host: bool | None, sock: socket.socket, tls: bool, streams: bool) -> int:
@@ -190,6 +193,7 @@ class Rendezvous:
         self.pid = pid
         self.capabilities = capabilities
         self.stash: deque[Receive] = deque()
+        self._kept = 0  # payload bytes in the stash
         self.lending = False
         self.awaited: SendPlan | None = None
         self.description: samehost.Description | None = None
@@ -235,6 +239,17 @@ class Rendezvous:
         plan.moved(payload)
         return answer.between
 
+    def keep(self, message: Receive) -> None:
+        """Keep a message of the peer's received while a send waited; past
+        STASH_BYTES in all, ProtocolError (the peer sends and never reads)."""
+        self._kept += message.total or 0
+        if self._kept > STASH_BYTES:
+            raise ProtocolError(
+                f"the peer sent over {STASH_BYTES:,} bytes of messages while this end's "
+                "described send waited for its answer"
+            )
+        self.stash.append(message)
+
     def take(
         self, one_array: bool = False, out: np.ndarray | Callable[[ArraySpec], np.ndarray] | None = None
     ) -> Message:
@@ -242,11 +257,11 @@ class Rendezvous:
         (``one_array`` and ``out`` as ``Receive``'s): a misfit raises
         ValueError, as on the socket path."""
         message = self.stash.popleft()
+        self._kept -= message.total or 0
         if not one_array:
             return message.message()
         arrays = message.result()
-        target = out(message.specs[0]) if callable(out) and len(arrays) == 1 else out
-        assert not callable(target)
+        target = out if not callable(out) else out(message.specs[0]) if len(arrays) == 1 else None
         problem = mismatch(message.specs, target)
         if problem:
             raise ValueError(problem)
@@ -261,6 +276,13 @@ def copied_record(request: samehost.Copy) -> bytes:
     if request.arrays is None:
         return samehost.encode_copied(0, samehost.DISCARDED)
     return samehost.encode_copied(sum(array.nbytes for array in request.arrays))
+
+
+def unanswerable() -> IncompleteTransferError:
+    """What a described receive raises when its copied record cannot go
+    (a reset or a broken pipe): the sender is gone, and bytes it never
+    confirmed are not returned (the receive's ``fail`` counts them)."""
+    return IncompleteTransferError(0, 0)
 
 
 def header_failed(exc: BaseException, record: bytes) -> None:

@@ -225,9 +225,9 @@ def reset_in_opening(tls: bool) -> ConnectionResetError:
 def receive_timeout(sock: socket.socket, timeout: float | None) -> Callable[[], None]:
     """Set a receive's ``timeout=`` (None: keep the socket's) on sock;
     return what restores the socket's own."""
-    if timeout is None:
-        return _keep
     seconds = receive_wait(timeout)
+    if seconds is None or sock.fileno() == -1:  # closed: the broken check says why
+        return _keep
     previous = sock.gettimeout()
     sock.settimeout(seconds)
 

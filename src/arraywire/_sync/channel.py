@@ -42,6 +42,7 @@ from arraywire._drivers.rules import (
     learned_limit,
     learned_send,
     readable,
+    receive_wait,
 )
 from arraywire._drivers.samehost import peer_pid
 from arraywire._drivers.sockets import receive_timeout
@@ -207,7 +208,7 @@ class Channel:
         # The claim is written out in the methods that small messages use.
         rules = self._rules
         lane = rules.lanes["send"]
-        if not lane.acquire(False):
+        if not lane.acquire(False) and not self._wait_recording(lane):
             raise rules.busy_error("send")
         try:
             if rules.broken is not None:
@@ -263,7 +264,7 @@ class Channel:
         RuntimeError, BrokenStreamError, OSError
             As ``Channel.send`` raises them.
         """
-        self._rules.claim("send")
+        self._rules.claim("send", wait=self._wait_recording)
         try:
             plan = plan_send(arrays, progress, metadata)
             self._write(plan, "send_arrays")
@@ -300,10 +301,10 @@ class Channel:
             the first message. If a message was cut short, the Channel is
             closed.
         """
-        self._rules.claim("send")
+        self._rules.claim("send", wait=self._wait_recording)
         sent = 0
         try:
-            for piece in coalesce(arrays, self._outbox, len(self._streams)):
+            for piece in coalesce(arrays, self._outbox):
                 if isinstance(piece, bytearray):
                     sent += self._core.send_from(piece, self._sock)
                 else:
@@ -355,20 +356,12 @@ class Channel:
         self._unchecked = 0
         if not self._capabilities:
             return
-        receive = self._rules.lanes["receive"]
-        own = receive is self._rules.lanes["send"]  # over TLS this send holds the one turn
-        if not own and not receive.acquire(False):  # the receive in progress reads it
-            return
         try:
-            if refusals.readable_record(self._sock, self._inbox):
-                self._read(Receive(None, capabilities=self._capabilities))
+            refusals.read_refusal(self._rules, self._sock, self._inbox, self._read, self._capabilities)
         except BaseException as exc:
             exc.bytes_done = done  # type: ignore[attr-defined]
             self._break(what, exc)
             raise
-        finally:
-            if not own:
-                receive.release()
 
     def _sent_refused(self, what: str, exc: BaseException) -> None:
         """A send the receiver's close failed: raise its refusal, if it sent one."""
@@ -439,7 +432,7 @@ class Channel:
         """
         rules = self._rules
         lane = rules.lanes["receive"]
-        if not lane.acquire(False) and not self._wait_lent(lane):
+        if not lane.acquire(False) and not self._wait_lent(lane, timeout):
             raise rules.busy_error("receive")
         restore = receive_timeout(self._sock, timeout)
         try:
@@ -467,8 +460,11 @@ class Channel:
             restore()
             lane.release()
 
-    def _wait_lent(self, lane: Any) -> bool:
-        return self._copies is not None and self._copies.wait_lent(lane)
+    def _wait_lent(self, lane: Any, timeout: Any = None) -> bool:
+        return self._copies is not None and self._copies.wait_lent(lane, receive_wait(timeout))
+
+    def _wait_recording(self, lane: Any) -> bool:
+        return self._copies is not None and self._copies.wait_recording(lane)
 
     def poll(self, timeout: float | None = 0) -> bool:
         """Whether a message can be received: its bytes are buffered or
@@ -489,7 +485,10 @@ class Channel:
         if self._rules.broken is not None:
             raise self._rules.broken_error("poll")
         pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-        kept = 0 if self._copies is None else len(self._copies.stash)  # received during a send
+        copies = self._copies
+        if copies is not None and copies.lending:  # the send's read takes what comes
+            return bool(copies.stash)
+        kept = 0 if copies is None else len(copies.stash)  # received during a send
         return readable(self._sock, self._inbox.buffered + pending + kept, seconds)
 
     def recv_arrays(
@@ -548,7 +547,7 @@ class Channel:
         EOFError, IncompleteTransferError, RuntimeError, BrokenStreamError, OSError
             As ``Channel.recv`` raises them.
         """
-        self._rules.claim("receive", wait=self._wait_lent)
+        self._rules.claim("receive", wait=lambda lane: self._wait_lent(lane, timeout))
         restore = receive_timeout(self._sock, timeout)
         try:
             if self._copies is not None and self._copies.stash:

@@ -23,6 +23,7 @@ from arraywire._drivers.samehost import (
     copy_failed,
     copy_payload,
     header_failed,
+    unanswerable,
     wait_failed,
 )
 from arraywire._wire import samehost
@@ -40,6 +41,10 @@ class Copies(Rendezvous):
         self._core = core
         self._rules = rules
         self._lender: int | None = None  # the thread of the send that holds both directions
+        # Guards lending and recording with the lanes they describe, so that
+        # a call that finds a lane taken knows whether to wait for it.
+        self._state = threading.Lock()
+        self._recording = 0  # receives writing a record under the send lane
 
     def lend(self, plan: SendPlan) -> bool:
         """Whether the plan goes as a described message: this sender
@@ -49,10 +54,10 @@ class Copies(Rendezvous):
             return False
         receive = self._rules.lanes["receive"]
         if receive is not self._rules.lanes["send"]:  # over TLS the send holds the one turn
-            self.lending = True
-            if not receive.acquire(False):
-                self.lending = False
-                return False
+            with self._state:
+                if not receive.acquire(False):
+                    return False
+                self.lending = True
         self._lender = threading.get_ident()
         return True
 
@@ -60,13 +65,30 @@ class Copies(Rendezvous):
         self._lender = None
         receive = self._rules.lanes["receive"]
         if receive is not self._rules.lanes["send"]:
-            self.lending = False
-            receive.release()
+            with self._state:
+                self.lending = False
+                receive.release()
 
-    def wait_lent(self, lane: threading.Lock) -> bool:
-        """For a receive that found its direction taken: wait while a send's
-        rendezvous holds it, then hold it; False when a receive holds it."""
-        return self.lending and lane.acquire()
+    def wait_lent(self, lane: threading.Lock, timeout: float | None) -> bool:
+        """For a receive that found its direction taken: hold it once a
+        send's rendezvous that holds it is done, within ``timeout`` (None:
+        the socket's; TimeoutError after it); False when a receive holds it."""
+        with self._state:
+            if lane.acquire(False):
+                return True
+            if not self.lending:
+                return False
+        return held(lane, self._sock.gettimeout() if timeout is None else timeout)
+
+    def wait_recording(self, lane: threading.Lock) -> bool:
+        """For a send that found its direction taken: hold it once a record
+        a receive writes under it is out; False when a send holds it."""
+        with self._state:
+            if lane.acquire(False):
+                return True
+            if not self._recording:
+                return False
+        return held(lane, self._sock.gettimeout())
 
     def send(self, plan: SendPlan, read: Callable[[Receive], bool]) -> None:
         """A described send, once ``lend`` said so: the ranges record and
@@ -84,7 +106,7 @@ class Copies(Rendezvous):
             while self.awaited is not None:
                 message = self.next_receive()
                 if read(message):  # the peer's own message came first
-                    self.stash.append(message)
+                    self.keep(message)
         except BaseException as exc:
             failure = wait_failed(exc)
             if failure is exc:
@@ -116,7 +138,10 @@ class Copies(Rendezvous):
                 if raised is exc:
                     raise
                 raise raised from exc
-        self._write(copied_record(request))
+        try:
+            self._write(copied_record(request))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise unanswerable() from exc
 
     def _write(self, record: bytes) -> None:
         """A record of the receive direction: at once from a send's
@@ -126,5 +151,20 @@ class Copies(Rendezvous):
         if self._lender == threading.get_ident() or send is self._rules.lanes["receive"]:
             self._core.send_from(record, self._sock)
             return
-        with send:
-            self._core.send_from(record, self._sock)
+        with self._state:
+            self._recording += 1
+        try:
+            with send:
+                self._core.send_from(record, self._sock)
+        finally:
+            with self._state:
+                self._recording -= 1
+
+
+def held(lane: threading.Lock, timeout: float | None) -> bool:
+    """Take the lane within timeout seconds (None: however long), else TimeoutError."""
+    if lane.acquire(timeout=-1 if timeout is None else timeout):
+        return True
+    error = TimeoutError("timed out")
+    error.bytes_done = 0  # type: ignore[attr-defined]
+    raise error

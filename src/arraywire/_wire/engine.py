@@ -449,7 +449,11 @@ class Receive(Transfer):
                 self.refusal = str(exc)
                 raise
             preamble_bytes, description = yield from self._records(preamble)
-            declared = decode_preamble(preamble_bytes)
+            try:
+                declared = decode_preamble(preamble_bytes)
+            except ProtocolError as malformed:
+                self.refusal = str(malformed)
+                raise
         version, _, block_len, count = declared
         block = bytearray(block_len)
         yield [block]
