@@ -402,3 +402,16 @@ def test_sender_gone_before_the_answer(backend: Backend) -> None:
         assert (caught.value.bytes_done, caught.value.bytes_expected) == (total, total)
 
     with_raw(test)
+
+
+def test_a_timeout_after_a_ranges_record_breaks_the_channel(backend: Backend) -> None:
+    array = base(1 << 18)
+
+    async def test(channel: aio.Channel, peer: socket.socket) -> None:
+        peer.sendall(described(array)[: -len(plan_send((array,)).header)])
+        with pytest.raises(TimeoutError):
+            await channel.recv(timeout=0.3)
+        with pytest.raises(BrokenStreamError):
+            await channel.recv()
+
+    with_raw(test)

@@ -602,3 +602,15 @@ def test_send_many_describes_a_large_array_of_a_learned_layout(
     np.testing.assert_array_equal(right.recv(timeout=LIMIT), np.zeros(4))
     sending.result()
     assert copied.bytes == base(1 << 19).nbytes
+
+
+def test_a_timeout_after_a_ranges_record_breaks_the_channel(
+    backend: Backend, raw: tuple[arraywire.Channel, socket.socket]
+) -> None:
+    """The ranges record came, its message did not: the description is
+    taken, so the stream is out of step although no message byte came."""
+    channel, peer = raw
+    peer.sendall(described(base(1 << 18))[: -len(plan_send((base(1 << 18),)).header)])
+    with pytest.raises(TimeoutError):
+        channel.recv(timeout=0.3)
+    assert channel.closed

@@ -434,33 +434,26 @@ async def _receive(
     same-host ``copies``, False when the read stopped, between messages, at
     the answer a described send of this end awaited."""
     async with Claim(sock, name, False, message, rules, timeout) as claim:
-        described = False
         try:
-            try:
-                if inbox is None:
-                    for buffers in one_stream(message):
-                        await move(claim, buffers, False, message.reporter)
-                    return True
-                for request in buffered_reads(message, inbox, DIRECT_BYTES):
-                    if isinstance(request, int):
-                        if not await _fill(sock, inbox, timeout):
-                            raise IncompleteTransferError(0, request)
-                    elif isinstance(request, list):
-                        await move(claim, request, False, message.reporter)
-                    elif isinstance(request, Stripes):
-                        await _receive_stripes(claim, request, inbox, streams, message)
-                    elif copies is None:  # the capability is on only with copies
-                        raise AssertionError("a same-host request without copies")
-                    elif isinstance(request, samehost.Copy):
-                        described = True
+            if inbox is None:
+                for buffers in one_stream(message):
+                    await move(claim, buffers, False, message.reporter)
+                return True
+            for request in buffered_reads(message, inbox, DIRECT_BYTES):
+                if isinstance(request, int):
+                    if not await _fill(sock, inbox, timeout):
+                        raise IncompleteTransferError(0, request)
+                elif isinstance(request, list):
+                    await move(claim, request, False, message.reporter)
+                elif isinstance(request, Stripes):
+                    await _receive_stripes(claim, request, inbox, streams, message)
+                else:
+                    assert copies is not None  # same-host requests come only with copies on
+                    if isinstance(request, samehost.Copy):
                         await copies.copy(claim, request, message)
                     elif await copies.answered(request):
                         return False
-                return True
-            except BaseException:
-                if described:  # every failure of a described message loses the stream
-                    claim.shutdown()
-                raise
+            return True
         except IncompleteTransferError as exc:
             end = message.end_of_stream(exc)
             if end is not None:
@@ -470,7 +463,6 @@ async def _receive(
             record = message.refusal_record()
             if record is not None and rules is not None:
                 await _refuse(sock, record, streams or (sock,), rules)
-            claim.shutdown()  # a record out of place counts no message byte
             raise
 
 

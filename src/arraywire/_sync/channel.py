@@ -58,7 +58,7 @@ from arraywire._wire.engine import (
     buffered_reads,
     plan_send,
 )
-from arraywire._wire.errors import IncompleteTransferError, ProtocolError
+from arraywire._wire.errors import IncompleteTransferError
 from arraywire._wire.header import DEFAULT_MAX_BYTES, DEFAULT_MAX_METADATA, ArraySpec
 from arraywire._wire.limits import DIRECT_BYTES, Progress
 from arraywire._wire.samehost import SAME_HOST_BYTES
@@ -624,7 +624,7 @@ class Channel:
         messages, at the answer a described send of this end awaited."""
         inbox = self._inbox
         recvmsg_into = self._core.recvmsg_into
-        striped = described = False
+        striped = False
         try:
             for request in buffered_reads(message, inbox, DIRECT_BYTES):
                 if isinstance(request, int):
@@ -639,12 +639,13 @@ class Channel:
                     jobs = receive_jobs(self._core, request, self._streams, self._inbox)
                     reporter = None if request.parts is None else message.reporter
                     message.moved(move_timed_parts(jobs, self._streams, reporter, message.offset))
-                elif isinstance(request, samehost.Copy):
-                    assert self._copies is not None  # the capability is on
-                    described = True
-                    self._copies.copy(request, message)
-                elif self._copies is not None and self._copies.answered(request):
-                    return False
+                else:
+                    copies = self._copies
+                    assert copies is not None  # same-host requests come only with copies on
+                    if isinstance(request, samehost.Copy):
+                        copies.copy(request, message)
+                    elif copies.answered(request):
+                        return False
         except BaseException as exc:
             out_of_step = message.fail(exc)
             end = message.end_of_stream(exc)
@@ -653,9 +654,7 @@ class Channel:
             record = message.refusal_record()
             if record is not None:
                 self._refuse(record, exc, message)
-            # striped: the streams were shut down; a ProtocolError leaves the
-            # stream where this end cannot follow it
-            elif out_of_step or striped or described or isinstance(exc, ProtocolError):
+            elif out_of_step or striped:  # striped: the streams were shut down
                 self._break("receive", exc, message)
             raise
         learn_message(inbox, message)

@@ -394,8 +394,8 @@ class Receive(Transfer):
 
     __slots__ = (
         "_capabilities", "_max_metadata", "_one_array", "_out", "_progress", "_streams",
-        "arrays", "max_bytes", "metadata", "names", "problem", "refusal", "reporter",
-        "simple_header", "specs",
+        "arrays", "max_bytes", "metadata", "names", "problem", "records", "refusal",
+        "reporter", "simple_header", "specs",
     )
 
     def __init__(
@@ -431,6 +431,9 @@ class Receive(Transfer):
         # else: a driver's core may learn its layout and parse later headers
         # of that layout itself.
         self.simple_header: bytes | None = None
+        # A record was taken for this receive (its bytes no message's): any
+        # failure from here leaves the stream out of step with the peer.
+        self.records = False
 
     def reads(self) -> Iterator[list[Any] | Stripes | samehost.Copy | samehost.Answer]:
         """The preamble, the descriptor block, then the message's arrays, or
@@ -480,10 +483,10 @@ class Receive(Transfer):
         sizes = None
         if self._streams > 1 and payload >= STRIPE_BYTES:
             sizes = stripe_sizes(payload, self._streams)
-        if description is not None:
-            yield from self._copied(description, out, total)
-            return
         if self.problem:
+            if description is not None:
+                yield from self._copied(description, None)
+                return
             if sizes is not None:
                 yield Stripes(sizes, None)
                 return
@@ -500,7 +503,9 @@ class Receive(Transfer):
             ]
         if self._progress is not None:
             self.reporter = MessageProgress(self._progress, total)
-        if sizes is not None:
+        if description is not None:
+            yield from self._copied(description, self.arrays)
+        elif sizes is not None:
             yield Stripes(sizes, split_bytes((numpy_bytes(a, True) for a in self.arrays), sizes))
         elif payload:
             yield self.arrays
@@ -534,6 +539,7 @@ class Receive(Transfer):
             if kind == control.REFUSAL:
                 raise control.refused(control.refusal_reason(bytes(body)))
             self.offset = 0  # records are no message bytes
+            self.records = True
             if kind == control.RANGES:
                 description = samehost.decode_ranges(bytes(body))
             else:
@@ -543,25 +549,14 @@ class Receive(Transfer):
         return first, description
 
     def _copied(
-        self, description: samehost.Description, out: np.ndarray | None, total: int
+        self, description: samehost.Description, arrays: list[np.ndarray] | None
     ) -> Iterator[list[Any] | samehost.Copy | samehost.Answer]:
         """A described payload: one ``Copy`` for the driver to make and
-        answer (its arrays None when the message does not fit the receive),
+        answer (``arrays`` None when the message does not fit the receive),
         then the sender's confirm, taking the peer's answers to this end's
         own described message first."""
-        if self.problem:
-            yield samehost.Copy(description, None)
-        else:
-            if out is not None:
-                self.arrays = [out]
-            else:
-                self.arrays = [
-                    np.empty(spec.shape, spec.dtype, spec.order)  # type: ignore[call-overload]
-                    for spec in self.specs
-                ]
-            if self._progress is not None:
-                self.reporter = MessageProgress(self._progress, total)
-            yield samehost.Copy(description, self.arrays)
+        self.records = True  # the copy and its records are out of step once begun
+        yield samehost.Copy(description, arrays)
         first = bytearray(control.SIZE)
         while True:
             start = self.offset
@@ -583,6 +578,9 @@ class Receive(Transfer):
                     "of its copied message belongs"
                 )
             yield samehost.Answer(bytes(body), False)
+
+    def fail(self, exc: BaseException) -> bool:
+        return Transfer.fail(self, exc) or self.records
 
     def refusal_record(self) -> bytes | None:
         """The refusal record a driver sends the peer before it closes, when
